@@ -1,0 +1,3 @@
+"""partman: a PostgreSQL partition lifecycle manager."""
+
+__version__ = "0.1.0"

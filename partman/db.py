@@ -1,0 +1,208 @@
+"""Connections, identifiers, lock_timeout retries and advisory locks: everything that every
+command needs from the database layer."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from . import log
+from .errors import LockTimeoutGaveUp, PartmanError
+from .settings import Settings
+
+T = TypeVar("T")
+MIN_SERVER_VERSION = 140000
+
+
+@dataclass(frozen=True)
+class QualifiedName:
+    schema: str
+    name: str
+
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def literal(self) -> str:
+        """The name as regclass text accepts it (quoted as needed)."""
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+def quote_ident(name: str) -> str:
+    if name.isidentifier() and name == name.lower() and name.isascii():
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect(settings: Settings, application_name: str = "partman", autocommit: bool = True) -> psycopg.Connection:
+    """Open a connection with partman's session settings; turn failures into a clear error."""
+    log.add_secret(_password_of(settings.dsn))
+    try:
+        conn = psycopg.connect(
+            settings.dsn,
+            autocommit=autocommit,
+            application_name=application_name,
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as exc:
+        raise PartmanError(
+            "Could not connect to PostgreSQL: "
+            + log.redact(str(exc).strip().replace("\n", " "))
+            + ". Check --dsn / PARTMAN_DATABASE_URL (or the PG* variables), that the server is running "
+            "and that the user and password are right."
+        ) from None
+    if conn.info.server_version < MIN_SERVER_VERSION:
+        version = conn.info.server_version
+        conn.close()
+        raise PartmanError(
+            f"PostgreSQL {version // 10000} is too old: partman needs PostgreSQL 14 or newer "
+            "(DETACH CONCURRENTLY, row triggers on partitioned tables). Upgrade the server first."
+        )
+    conn.execute(sql.SQL("SET TimeZone TO {}").format(sql.Literal(settings.timezone)))
+    return conn
+
+
+def _password_of(dsn: str) -> str | None:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
+    except Exception:
+        return None
+
+
+def resolve_table(conn: psycopg.Connection, name: str) -> QualifiedName:
+    """`schema.table` or unqualified through search_path, as psql does. Raises when missing."""
+    row = conn.execute(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.oid = to_regclass(%s)""",
+        (name,),
+    ).fetchone()
+    if row is None:
+        # Accept an unquoted mixed-case name the way a user typed it.
+        parts = split_name(name)
+        if parts is not None:
+            row = conn.execute(
+                """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relname = %s AND (n.nspname = %s OR (%s IS NULL AND n.nspname = ANY(current_schemas(false))))
+                   ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1""",
+                (parts[1], parts[0], parts[0]),
+            ).fetchone()
+    if row is None:
+        raise PartmanError(
+            f"Table {name!r} does not exist (looked up as psql would, through search_path "
+            f"{conn.execute('SHOW search_path').fetchone()[0]!r}). Check the name, or qualify it as schema.table."
+        )
+    return QualifiedName(row[0], row[1])
+
+
+def split_name(name: str) -> tuple[str | None, str] | None:
+    """Split `schema.table` (quotes allowed) into parts without touching the database."""
+    parts: list[str] = []
+    cur = ""
+    i = 0
+    quoted = False
+    while i < len(name):
+        ch = name[i]
+        if quoted:
+            if ch == '"':
+                if i + 1 < len(name) and name[i + 1] == '"':
+                    cur += '"'
+                    i += 1
+                else:
+                    quoted = False
+            else:
+                cur += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ".":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    parts.append(cur)
+    if len(parts) == 1:
+        return None, parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    return None
+
+
+def with_lock_retry(
+    conn: psycopg.Connection,
+    settings: Settings,
+    what: str,
+    fn: Callable[[psycopg.Connection], T],
+    *,
+    attempts: int | None = None,
+    lock_timeout_ms: int | None = None,
+) -> T:
+    """Run fn(conn) in its own transaction with a short lock_timeout, retrying with
+    exponential backoff and jitter when the lock is not granted; give up cleanly."""
+    attempts = attempts or settings.lock_retries
+    timeout = lock_timeout_ms or settings.lock_timeout_ms
+    delay = 0.05
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{timeout}ms")))
+                return fn(conn)
+        except pgerrors.LockNotAvailable:
+            log.get().info("lock_wait", what=what, attempt=attempt, lock_timeout_ms=timeout)
+            if attempt == attempts:
+                break
+            time.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 2.0)
+    raise LockTimeoutGaveUp(
+        f"Gave up on {what}: the lock was not granted within {timeout} ms in {attempts} attempts, "
+        "because other sessions hold the table (see pg_locks / pg_stat_activity for long transactions). "
+        "Nothing was changed by this step; run the command again later, or raise --lock-timeout."
+    )
+
+
+def advisory_key(*parts: str) -> str:
+    return "partman:" + ":".join(parts)
+
+
+def try_advisory_lock(conn: psycopg.Connection, key: str) -> bool:
+    """Session-level advisory lock on a string key (hashed by the server)."""
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0])
+
+
+def advisory_unlock(conn: psycopg.Connection, key: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+@contextmanager
+def advisory_lock(conn: psycopg.Connection, key: str, busy_message: str) -> Iterator[None]:
+    if not try_advisory_lock(conn, key):
+        raise PartmanError(busy_message)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            try:
+                advisory_unlock(conn, key)
+            except psycopg.Error:
+                pass
+
+
+def is_standby(conn: psycopg.Connection) -> bool:
+    return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+
+
+def fetch_dicts(conn: psycopg.Connection, query: Any, params: Any = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()

@@ -1,0 +1,121 @@
+"""Reading a partitioned table's partitions and bounds from pg_catalog, and the DDL that
+creates one. Bounds are read from the catalog, never from names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import psycopg
+from psycopg import sql
+
+from .db import QualifiedName
+from .intervals import literal
+
+KEY_TYPES = {
+    "timestamp with time zone": "timestamptz",
+    "timestamp without time zone": "timestamp",
+    "date": "date",
+}
+_CAST = {"timestamptz": sql.SQL("timestamptz"), "timestamp": sql.SQL("timestamp"), "date": sql.SQL("date")}
+_BOUND = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$")
+
+
+@dataclass
+class Partition:
+    schema: str
+    name: str
+    oid: int
+    is_default: bool
+    lower: datetime | date | None  # None: MINVALUE (or the default partition)
+    upper: datetime | date | None  # None: MAXVALUE
+    estimated_rows: int
+
+    @property
+    def qualified(self) -> QualifiedName:
+        return QualifiedName(self.schema, self.name)
+
+
+def key_column(conn: psycopg.Connection, parent: QualifiedName) -> tuple[str, str] | None:
+    """(column, key type) of a table partitioned by RANGE on one column, else None."""
+    row = conn.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod), p.partstrat, p.partnatts
+           FROM pg_partitioned_table p
+           JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+           WHERE p.partrelid = %s::regclass""",
+        (parent.literal,),
+    ).fetchone()
+    if row is None or row[2] != "r" or row[3] != 1:
+        return None
+    key_type = KEY_TYPES.get(re.sub(r"\(\d+\)", "", row[1]))
+    return (row[0], key_type) if key_type else None
+
+
+def _parse_value(text: str) -> str | None:
+    text = text.strip()
+    if text.upper() in ("MINVALUE", "MAXVALUE"):
+        return None
+    if text.startswith("'") and text.endswith("'"):
+        return text[1:-1].replace("''", "'")
+    return text
+
+
+def list_partitions(conn: psycopg.Connection, parent: QualifiedName, key_type: str) -> list[Partition]:
+    """Partitions of parent ordered by lower bound (the default partition last)."""
+    rows = conn.execute(
+        """SELECT n.nspname, c.relname, c.oid, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint
+           FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE i.inhparent = %s::regclass""",
+        (parent.literal,),
+    ).fetchall()
+    texts: list[str | None] = []
+    parsed = []
+    for schema, name, oid, bound, tuples in rows:
+        if bound == "DEFAULT":
+            parsed.append((schema, name, oid, True, None, None, tuples))
+            continue
+        m = _BOUND.match(bound)
+        if not m:
+            continue
+        lo, hi = _parse_value(m.group(1)), _parse_value(m.group(2))
+        parsed.append((schema, name, oid, False, len(texts), len(texts) + 1, tuples))
+        texts.extend([lo, hi])
+    values: list = []
+    if texts:
+        values = conn.execute(
+            sql.SQL("SELECT array_agg(v::{} ORDER BY o) FROM unnest(%s::text[]) WITH ORDINALITY AS t(v, o)").format(
+                _CAST[key_type]
+            ),
+            (texts,),
+        ).fetchone()[0]
+    out = []
+    for schema, name, oid, is_default, lo_i, hi_i, tuples in parsed:
+        lo = values[lo_i] if lo_i is not None else None
+        hi = values[hi_i] if hi_i is not None else None
+        out.append(Partition(schema, name, oid, is_default, lo, hi, max(int(tuples), 0)))
+    out.sort(key=lambda p: (p.is_default, p.lower is not None, _sortable(p.lower)))
+    return out
+
+
+def _sortable(v: datetime | date | None) -> float:
+    if v is None:
+        return float("-inf")
+    if isinstance(v, datetime):
+        return v.timestamp() if v.tzinfo else v.replace(tzinfo=None).toordinal() * 86400.0 + v.hour * 3600
+    return float(v.toordinal() * 86400)
+
+
+def create_partition_sql(
+    parent: QualifiedName, name: QualifiedName, lower: datetime, upper: datetime, key_type: str
+) -> sql.Composed:
+    """CREATE TABLE ... PARTITION OF ... FOR VALUES FROM (...) TO (...). Pure."""
+    return sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+        name.ident(), parent.ident(), sql.Literal(literal(lower, key_type)), sql.Literal(literal(upper, key_type))
+    )
+
+
+def create_default_sql(parent: QualifiedName, name: QualifiedName) -> sql.Composed:
+    return sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(name.ident(), parent.ident())

@@ -1,0 +1,107 @@
+"""Settings: CLI flag > env `PARTMAN_<NAME>` > TOML file (`--config` / `PARTMAN_CONFIG`) > default."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .durations import parse_duration
+from .errors import UsageError
+
+_config_file: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Every setting partman reads. The README's settings table is generated from these fields."""
+
+    model_config = SettingsConfigDict(env_prefix="PARTMAN_", extra="ignore", validate_default=True)
+
+    database_url: SecretStr = Field(
+        SecretStr(""), description="libpq URI or key=value string; empty falls back to PG* variables"
+    )
+    catalog_schema: str = Field("partman_catalog", description="schema holding partman's own catalog")
+    timezone: str = Field("UTC", description="time zone that partition bounds are aligned to")
+    lock_timeout_ms: int = Field(500, ge=1, description="lock_timeout of every DDL on a live table, per attempt")
+    lock_retries: int = Field(30, ge=1, description="attempts per DDL before giving up cleanly")
+    batch_size: int = Field(10000, ge=1, description="rows per copy batch (convert)")
+    sleep: float = Field(0.1, ge=0, description="seconds to sleep between copy batches (convert)")
+    premake: int = Field(3, ge=0, description="future partitions kept beyond the current one")
+    maintenance_interval: timedelta = Field(timedelta(hours=1), description="time between maintenance passes")
+    health_host: str = Field("0.0.0.0", description="address the daemon's HTTP server binds")
+    health_port: int = Field(8080, ge=0, le=65535, description="port of /health, /livez, /metrics")
+    archive_bucket: str = Field("", description="S3 bucket for retention archives")
+    archive_prefix: str = Field("partman/", description="key prefix inside the bucket")
+    archive_sse: str = Field("", description="ServerSideEncryption for uploads (AES256 or aws:kms); empty: bucket default")
+    archive_kms_key_id: str = Field("", description="KMS key id when archive_sse is aws:kms")
+    archive_checksum_mode: Literal["when_supported", "when_required"] = Field(
+        "when_supported", description="boto3 request_checksum_calculation"
+    )
+    archive_part_size_mb: int = Field(16, ge=5, description="multipart part size (MiB); bounds archive memory")
+    retention_schema: str = Field("", description="schema that detached partitions are moved to (empty: stay)")
+    instance_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
+        description="name this instance records in the catalog",
+    )
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: JSON off a terminal")
+    log_level: str = Field("info", description="debug, info, warning, error")
+    debug: bool = Field(False, description="print tracebacks on failure")
+
+    @field_validator("maintenance_interval", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_config_file))
+        return tuple(sources)
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+
+def load_settings(cli: dict[str, Any] | None = None, config_file: str | None = None) -> Settings:
+    """Build settings; `cli` holds only the flags the user actually gave."""
+    global _config_file
+    path = config_file or os.environ.get("PARTMAN_CONFIG") or None
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"The config file {path!r} does not exist. Pass an existing TOML file to --config or PARTMAN_CONFIG.")
+    _config_file = Path(path) if path else None
+    try:
+        return Settings(**{k: v for k, v in (cli or {}).items() if v is not None})
+    except Exception as exc:  # pydantic ValidationError or TOML error
+        raise UsageError(f"Invalid setting: {_short_validation(exc)}. Check the flag, the PARTMAN_* variable or the config file.") from None
+    finally:
+        _config_file = None
+
+
+def _short_validation(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for e in errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()))
+            parts.append(f"{loc}: {e.get('msg')}")
+        return "; ".join(parts)
+    return str(exc)

@@ -1,0 +1,61 @@
+"""Settings precedence, durations, names, bounds: the pure parts, no server."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from partman import intervals, naming
+from partman.durations import parse_duration
+from partman.errors import UsageError
+from partman.settings import load_settings
+
+
+def test_durations():
+    assert parse_duration("90s") == timedelta(seconds=90)
+    assert parse_duration("30m") == timedelta(minutes=30)
+    assert parse_duration("1h") == timedelta(hours=1)
+    assert parse_duration("7d") == timedelta(days=7)
+    assert parse_duration("7 days") == timedelta(days=7)
+    assert parse_duration("1 hour 30 minutes") == timedelta(minutes=90)
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_settings_precedence(tmp_path, monkeypatch):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('premake = 5\nbatch_size = 7\nsleep = 0.5\nmaintenance_interval = "30m"\n')
+    monkeypatch.setenv("PARTMAN_BATCH_SIZE", "8")
+    s = load_settings({"sleep": 0.0}, str(cfg))
+    assert s.premake == 5  # file over default
+    assert s.batch_size == 8  # env over file
+    assert s.sleep == 0.0  # flag over env and file
+    assert s.maintenance_interval == timedelta(minutes=30)
+    monkeypatch.setenv("PARTMAN_MAINTENANCE_INTERVAL", "7 days")
+    assert load_settings({}, None).maintenance_interval == timedelta(days=7)
+
+
+def test_bad_setting_is_a_usage_error(monkeypatch):
+    monkeypatch.setenv("PARTMAN_PREMAKE", "many")
+    with pytest.raises(UsageError):
+        load_settings({}, None)
+
+
+def test_names_shorten_the_table_never_the_suffix():
+    long = "x" * 80
+    name = naming.partition_name(long, datetime(2024, 1, 1))
+    assert name.endswith("_p20240101") and len(name.encode()) == 63
+    uni = "ä" * 40  # 80 bytes: must be cut on a character boundary
+    d = naming.default_name(uni)
+    assert d.endswith("_default") and len(d.encode()) <= 63
+    d.encode().decode()
+
+
+def test_year_bounds_in_a_time_zone():
+    tz = intervals.zone("Europe/Berlin")
+    now = datetime(2026, 11, 24, tzinfo=timezone.utc)
+    r = intervals.ranges(datetime(2016, 6, 1, tzinfo=timezone.utc), None, now, "year", tz, 3)
+    assert r[0][0] == datetime(2016, 1, 1, tzinfo=tz)
+    assert r[-1][1] == datetime(2030, 1, 1, tzinfo=tz)
+    assert all(a[1] == b[0] for a, b in zip(r, r[1:]))
+    # 23:30 UTC on Dec 31 is already next year in Berlin
+    assert intervals.floor(datetime(2020, 12, 31, 23, 30, tzinfo=timezone.utc), "year", tz).year == 2021
