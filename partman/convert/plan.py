@@ -1,0 +1,192 @@
+"""TableModel + options -> ConversionPlan: the shadow's DDL, partitions, indexes (with the
+widened keys), what is recreated in the swap, estimates and warnings. Pure: no connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from psycopg import sql
+
+from .. import intervals, naming
+from ..db import QualifiedName
+from ..partitions import create_default_sql, create_partition_sql
+from . import ddl
+from .capture import KeyColumn
+
+# A conservative copy rate for the estimate shown by --dry-run (rows/s, 2 cores, ~300 B rows).
+ESTIMATED_ROWS_PER_SECOND = 80_000
+
+
+@dataclass
+class Options:
+    column: str
+    interval: str = "year"
+    batch_size: int = 10_000
+    sleep: float = 0.1
+    premake: int = 3
+    retention: str | None = None
+    retention_action: str | None = None
+    lock_timeout_ms: int = 500
+    timezone: str = "UTC"
+    drop_old_after: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PartitionSpec:
+    name: str
+    lower: datetime
+    upper: datetime
+
+
+@dataclass
+class KeyStats:
+    """What the server said about the key column (read before planning)."""
+
+    min_key: date | datetime | None
+    max_key: date | datetime | None
+    null_keys: int
+    now: datetime
+
+
+@dataclass
+class ConversionPlan:
+    table: QualifiedName
+    options: Options
+    key_type: str
+    work_schema: str
+    shadow: QualifiedName
+    old: QualifiedName
+    default: str
+    partitions: list[PartitionSpec]
+    copy_key: list[KeyColumn]
+    columns: list[str]
+    overriding: bool
+    shadow_ddl: list[sql.Composable]
+    index_ddl: list[Any]  # ddl.IndexDDL
+    decorate_ddl: list[sql.Composable]
+    recreated: dict[str, list[str]]
+    widened: list[str]
+    warnings: list[str]
+    refusals: list[str]
+    rows_estimate: int
+    bytes_estimate: int
+    stats: KeyStats
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expected_seconds(self) -> float:
+        batches = max(1, self.rows_estimate // max(1, self.options.batch_size))
+        return self.rows_estimate / ESTIMATED_ROWS_PER_SECOND + batches * self.options.sleep
+
+    def statements(self) -> list[tuple[str, sql.Composable]]:
+        """(phase, statement) in execution order, for the dry-run."""
+        out: list[tuple[str, sql.Composable]] = [("shadow", s) for s in self.shadow_ddl]
+        out += [("indexes", i.statement) for i in self.index_ddl]
+        out += [("decorate", s) for s in self.decorate_ddl]
+        return out
+
+
+def work_schema_for(catalog_schema: str, table_oid: int) -> str:
+    return naming.derived(catalog_schema, f"_w{table_oid}")
+
+
+def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, key: list[KeyColumn]) -> ConversionPlan:
+    """Plan a conversion. `model` is partman.introspect.TableModel."""
+    table: QualifiedName = model.table
+    refusals = list(ddl.refusals(model, options.column))
+    warnings = list(ddl.warnings(model, options.column))
+    key_type = _key_type(model, options.column)
+    if not key:
+        refusals.append(
+            f"{table} has no primary key or unique index over NOT NULL columns: the online copy walks such a key and "
+            "the change capture records it. Add a primary key first."
+        )
+    if stats.null_keys:
+        warnings.append(
+            f"{stats.null_keys} row(s) have a NULL {options.column}: they will go to the default partition "
+            f"{naming.default_name(table.name)}."
+        )
+    try:
+        tz = intervals.zone(options.timezone)
+    except ValueError as exc:
+        refusals.append(f"{exc}: pass an IANA time zone name such as UTC or Europe/Berlin to --timezone.")
+        tz = intervals.zone("UTC")
+    work = work_schema_for(catalog_schema, model.oid)
+    shadow = QualifiedName(work, naming.shadow_name(table.name))
+    ranges = (
+        intervals.ranges(stats.min_key, stats.max_key, stats.now, options.interval, tz, options.premake)
+        if key_type
+        else []
+    )
+    if len(ranges) > 2000:
+        refusals.append(
+            f"{len(ranges)} partitions of one {options.interval} would be needed to cover {stats.min_key} .. "
+            f"{stats.max_key}: choose a longer --interval."
+        )
+    parts = [PartitionSpec(naming.partition_name(table.name, lo), lo, hi) for lo, hi in ranges]
+    default = naming.default_name(table.name)
+    shadow_ddl: list[sql.Composable] = []
+    index_ddl: list[Any] = []
+    decorate_ddl: list[sql.Composable] = []
+    recreated: dict[str, list[str]] = {}
+    widened: list[str] = []
+    if not refusals and key_type:
+        shadow_ddl = list(ddl.create_shadow(model, shadow, options.column))
+        with_clause = ddl.partition_options(model)
+        for p in parts:
+            stmt = create_partition_sql(shadow, QualifiedName(work, p.name), p.lower, p.upper, key_type)
+            shadow_ddl.append(stmt + sql.SQL(" ") + with_clause if with_clause is not None else stmt)
+        shadow_ddl.append(create_default_sql(shadow, QualifiedName(work, default)))
+        index_ddl = list(ddl.create_indexes(model, shadow, options.column))
+        widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
+        decorate_ddl = list(ddl.decorate(model, shadow))
+        recreated = describe_recreated(model)
+    return ConversionPlan(
+        table=table,
+        options=options,
+        key_type=key_type or "",
+        work_schema=work,
+        shadow=shadow,
+        old=QualifiedName(table.schema, naming.old_name(table.name)),
+        default=default,
+        partitions=parts,
+        copy_key=key,
+        columns=ddl.column_names(model),
+        overriding=ddl.needs_overriding(model),
+        shadow_ddl=shadow_ddl,
+        index_ddl=index_ddl,
+        decorate_ddl=decorate_ddl,
+        recreated=recreated,
+        widened=widened,
+        warnings=warnings,
+        refusals=refusals,
+        rows_estimate=max(0, int(getattr(model, "estimated_rows", 0) or 0)),
+        bytes_estimate=int(getattr(model, "total_bytes", 0) or 0),
+        stats=stats,
+    )
+
+
+def _key_type(model: Any, column: str) -> str | None:
+    from ..introspect import key_type_of
+
+    return key_type_of(model, column)
+
+
+def describe_recreated(model: Any) -> dict[str, list[str]]:
+    """What the swap carries over, by kind, for the plan."""
+    out: dict[str, list[str]] = {}
+
+    def names(attr: str, fmt: Any = lambda x: getattr(x, "name", str(x))) -> list[str]:
+        return [fmt(x) for x in (getattr(model, attr, None) or [])]
+
+    out["triggers"] = names("triggers")
+    out["views"] = [str(getattr(v, "name", v)) for v in (getattr(model, "views", None) or [])]
+    out["sequences"] = [str(getattr(s, "sequence", s)) for s in (getattr(model, "owned_sequences", None) or [])]
+    out["policies"] = names("policies")
+    out["publications"] = [str(p) for p in (getattr(model, "publications", None) or [])]
+    return {k: v for k, v in out.items() if v}

@@ -1,0 +1,73 @@
+"""Progress of a conversion: a rich progress bar on a terminal (stderr); structured log lines
+with the same figures (rows, rate, ETA, phase) when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from .. import log
+
+
+class Progress:
+    def __init__(self, total: int, table: str) -> None:
+        self.total = max(total, 1)
+        self.table = table
+        self.phase = "copy"
+        self.started = time.monotonic()
+        self.start_rows = 0
+        self.last_log = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.fields[phase]}[/bold] {task.fields[table]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+                transient=False,
+            )
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+            self._task = self._bar.add_task("copy", total=self.total, phase=self.phase, table=self.table, rate="-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def begin(self, rows_done: int) -> None:
+        self.start_rows = rows_done
+        self.started = time.monotonic()
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, phase=phase)
+        log.get().info("phase", table=self.table, phase=phase)
+
+    def update(self, rows_done: int, batch_ms: float | None = None) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (rows_done - self.start_rows) / elapsed
+        total = max(self.total, rows_done)
+        eta = (total - rows_done) / rate if rate > 0 else None
+        if self._bar is not None:
+            self._bar.update(self._task, completed=rows_done, total=total, rate=f"{rate:,.0f}")
+            return
+        now = time.monotonic()
+        if now - self.last_log >= 2.0:
+            self.last_log = now
+            log.get().info(
+                "progress", table=self.table, phase=self.phase, rows=rows_done, total_estimate=total,
+                rows_per_s=round(rate), eta_s=round(eta, 1) if eta is not None else None,
+                batch_ms=round(batch_ms, 1) if batch_ms is not None else None,
+            )

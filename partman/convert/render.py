@@ -1,0 +1,132 @@
+"""How a plan and a result read: SQL on stdout with the plan's figures as SQL comments (so the
+dry-run output can be reviewed, or even run by hand), or one JSON document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .plan import ConversionPlan
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
+    return {
+        "table": str(p.table),
+        "column": p.options.column,
+        "key_type": p.key_type,
+        "interval": p.options.interval,
+        "timezone": p.options.timezone,
+        "premake": p.options.premake,
+        "retention": p.options.retention,
+        "retention_action": p.options.retention_action,
+        "rows_estimate": p.rows_estimate,
+        "bytes_estimate": p.bytes_estimate,
+        "disk_needed_bytes": p.bytes_estimate,
+        "expected_seconds": round(p.expected_seconds, 1),
+        "key_range": [p.stats.min_key, p.stats.max_key],
+        "null_keys": p.stats.null_keys,
+        "partitions": [
+            {"name": x.name, "from": x.lower.isoformat(), "to": x.upper.isoformat()} for x in p.partitions
+        ],
+        "default_partition": p.default,
+        "old_table": str(p.old),
+        "work_schema": p.work_schema,
+        "copy_key": [k.name for k in p.copy_key],
+        "widened_keys": p.widened,
+        "recreated": p.recreated,
+        "warnings": p.warnings,
+        "refusals": p.refusals,
+        "sql": [{"phase": phase, "sql": stmt.as_string(conn)} for phase, stmt in p.statements()],
+    }
+
+
+def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
+    o = p.options
+    lines = [
+        f"-- partman convert plan for {p.table}",
+        f"-- partition key {o.column} ({p.key_type or '?'}), one partition per {o.interval}, bounds in {o.timezone}",
+        f"-- rows: ~{p.rows_estimate:,} ({_size(p.bytes_estimate)} with indexes); the copy needs about "
+        f"{_size(p.bytes_estimate)} of free disk until <table>_old is dropped",
+        f"-- key range: {p.stats.min_key} .. {p.stats.max_key}; rows with a NULL key: {p.stats.null_keys}",
+        f"-- pace: batches of {o.batch_size:,} rows, {o.sleep}s apart: expected ~{_duration(p.expected_seconds)}",
+        f"-- partitions ({len(p.partitions)}, {o.premake} beyond the current {o.interval}) + default {p.default}:",
+    ]
+    for x in p.partitions:
+        lines.append(f"--   {x.name:<40} [{x.lower.isoformat(sep=' ')}, {x.upper.isoformat(sep=' ')})")
+    for note in p.widened:
+        lines.append(f"-- widened key: {note}")
+    for kind, names in p.recreated.items():
+        lines.append(f"-- recreated on the new table: {kind}: {', '.join(names)}")
+    lines.append(f"-- the original table is kept as {p.old}; the swap takes ACCESS EXCLUSIVE for milliseconds, "
+                 f"with lock_timeout {o.lock_timeout_ms} ms per attempt, retried")
+    if o.retention:
+        lines.append(f"-- retention registered (applied by maintain): {o.retention}, action {o.retention_action or 'drop'}")
+    for w in p.warnings:
+        lines.append(f"-- WARNING: {w}")
+    for r in p.refusals:
+        lines.append(f"-- REFUSED: {r}")
+    if not p.refusals:
+        lines.append("")
+        lines.append(f"CREATE SCHEMA {p.work_schema};  -- partman's work schema for this conversion")
+        phase = None
+        for ph, stmt in p.statements():
+            if ph != phase:
+                lines.append(f"\n-- {ph}")
+                phase = ph
+            lines.append(stmt.as_string(conn) + ";")
+        lines.append("\n-- copy: batched INSERT ... SELECT by primary-key ranges, change capture trigger on the source")
+        lines.append("-- catch-up: replay captured changes; swap: LOCK, final replay, rename to "
+                     f"{p.old.name}, move partitions into {p.table.schema}, recreate triggers/views/sequence ownership")
+    return "\n".join(lines)
+
+
+def result_summary(conversion: dict[str, Any] | None, managed: Any) -> dict[str, Any]:
+    c = conversion or {}
+    return {
+        "table": f"{c.get('schema_name')}.{c.get('table_name')}",
+        "status": c.get("status"),
+        "rows_copied": c.get("rows_copied"),
+        "rows_caught_up": c.get("rows_caught_up"),
+        "longest_batch_ms": c.get("longest_batch_ms"),
+        "swap_lock_ms": c.get("swap_lock_ms"),
+        "swap_attempts": c.get("swap_attempts"),
+        "verify": c.get("verify"),
+        "old_table": getattr(managed, "old_table_name", None),
+        "started_at": c.get("started_at"),
+        "finished_at": c.get("finished_at"),
+    }
+
+
+def result_text(s: dict[str, Any]) -> str:
+    v = s.get("verify") or {}
+    lock = s.get("swap_lock_ms")
+    longest = s.get("longest_batch_ms")
+    return "\n".join(
+        [
+            f"converted {s['table']}: {s['status']}",
+            f"  rows copied        {s.get('rows_copied') or 0:,}",
+            f"  rows caught up     {s.get('rows_caught_up') or 0:,}",
+            f"  longest batch      {longest:.0f} ms" if longest is not None else "  longest batch      -",
+            f"  swap lock held     {lock:.0f} ms ({s.get('swap_attempts')} attempt(s))" if lock is not None else "  swap lock held     -",
+            f"  verified           {v.get('old_rows', 0):,} rows of the old table present; "
+            f"{v.get('missing_or_different', 0)} missing or different, {v.get('repaired', 0)} repaired",
+            f"  original kept as   {s.get('old_table')}",
+        ]
+    )

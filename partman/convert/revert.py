@@ -1,0 +1,120 @@
+"""`partman revert TABLE`: while `<table>_old` exists, put it back. Rows changed in the
+partitioned table since the swap (recorded by the revert capture trigger) are replayed into the
+old table with its triggers off (a hash chain must not be recomputed), in short rounds and a
+final round inside one short swap transaction that also restores names, views, sequence
+ownership and the registration. The partitioned table is kept as `<table>_partitioned`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import catalog, db, failpoints, log, naming
+from ..db import QualifiedName, with_lock_retry
+from ..errors import PartmanError
+from ..settings import Settings
+from . import capture, ddl, triggers
+from .swap import REVERT_TRIGGER, WorkNames, index_names, relation_exists
+
+ROUND = 10_000
+
+
+def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
+    from ..cli import confirm
+
+    conn = db.connect(settings, "partman revert")
+    try:
+        qn = db.resolve_table(conn, args.table)
+        mt = catalog.get_managed(conn, settings, qn.schema, qn.name)
+        conv = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
+        old = QualifiedName(qn.schema, mt.old_table_name) if mt and mt.old_table_name else None
+        if old is None or conv is None or not relation_exists(conn, old):
+            raise PartmanError(
+                f"Cannot revert {qn}: it was not converted by partman, or its original table "
+                f"{old or naming.old_name(qn.name)} no longer exists (revert is possible only while it does)."
+            )
+        work = WorkNames(conv["options"]["work_schema"])
+        if not relation_exists(conn, work.revert_log):
+            raise PartmanError(
+                f"Cannot revert {qn}: partman's record of rows changed since the swap ({work.revert_log}) is missing."
+            )
+        if not confirm(f"Swap {qn} back to the original table {old}?", args.yes):
+            raise PartmanError("Revert cancelled at the prompt. Nothing was changed.")
+        with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),
+                              f"A `partman convert` or `revert` of {qn} is running. Wait for it to finish."):
+            figures = revert(conn, settings, qn, old, work, conv, lock_timeout_ms=settings.lock_timeout_ms)
+        print(json.dumps(figures, default=str) if getattr(args, "json", False) else
+              f"reverted {qn}: {figures['replayed']} row change(s) since the swap carried into the original table; "
+              f"the partitioned table is kept as {figures['partitioned_table']}; swap lock held {figures['lock_ms']:.0f} ms")
+        return 0
+    finally:
+        conn.close()
+
+
+def _replay_into_old(c: psycopg.Connection, work: WorkNames, new: QualifiedName, old: QualifiedName,
+                     key: list[capture.KeyColumn], columns: list[str], overriding: bool, limit: int | None) -> int:
+    saved = triggers.states(c, old)
+    c.execute(triggers.disable_all(old))
+    n = capture.replay(c, work.revert_log, new, old, key, columns, overriding=overriding, limit=limit)
+    for stmt in triggers.restore(old, saved):
+        c.execute(stmt)
+    return n
+
+
+def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old: QualifiedName, work: WorkNames,
+           conv: dict[str, Any], *, lock_timeout_ms: int) -> dict[str, Any]:
+    from ..introspect import introspect
+
+    import time
+
+    old_model = introspect(conn, old)
+    new_model = introspect(conn, qn)
+    key = capture.copy_key(conn, old)
+    columns = ddl.column_names(old_model)
+    overriding = ddl.needs_overriding(old_model)
+    replayed = 0
+    while True:  # rounds outside the lock
+        with conn.transaction():
+            n = _replay_into_old(conn, work, qn, old, key, columns, overriding, ROUND)
+        replayed += n
+        failpoints.hit("revert.after_round")
+        if n < ROUND:
+            break
+    partitioned = QualifiedName(qn.schema, naming.partitioned_name(qn.name))
+    renames: dict[str, str] = conv["options"].get("index_renames", {})
+    stats: dict[str, Any] = {}
+
+    def attempt(c: psycopg.Connection) -> None:
+        c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(qn.ident()))
+        locked = time.perf_counter()
+        stats["final"] = _replay_into_old(c, work, qn, old, key, columns, overriding, None)
+        c.execute(capture.drop_trigger(REVERT_TRIGGER, qn))
+        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(qn.ident(), sql.Identifier(partitioned.name)))
+        original_names = set(renames.values())
+        for name in index_names(c, partitioned):
+            if name in original_names:
+                c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(qn.schema, name), sql.Identifier(naming.derived(name, "_partitioned"))))
+        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old.ident(), sql.Identifier(qn.name)))
+        for renamed, original in renames.items():
+            if relation_exists(c, QualifiedName(qn.schema, renamed)):
+                c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(qn.schema, renamed), sql.Identifier(original)))
+        for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:
+            c.execute(stmt)
+        catalog.delete_managed(c, settings, qn.schema, qn.name)
+        catalog.update_conversion(c, settings, conv["id"], status="reverted", phase="reverted")
+        stats["locked"] = locked
+
+    with_lock_retry(conn, settings, f"the revert swap of {qn}", attempt, lock_timeout_ms=lock_timeout_ms)
+    lock_ms = (time.perf_counter() - stats["locked"]) * 1000
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
+    conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))
+    log.get().info("reverted", table=str(qn), replayed=replayed + stats["final"], lock_ms=round(lock_ms, 1))
+    return {"table": str(qn), "replayed": replayed + stats["final"], "partitioned_table": str(partitioned),
+            "lock_ms": lock_ms}

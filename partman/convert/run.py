@@ -1,0 +1,344 @@
+"""`partman convert`: the phase state machine. Each phase records itself in the catalog, so a
+killed run resumes where it stopped; a session advisory lock keeps two runs of one table apart.
+
+prepare (work schema, shadow, partitions, capture trigger) -> copy -> indexes -> catchup ->
+swap -> verify -> done. A failure before the swap removes everything partman made (the
+original table is left as it was); a failure after it keeps both tables and exits non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import catalog, db, failpoints, log
+from ..db import QualifiedName, with_lock_retry
+from ..errors import PartmanError
+from ..settings import Settings
+from . import capture, ddl, plan as planning, render
+from .copy import run_copy
+from .progress import Progress
+from .swap import CONVERT_TRIGGER, WorkNames, relation_exists, swap
+from .verify import verify
+
+CATCHUP_ROUND = 10_000
+CATCHUP_DONE_BELOW = 1_000
+CATCHUP_MAX_ROUNDS = 100
+
+
+def options_from(settings: Settings, args: argparse.Namespace) -> planning.Options:
+    return planning.Options(
+        column=args.column,
+        interval=args.interval,
+        batch_size=settings.batch_size,
+        sleep=settings.sleep,
+        premake=settings.premake,
+        retention=args.retention,
+        retention_action=args.retention_action,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        timezone=settings.timezone,
+        drop_old_after=getattr(args, "drop_old_after", None),
+    )
+
+
+def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
+    from ..cli import confirm
+
+    opts = options_from(settings, args)
+    conn = db.connect(settings, "partman convert")
+    try:
+        qn = db.resolve_table(conn, args.table)
+        running = catalog.running_conversion(conn, settings, qn.schema, qn.name) if catalog.exists(conn, settings) else None
+        if running and running["phase"] in ("verify", "analyze"):
+            if args.dry_run:
+                print(f"{qn} is swapped; the conversion resumes at its {running['phase']} phase.")
+                return 0
+            return _finish(conn, settings, running)
+        p, model = make_plan(conn, settings, qn, opts)
+        if args.dry_run:
+            print(json.dumps(render.plan_json(p, conn), indent=2, default=str) if args.json else render.plan_text(p, conn))
+            return 0
+        if p.refusals:
+            if _already_converted(conn, settings, qn) and not running:
+                print(f"{qn} is already converted and registered; nothing to do.")
+                return 0
+            raise PartmanError(f"Cannot convert {qn}: " + " ".join(p.refusals))
+        for w in p.warnings:
+            log.get().warning("plan_warning", table=str(qn), warning=w)
+        for w in p.widened:
+            log.get().info("key_widened", table=str(qn), note=w)
+        if not running and not confirm(
+            f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes
+        ):
+            raise PartmanError("Conversion cancelled at the prompt. Nothing was changed.")
+        return execute(conn, settings, p, model, running, json_out=args.json)
+    finally:
+        conn.close()
+
+
+def _already_converted(conn: psycopg.Connection, settings: Settings, qn: QualifiedName) -> bool:
+    last = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
+    return bool(last and last["status"] == "done" and catalog.get_managed(conn, settings, qn.schema, qn.name))
+
+
+def key_stats(conn: psycopg.Connection, table: QualifiedName, column: str) -> planning.KeyStats:
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT min({c}) FROM {t}), (SELECT max({c}) FROM {t}), "
+            "(SELECT count(*) FROM {t} WHERE {c} IS NULL), now()"
+        ).format(c=sql.Identifier(column), t=table.ident())
+    ).fetchone()
+    return planning.KeyStats(row[0], row[1], row[2], row[3])
+
+
+def make_plan(
+    conn: psycopg.Connection, settings: Settings, qn: QualifiedName, opts: planning.Options
+) -> tuple[planning.ConversionPlan, Any]:
+    from ..introspect import introspect, key_type_of
+
+    model = introspect(conn, qn)
+    owner_ok = conn.execute(
+        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = %s::regclass",
+        (qn.literal,),
+    ).fetchone()[0]
+    stats = planning.KeyStats(None, None, 0, conn.execute("SELECT now()").fetchone()[0])
+    if key_type_of(model, opts.column) and not getattr(model, "is_partitioned", False):
+        stats = key_stats(conn, qn, opts.column)
+    key = capture.copy_key(conn, qn)
+    p = planning.build(model, opts, stats, settings.catalog_schema, key)
+    if not owner_ok:
+        p.refusals.insert(
+            0,
+            f"the current user is not the owner of {qn} (nor a member of its owner role): converting recreates the "
+            "table, so connect as its owner.",
+        )
+    return p, model
+
+
+def execute(
+    conn: psycopg.Connection,
+    settings: Settings,
+    p: planning.ConversionPlan,
+    model: Any,
+    running: dict[str, Any] | None,
+    *,
+    json_out: bool = False,
+) -> int:
+    catalog.ensure(conn, settings)
+    qn = p.table
+    lock_key = db.advisory_key("convert", qn.schema, qn.name)
+    with db.advisory_lock(conn, lock_key, f"Another `partman convert` of {qn} is running. Wait for it to finish."):
+        running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
+        if running is None:
+            options = {**p.options.to_json(), "work_schema": p.work_schema}
+            with conn.transaction():
+                cid = catalog.start_conversion(
+                    conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate
+                )
+            running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
+        assert running is not None
+        try:
+            return _run_phases(conn, settings, p, model, running, json_out)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _connection_lost(conn):
+                raise  # resumable: the recorded state stays, the next run continues
+            if _rollback(conn, settings, p, running["id"], exc) and isinstance(exc, PartmanError):
+                raise PartmanError(
+                    f"{exc} The conversion was rolled back: {qn} is as it was, and partman's work schema is gone."
+                ) from None
+            raise
+
+
+def _connection_lost(conn: psycopg.Connection) -> bool:
+    return conn.closed or conn.broken
+
+
+def _run_phases(
+    conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, model: Any,
+    running: dict[str, Any], json_out: bool,
+) -> int:
+    cid = running["id"]
+    phase = running["phase"]
+    work = WorkNames(p.work_schema)
+    qn = p.table
+    logger = log.get().bind(table=str(qn), conversion=cid)
+    with Progress(p.rows_estimate, str(qn)) as progress:
+        if phase == "prepare":
+            progress.set_phase("prepare")
+            _prepare(conn, settings, p, work, cid)
+            phase = "copy"
+        if phase == "copy":
+            progress.set_phase("copy")
+            progress.begin(running["rows_copied"])
+            copied, longest = run_copy(
+                conn, settings, cid, qn, p.shadow, p.copy_key, p.columns,
+                overriding=p.overriding, start_after=running["last_key"], rows_done=running["rows_copied"],
+                batch_size=p.options.batch_size, sleep=p.options.sleep, on_progress=progress.update,
+            )
+            logger.info("copied", rows=copied, longest_batch_ms=round(longest, 1))
+            with conn.transaction():
+                catalog.update_conversion(conn, settings, cid, phase="indexes")
+            failpoints.hit("convert.after_copy")
+            phase = "indexes"
+        if phase == "indexes":
+            progress.set_phase("indexes")
+            _build_indexes(conn, settings, p, model, cid)
+            phase = "catchup"
+        if phase == "catchup":
+            progress.set_phase("catchup")
+            _catch_up(conn, settings, p, work, cid, logger)
+            phase = "swap"
+        if phase == "swap":
+            progress.set_phase("swap")
+            stats = swap(
+                conn, settings, conversion_id=cid, source=qn, old=p.old, shadow=p.shadow, work=work, model=model,
+                index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding,
+                registration=_registration(p), lock_timeout_ms=p.options.lock_timeout_ms,
+            )
+            logger.info("swapped", lock_ms=round(stats["lock_ms"], 1), caught_up=stats.get("caught_up"),
+                        attempts=stats["attempts"])
+    running = catalog.running_conversion(conn, settings, qn.schema, qn.name) or running
+    return _finish(conn, settings, running, json_out=json_out)
+
+
+def _registration(p: planning.ConversionPlan) -> dict[str, Any]:
+    o = p.options
+    values: dict[str, Any] = dict(
+        schema_name=p.table.schema, table_name=p.table.name, column_name=o.column, key_type=p.key_type,
+        interval=o.interval, premake=o.premake, timezone=o.timezone, retention=o.retention,
+        retention_action=o.retention_action or "drop", old_table_name=p.old.name,
+        drop_old_after=_pg_interval(o.drop_old_after),
+    )
+    return values
+
+
+def _pg_interval(text: str | None) -> str | None:
+    if not text:
+        return None
+    from ..durations import to_pg_interval
+
+    try:
+        return to_pg_interval(text)
+    except ValueError:
+        return text  # a PostgreSQL interval string such as '7 days 12 hours'
+
+
+def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, work: WorkNames, cid: int) -> None:
+    """Work schema, shadow table and partitions, the change log; then the capture trigger on
+    the source and the phase change in one transaction."""
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(work.schema)))
+        for stmt in p.shadow_ddl:
+            conn.execute(stmt)
+        conn.execute(capture.create_log(work.convert_log, p.copy_key))
+        conn.execute(capture.create_function(work.convert_fn, work.convert_log, p.copy_key))
+    failpoints.hit("convert.prepare.before_trigger")
+
+    def install(c: psycopg.Connection) -> None:
+        c.execute(capture.create_trigger(CONVERT_TRIGGER, p.table, work.convert_fn))
+        catalog.update_conversion(c, settings, cid, phase="copy", last_key=None, rows_copied=0)
+
+    with_lock_retry(conn, settings, f"adding the change-capture trigger to {p.table}", install,
+                    lock_timeout_ms=p.options.lock_timeout_ms)
+
+
+def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, model: Any, cid: int) -> None:
+    """Indexes after the bulk copy (much faster than maintaining them row by row), then
+    grants, comments, policies, owner, replica identity. Resumable: existing ones are kept."""
+    for idx in p.index_ddl:
+        if relation_exists(conn, QualifiedName(p.work_schema, idx.temp_name)):
+            continue
+        with conn.transaction():
+            conn.execute(idx.statement)
+        failpoints.hit("convert.indexes.after_index")
+    with conn.transaction():
+        for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
+            conn.execute(stmt)
+        conn.execute(sql.SQL("ANALYZE {}").format(p.shadow.ident()))
+        catalog.update_conversion(conn, settings, cid, phase="catchup")
+
+
+def _catch_up(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, work: WorkNames, cid: int,
+              logger: Any) -> None:
+    """Replay captured changes in short rounds until few are left for the swap's lock."""
+    total = 0
+    for _ in range(CATCHUP_MAX_ROUNDS):
+        with conn.transaction():
+            n = capture.replay(conn, work.convert_log, p.table, p.shadow, p.copy_key, p.columns,
+                               overriding=p.overriding, limit=CATCHUP_ROUND)
+        total += n
+        failpoints.hit("convert.catchup.after_round")
+        if n < CATCHUP_DONE_BELOW and capture.pending(conn, work.convert_log) < CATCHUP_DONE_BELOW:
+            break
+    logger.info("caught_up", rows=total)
+    with conn.transaction():
+        catalog.update_conversion(conn, settings, cid, phase="swap")
+
+
+def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any], *, json_out: bool = False) -> int:
+    """verify -> analyze -> done (also the resume path after a swap)."""
+    qn = QualifiedName(running["schema_name"], running["table_name"])
+    opts = running["options"]
+    work = WorkNames(opts["work_schema"])
+    managed = catalog.get_managed(conn, settings, qn.schema, qn.name)
+    old = QualifiedName(qn.schema, managed.old_table_name) if managed and managed.old_table_name else None
+    if old is None or not relation_exists(conn, old):
+        raise PartmanError(f"The conversion of {qn} is past its swap but {old} is missing: cannot verify.")
+    key = capture.copy_key(conn, old)
+    from ..introspect import introspect
+
+    columns = ddl.column_names(introspect(conn, old))
+    failpoints.hit("convert.verify.before")
+    figures = verify(conn, old, qn, work.revert_log, key, columns)
+    with conn.transaction():
+        catalog.update_conversion(conn, settings, running["id"], verify=figures)
+    if not figures["ok"]:
+        raise PartmanError(
+            f"Verification of {qn} failed: {figures['missing_or_different']} row(s) of {old} are missing or differ in "
+            f"the partitioned table and could not be repaired ({json.dumps(figures)}). Both tables are kept; "
+            f"inspect them, then run `partman convert` again to re-verify or `partman revert {qn}`."
+        )
+    conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))
+    with conn.transaction():
+        catalog.update_managed(conn, settings, qn.schema, qn.name, verified_at=_server_now(conn))
+        catalog.update_conversion(conn, settings, running["id"], phase="done", status="done", finished_at=_server_now(conn))
+    result = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
+    summary = render.result_summary(result, managed)
+    if json_out:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(render.result_text(summary))
+    return 0
+
+
+def _server_now(conn: psycopg.Connection) -> Any:
+    return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, cid: int, exc: BaseException) -> bool:
+    """Before the swap: remove the capture trigger and the work schema, record the failure.
+    Returns whether it rolled back (False after the swap, or when cleaning up failed)."""
+    phase = catalog.running_conversion(conn, settings, p.table.schema, p.table.name)
+    if phase and phase["phase"] in ("verify", "analyze", "done"):
+        return False  # after the swap both tables are kept; the rerun re-verifies
+    work = WorkNames(p.work_schema)
+    try:
+        if relation_exists(conn, p.table) and capture.trigger_exists(conn, CONVERT_TRIGGER, p.table):
+            # keep trying longer than a swap would: a long transaction must end before the table is clean
+            with_lock_retry(conn, settings, f"removing the change-capture trigger from {p.table}",
+                            lambda c: c.execute(capture.drop_trigger(CONVERT_TRIGGER, p.table)),
+                            attempts=max(settings.lock_retries, 40))
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
+            catalog.update_conversion(conn, settings, cid, status="failed",
+                                      error=log.redact(f"{type(exc).__name__}: {exc}")[:2000])
+        return True
+    except Exception as cleanup_error:  # noqa: BLE001 - report both, keep the first
+        log.get().error("rollback_incomplete", table=str(p.table), error=str(cleanup_error),
+                        advice="run the same convert command again to resume, or drop trigger partman_capture")
+        return False
+

@@ -1,0 +1,160 @@
+"""The swap: one short transaction that fences writers (ACCESS EXCLUSIVE under a short
+lock_timeout, retried with backoff and jitter), replays the last captured changes, and puts the
+partitioned table in the original's place with everything it carries."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import catalog, failpoints, naming
+from ..db import QualifiedName, with_lock_retry
+from ..settings import Settings
+from . import capture, ddl
+from .capture import KeyColumn
+
+CONVERT_TRIGGER = "partman_capture"
+REVERT_TRIGGER = "partman_revert_capture"
+
+
+@dataclass
+class WorkNames:
+    """partman's objects for one conversion, all in its work schema."""
+
+    schema: str
+
+    @property
+    def convert_log(self) -> QualifiedName:
+        return QualifiedName(self.schema, "convert_log")
+
+    @property
+    def convert_fn(self) -> QualifiedName:
+        return QualifiedName(self.schema, "convert_capture")
+
+    @property
+    def revert_log(self) -> QualifiedName:
+        return QualifiedName(self.schema, "revert_log")
+
+    @property
+    def revert_fn(self) -> QualifiedName:
+        return QualifiedName(self.schema, "revert_capture")
+
+
+def relation_exists(conn: psycopg.Connection, qn: QualifiedName) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qn.literal,)).fetchone()[0]
+
+
+def index_names(conn: psycopg.Connection, table: QualifiedName) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s::regclass ORDER BY c.relname",
+            (table.literal,),
+        )
+    ]
+
+
+def child_tables(conn: psycopg.Connection, parent: QualifiedName) -> list[QualifiedName]:
+    return [
+        QualifiedName(r[0], r[1])
+        for r in conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass ORDER BY c.relname",
+            (parent.literal,),
+        )
+    ]
+
+
+def install_revert_capture(conn: psycopg.Connection, work: WorkNames, table: QualifiedName, key: list[KeyColumn]) -> None:
+    conn.execute(capture.create_log(work.revert_log, key))
+    conn.execute(capture.create_function(work.revert_fn, work.revert_log, key))
+    conn.execute(capture.create_trigger(REVERT_TRIGGER, table, work.revert_fn))
+
+
+def swap(
+    conn: psycopg.Connection,
+    settings: Settings,
+    *,
+    conversion_id: int,
+    source: QualifiedName,
+    old: QualifiedName,
+    shadow: QualifiedName,
+    work: WorkNames,
+    model: Any,
+    index_ddl: list[Any],
+    key: list[KeyColumn],
+    columns: list[str],
+    overriding: bool,
+    registration: dict[str, Any],
+    lock_timeout_ms: int,
+) -> dict[str, float]:
+    """Returns {"lock_ms": time the exclusive lock was held, "caught_up": rows, "attempts": n}."""
+    stats: dict[str, float] = {"attempts": 0}
+
+    def attempt(c: psycopg.Connection) -> None:
+        stats["attempts"] += 1
+        c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
+        locked_at = time.perf_counter()
+        failpoints.hit("convert.swap.locked")
+        caught = capture.replay(
+            c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None
+        )
+        c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
+        # the original keeps its data and triggers under <table>_old; its index names get _old
+        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(source.ident(), sql.Identifier(old.name)))
+        renames: dict[str, str] = {}
+        for name in index_names(c, old):
+            renamed = naming.derived(name, "_old")
+            renames[renamed] = name
+            c.execute(
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old.schema, name), sql.Identifier(renamed))
+            )
+        c.execute(
+            sql.SQL("UPDATE {} SET options = options || %s::jsonb WHERE id = %s").format(
+                catalog.ident(settings, "conversion")
+            ),
+            (json.dumps({"index_renames": renames}), conversion_id),
+        )
+        # the shadow and its partitions move into the table's schema under their final names
+        for child in child_tables(c, shadow):
+            c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(child.ident(), sql.Identifier(source.schema)))
+        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow.ident(), sql.Identifier(source.name)))
+        moved = QualifiedName(shadow.schema, source.name)
+        c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(moved.ident(), sql.Identifier(source.schema)))
+        for idx in index_ddl:
+            if idx.temp_name != idx.final_name:
+                c.execute(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(source.schema, idx.temp_name), sql.Identifier(idx.final_name)
+                    )
+                )
+        for stmt in [
+            *ddl.swap_triggers(model, source),
+            *ddl.swap_sequences(model, source),
+            *ddl.swap_views(model),
+            *ddl.swap_publications(model, source),
+        ]:
+            c.execute(stmt)
+        install_revert_capture(c, work, source, key)
+        failpoints.hit("convert.swap.before_commit")
+        swapped_at = c.execute("SELECT now()").fetchone()[0]
+        catalog.upsert_managed(c, settings, **registration, swapped_at=swapped_at)
+        catalog.update_conversion(
+            c, settings, conversion_id, phase="verify", rows_caught_up=caught,
+            swap_attempts=int(stats["attempts"]),
+        )
+        stats["caught_up"] = caught
+        stats["locked_at"] = locked_at
+
+    with_lock_retry(conn, settings, f"the swap of {source}", attempt, lock_timeout_ms=lock_timeout_ms)
+    stats["lock_ms"] = (time.perf_counter() - stats.pop("locked_at")) * 1000
+    with conn.transaction():
+        catalog.update_conversion(conn, settings, conversion_id, swap_lock_ms=stats["lock_ms"])
+    failpoints.hit("convert.swap.after_commit")
+    return stats

@@ -1,0 +1,33 @@
+"""Trigger enabled-states: read, and statements that restore them exactly (O, D, R, A)."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from ..db import QualifiedName
+
+_ENABLE = {"O": "ENABLE TRIGGER", "D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
+
+
+def states(conn: psycopg.Connection, table: QualifiedName) -> list[tuple[str, str]]:
+    """(name, tgenabled) of the table's user triggers."""
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
+            "AND tgparentid = 0 ORDER BY tgname",
+            (table.literal,),
+        )
+    ]
+
+
+def disable_all(table: QualifiedName) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(table.ident())
+
+
+def restore(table: QualifiedName, saved: list[tuple[str, str]]) -> list[sql.Composed]:
+    return [
+        sql.SQL("ALTER TABLE {} {} {}").format(table.ident(), sql.SQL(_ENABLE[state]), sql.Identifier(name))
+        for name, state in saved
+    ]

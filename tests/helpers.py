@@ -1,0 +1,107 @@
+"""Test helpers: application writers that run while partman works, and table checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from partman.db import QualifiedName
+from partman.sample_ledger import Ledger
+
+
+@dataclass
+class Writers:
+    """Threads inserting into a table through its triggers until stopped; they record every
+    id they committed, every error, and each insert's latency."""
+
+    dsn: str
+    table: QualifiedName
+    threads: int = 2
+    pause: float = 0.002
+    ledger: bool = True
+    slow_every: int = 0  # every Nth insert holds its transaction open for slow_hold seconds
+    slow_hold: float = 0.3
+    committed: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _insert_sql(self) -> sql.Composed:
+        if self.ledger:
+            return sql.SQL(
+                "INSERT INTO {} (actor, action, payload, prev_hash, current_hash) "
+                "VALUES ('app', 'write', '{{\"w\": 1}}', '', '') RETURNING id"
+            ).format(self.table.ident())
+        return sql.SQL("INSERT INTO {} (ts, note) VALUES (now(), 'app') RETURNING id").format(self.table.ident())
+
+    def _run(self, n: int) -> None:
+        q = self._insert_sql()
+        i = 0
+        with psycopg.connect(self.dsn, autocommit=False) as c:
+            c.execute("SET lock_timeout = '10s'")
+            c.commit()
+            while not self._stop.is_set():
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    new_id = c.execute(q).fetchone()[0]
+                    if self.slow_every and i % self.slow_every == n % max(self.slow_every, 1):
+                        time.sleep(self.slow_hold)  # commits after later ids are visible
+                    c.commit()
+                    with self._lock:
+                        self.committed.append(new_id)
+                        self.latencies.append(time.perf_counter() - t0)
+                except psycopg.Error as exc:
+                    c.rollback()
+                    with self._lock:
+                        self.errors.append(str(exc).splitlines()[0])
+                    time.sleep(0.05)
+                time.sleep(self.pause)
+
+    def __enter__(self) -> Writers:
+        for n in range(self.threads):
+            t = threading.Thread(target=self._run, args=(n,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def relations_in(conn: psycopg.Connection, schema: str) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+        (schema,),
+    )}
+
+
+def ids(conn: psycopg.Connection, table: QualifiedName) -> list[int]:
+    return [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(table.ident()))]
+
+
+def is_partitioned(conn: psycopg.Connection, table: QualifiedName) -> bool:
+    return conn.execute("SELECT relkind = 'p' FROM pg_class WHERE oid = %s::regclass", (table.literal,)).fetchone()[0]
+
+
+LEDGER = QualifiedName("public", "audit_log_ledger")
+LEDGER_OLD = QualifiedName("public", "audit_log_ledger_old")
+
+
+def make_ledger(conn: psycopg.Connection, rows: int = 3000) -> Ledger:
+    led = Ledger(LEDGER)
+    led.create(conn)
+    led.seed(conn, rows, "2014-03-01", "2026-10-01")
+    return led

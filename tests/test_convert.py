@@ -1,0 +1,197 @@
+"""`partman convert` on a real PostgreSQL, with real concurrent writers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from partman.db import QualifiedName
+from partman.sample_ledger import verify_chain
+
+from helpers import LEDGER, LEDGER_OLD, Writers, ids, is_partitioned, make_ledger, relations_in
+
+pytestmark = pytest.mark.conversion
+
+CONVERT = ["convert", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "year"]
+
+
+def test_ledger_converts_under_live_writers_losing_nothing(conn, dsn, partman):
+    make_ledger(conn, 3000)
+    with Writers(dsn, LEDGER, threads=2) as w:
+        r = partman(*CONVERT, "--batch-size", "250", "--sleep", "0.02", "--retention", "10 years")
+        w.stop()
+    assert r.code == 0, r.err
+    assert not w.errors, w.errors[:3]
+    assert w.committed, "the writers never got a row in"
+    assert is_partitioned(conn, LEDGER)
+    # every committed row exactly once, byte-identical to the original for the seeded ones
+    got = ids(conn, LEDGER)
+    assert len(got) == len(set(got)) == 3000 + len(w.committed)
+    assert set(w.committed) <= set(got)
+    diff = conn.execute(
+        "SELECT count(*) FROM audit_log_ledger_old o LEFT JOIN audit_log_ledger n USING (id) "
+        "WHERE n.id IS NULL OR (o.*)::text <> (n.*)::text"
+    ).fetchone()[0]
+    assert diff == 0
+    # the chain is intact and new rows chain onto the last copied one
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'after', '', '')")
+    assert verify_chain(conn, LEDGER)["ok"]
+    # the append-only trigger came along, enabled
+    with pytest.raises(psycopg.errors.RaiseException):
+        conn.execute("DELETE FROM audit_log_ledger WHERE id = 1")
+    # partitions cover every row's key plus premake future years, and a default partition
+    names = relations_in(conn, "public")
+    assert "audit_log_ledger_p20140101" in names and "audit_log_ledger_default" in names
+    assert "audit_log_ledger_p20290101" in names  # 2026 + 3
+    assert conn.execute("SELECT count(*) FROM audit_log_ledger_default").fetchone()[0] == 0
+    # registered, with retention
+    reg = conn.execute(
+        "SELECT \"interval\", premake, retention::text, old_table_name, verified_at IS NOT NULL "
+        "FROM partman_catalog.managed_table"
+    ).fetchone()
+    assert reg == ("year", 3, "10 years", "audit_log_ledger_old", True)
+    # the primary key was widened to include the key, and the plan said so
+    pk = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'audit_log_ledger'::regclass AND contype = 'p'"
+    ).fetchone()[0]
+    assert "event_timestamp" in pk and "id" in pk
+
+
+def test_out_of_order_commits_are_not_lost(conn, dsn, partman):
+    conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, note text)")
+    conn.execute(
+        "INSERT INTO events (ts, note) SELECT timestamptz '2020-01-01' + g * interval '1 hour', 'seed' "
+        "FROM generate_series(1, 4000) g"
+    )
+    t = QualifiedName("public", "events")
+    # some writers take an id, hold the transaction open, and commit after later ids are visible
+    with Writers(dsn, t, threads=3, ledger=False, slow_every=3, slow_hold=0.25, pause=0.005) as w:
+        r = partman("convert", "events", "--column", "ts", "--interval", "month", "--batch-size", "200", "--sleep", "0.03")
+        w.stop()
+    assert r.code == 0, r.err
+    assert not w.errors
+    got = ids(conn, t)
+    assert len(got) == len(set(got)) == 4000 + len(w.committed)
+    assert set(w.committed) <= set(got)
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(conn, partman):
+    make_ledger(conn, 500)
+    conn.execute("ALTER TABLE audit_log_ledger ALTER COLUMN actor DROP NOT NULL")
+    before = relations_in(conn, "public")
+    r = partman(*CONVERT, "--dry-run")
+    assert r.code == 0, r.err
+    assert "audit_log_ledger_p20140101" in r.out and "CREATE TABLE" in r.out
+    assert "PRIMARY KEY" in r.out and "event_timestamp" in r.out
+    r2 = partman(*CONVERT, "--dry-run", "--json")
+    plan = json.loads(r2.out)
+    assert plan["widened_keys"] and plan["partitions"][0]["name"] == "audit_log_ledger_p20140101"
+    assert plan["rows_estimate"] >= 0 and plan["disk_needed_bytes"] > 0
+    assert relations_in(conn, "public") == before
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman%'").fetchone()[0] == 0
+
+
+def test_sequences_identity_views_and_generated_columns_survive(conn, partman):
+    conn.execute(
+        """
+        CREATE TABLE orders (
+            id bigserial PRIMARY KEY,
+            ref bigint GENERATED ALWAYS AS IDENTITY,
+            created date NOT NULL DEFAULT current_date,
+            amount numeric(10,2) NOT NULL CHECK (amount >= 0),
+            doubled numeric GENERATED ALWAYS AS (amount * 2) STORED,
+            note text DEFAULT 'none'
+        );
+        INSERT INTO orders (created, amount) SELECT date '2021-01-01' + g, g FROM generate_series(1, 900) g;
+        CREATE VIEW big_orders AS SELECT id, amount FROM orders WHERE amount > 800;
+        CREATE MATERIALIZED VIEW order_count AS SELECT count(*) AS n FROM orders;
+        COMMENT ON TABLE orders IS 'the orders';
+        """
+    )
+    r = partman("convert", "orders", "--column", "created", "--interval", "quarter", "--sleep", "0")
+    assert r.code == 0, r.err
+    conn.execute("DROP TABLE orders_old")
+    conn.execute("INSERT INTO orders (amount) VALUES (5000)")
+    row = conn.execute("SELECT id, ref, doubled, note FROM orders WHERE amount = 5000").fetchone()
+    assert row[0] > 900 and row[1] > 900 and row[2] == 10000 and row[3] == "none"
+    assert conn.execute("SELECT count(*) FROM big_orders").fetchone()[0] == 101
+    assert conn.execute("SELECT n FROM order_count").fetchone()[0] == 900
+    conn.execute("REFRESH MATERIALIZED VIEW order_count")
+    assert conn.execute("SELECT n FROM order_count").fetchone()[0] == 901
+    assert conn.execute("SELECT obj_description('orders'::regclass)").fetchone()[0] == "the orders"
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO orders (amount) VALUES (-1)")
+
+
+@pytest.mark.parametrize(
+    "setup, args, words",
+    [
+        ("", ["nosuch", "--column", "ts"], "does not exist"),
+        ("CREATE TABLE t (id int PRIMARY KEY, ts timestamptz, n int)", ["t", "--column", "n"], "n"),
+        ("CREATE TABLE t (id int PRIMARY KEY, ts timestamptz)", ["t", "--column", "nope"], "nope"),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, ts timestamptz NOT NULL); "
+            "CREATE TABLE child (id int PRIMARY KEY, t_id int REFERENCES t(id))",
+            ["t", "--column", "ts"],
+            "child",
+        ),
+        (
+            "CREATE TABLE t (id int, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)",
+            ["t", "--column", "ts"],
+            "partitioned",
+        ),
+    ],
+)
+def test_bad_input_is_refused_cleanly(conn, partman, setup, args, words):
+    if setup:
+        conn.execute(setup)
+    before = relations_in(conn, "public")
+    r = partman("convert", *args, "--yes")
+    assert r.code == 1
+    assert words in r.err and "Traceback" not in r.err
+    assert len(r.err.strip().splitlines()) == 1  # one paragraph
+    assert relations_in(conn, "public") == before
+
+
+def test_wrong_password_is_reported_without_the_password(dsn, partman, pg_server):
+    bad = psycopg.conninfo.make_conninfo(dsn, password="not-the-password-xyz")
+    r = partman("convert", "t", "--column", "ts", "--dsn", bad)
+    assert r.code == 1
+    assert "not-the-password-xyz" not in r.err + r.out
+    assert "Traceback" not in r.err
+
+
+def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
+    make_ledger(conn, 1000)
+    assert partman(*CONVERT, "--sleep", "0").code == 0
+    with Writers(dsn, LEDGER, threads=2) as w:
+        import time
+
+        time.sleep(0.5)
+        r = partman("revert", "audit_log_ledger", "--yes")
+        w.stop()
+    assert r.code == 0, r.err
+    assert not w.errors, w.errors[:3]
+    assert not is_partitioned(conn, LEDGER)
+    got = ids(conn, LEDGER)
+    assert len(got) == len(set(got)) == 1000 + len(w.committed)
+    assert verify_chain(conn, LEDGER)["ok"]
+    assert is_partitioned(conn, QualifiedName("public", "audit_log_ledger_partitioned"))
+    assert conn.execute("SELECT count(*) FROM partman_catalog.managed_table").fetchone()[0] == 0
+    # the original table works as before: the chain continues, the sequence is its own again
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'x', '', '')")
+    assert verify_chain(conn, LEDGER)["ok"]
+    conn.execute("DROP TABLE audit_log_ledger_partitioned")
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'y', '', '')")
+
+
+def test_rerun_after_success_is_a_no_op(conn, partman):
+    make_ledger(conn, 300)
+    assert partman(*CONVERT, "--sleep", "0").code == 0
+    r = partman(*CONVERT, "--sleep", "0")
+    assert r.code == 0, r.err
+    assert "already" in r.out

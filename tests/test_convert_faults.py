@@ -1,0 +1,109 @@
+"""Crashes and lock contention during `partman convert`: real SIGKILLs of the real command at
+each phase while writers keep inserting, then the same command again; and a long transaction
+holding the table while the swap wants its lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from partman.sample_ledger import verify_chain
+
+from helpers import LEDGER, Writers, ids, is_partitioned, make_ledger, relations_in
+
+pytestmark = pytest.mark.conversion
+
+CONVERT = ["convert", "public.audit_log_ledger", "--column", "event_timestamp", "--batch-size", "300", "--sleep", "0.01"]
+
+CRASH_POINTS = [
+    "convert.prepare.before_trigger=1:kill",
+    "convert.copy.after_batch=3:kill",
+    "convert.after_copy=1:kill",
+    "convert.indexes.after_index=1:kill",
+    "convert.catchup.after_round=1:kill",
+    "convert.swap.locked=1:kill",
+    "convert.swap.before_commit=1:kill",
+    "convert.swap.after_commit=1:kill",
+    "convert.verify.before=1:kill",
+]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS, ids=[p.split("=")[0] for p in CRASH_POINTS])
+def test_killed_at_each_phase_the_rerun_finishes_the_job(conn, dsn, partman_proc, point):
+    make_ledger(conn, 2500)
+    with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
+        first = partman_proc(*CONVERT, extra_env={"PARTMAN_FAILPOINTS": point})
+        assert first.code == -9, f"expected the failpoint to kill partman: {first.code} {first.err[-500:]}"
+        time.sleep(0.3)  # the application keeps writing between the crash and the rerun
+        second = partman_proc(*CONVERT)
+        time.sleep(0.2)
+        w.stop()
+    assert second.code == 0, second.err[-2000:]
+    assert not w.errors, w.errors[:3]
+    assert is_partitioned(conn, LEDGER)
+    got = ids(conn, LEDGER)
+    assert len(got) == len(set(got)) == 2500 + len(w.committed)
+    assert verify_chain(conn, LEDGER)["ok"]
+    leftovers = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'partman_capture'"
+    ).fetchone()[0]
+    assert leftovers == 0
+
+
+def test_swap_gives_up_cleanly_behind_a_long_transaction(conn, dsn, partman_proc):
+    make_ledger(conn, 800)
+    before = relations_in(conn, "public")
+    blocker = psycopg.connect(dsn)
+    blocker.execute("SELECT count(*) FROM audit_log_ledger")  # holds ACCESS SHARE until it ends
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                c.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('w','x','','')")
+                latencies.append(time.perf_counter() - t0)
+                time.sleep(0.01)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    released = threading.Timer(6.0, blocker.close)
+    released.start()
+    try:
+        r = partman_proc(*CONVERT, "--lock-timeout", "100", extra_env={"PARTMAN_LOCK_RETRIES": "4"})
+    finally:
+        stop.set()
+        t.join()
+        released.join()
+    assert r.code == 1
+    assert "lock" in r.err.lower() and "Traceback" not in r.err
+    # the application was never blocked for much longer than one lock timeout
+    assert max(latencies) < 1.0, max(latencies)
+    # the original table is as it was: not partitioned, no trigger of ours, no new relation
+    assert not is_partitioned(conn, LEDGER)
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'partman_capture'").fetchone()[0] == 0
+    assert relations_in(conn, "public") == before
+    assert verify_chain(conn, LEDGER)["ok"]
+
+
+def test_two_converts_of_one_table_never_overlap(conn, dsn, partman_proc):
+    make_ledger(conn, 1500)
+    import subprocess
+    import sys
+
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "partman.cli", *CONVERT],
+        env={**__import__("os").environ, "PARTMAN_DATABASE_URL": dsn,
+             "PARTMAN_FAILPOINTS": "convert.copy.after_batch=1:sleep(4)"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    second = partman_proc(*CONVERT)
+    out, err = slow.communicate(timeout=120)
+    assert second.code == 1 and "running" in second.err
+    assert slow.returncode == 0, err[-1000:]
+    assert len(ids(conn, LEDGER)) == 1500
