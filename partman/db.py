@@ -94,7 +94,7 @@ def resolve_table(conn: psycopg.Connection, name: str) -> QualifiedName:
         if parts is not None:
             row = conn.execute(
                 """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE c.relname = %s AND (n.nspname = %s OR (%s IS NULL AND n.nspname = ANY(current_schemas(false))))
+                   WHERE c.relname = %s AND (n.nspname = %s OR (%s::text IS NULL AND n.nspname = ANY(current_schemas(false))))
                    ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1""",
                 (parts[1], parts[0], parts[0]),
             ).fetchone()

@@ -37,9 +37,10 @@ $$;
 CREATE FUNCTION {fn_chain}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE prev text;
 BEGIN
+    -- on a partitioned table the trigger fires on the partition: chain over the whole table
     PERFORM pg_advisory_xact_lock(hashtext(TG_TABLE_SCHEMA || '.' || {lockname}));
     NEW.id := nextval({seqlit});
-    EXECUTE format('SELECT current_hash FROM %I.%I ORDER BY id DESC LIMIT 1', TG_TABLE_SCHEMA, TG_TABLE_NAME) INTO prev;
+    EXECUTE format('SELECT current_hash FROM %s ORDER BY id DESC LIMIT 1', coalesce(pg_partition_root(TG_RELID), TG_RELID::regclass)) INTO prev;
     NEW.prev_hash := coalesce(prev, {genesis});
     NEW.current_hash := {hash}(NEW.prev_hash, NEW.id, NEW.event_timestamp, NEW.actor, NEW.action, NEW.payload);
     RETURN NEW;

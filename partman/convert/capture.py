@@ -86,8 +86,8 @@ END
     ).format(log=log.ident(), cols=_cols(key), new=new_vals, old=old_vals)
     return sql.SQL(
         "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-        "SET search_path = pg_catalog, pg_temp AS {}"
-    ).format(fn.ident(), body)
+        "SET search_path = pg_catalog, pg_temp AS $partman$"
+    ).format(fn.ident()) + body + sql.SQL("$partman$")
 
 
 def create_trigger(trigger: str, table: QualifiedName, fn: QualifiedName) -> sql.Composed:

@@ -107,9 +107,10 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
             "the change capture records it. Add a primary key first."
         )
     if stats.null_keys:
-        warnings.append(
-            f"{stats.null_keys} row(s) have a NULL {options.column}: they will go to the default partition "
-            f"{naming.default_name(table.name)}."
+        refusals.append(
+            f"{stats.null_keys} row(s) of {table} have a NULL {options.column}: they would land in the default "
+            f"partition, where retention and coverage cannot see them. Give those rows a {options.column} "
+            f"(and SET NOT NULL on the column), then run again."
         )
     try:
         tz = intervals.zone(options.timezone)
@@ -144,7 +145,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         shadow_ddl.append(create_default_sql(shadow, QualifiedName(work, default)))
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
-        decorate_ddl = list(ddl.decorate(model, shadow))
+        decorate_ddl = list(ddl.decorate(model, shadow, [QualifiedName(work, x.name) for x in parts] + [QualifiedName(work, default)]))
         recreated = describe_recreated(model)
     return ConversionPlan(
         table=table,

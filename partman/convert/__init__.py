@@ -1,0 +1,1 @@
+"""`partman convert` and `partman revert`: an online conversion of a table into range partitions."""

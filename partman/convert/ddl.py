@@ -1,0 +1,319 @@
+"""TableModel -> the DDL a conversion runs: the shadow table, its indexes (unique keys widened to
+include the partition key), what decorates it (owner, grants, comments, RLS, policies, storage,
+foreign keys), and what the swap recreates (triggers, sequence ownership, views, functions,
+publications). Pure: no connection. Identifiers go through psycopg.sql; expressions and
+definitions are PostgreSQL's own text (pg_get_expr, pg_get_indexdef, ...), read with a
+pg_catalog-only search_path so every name in them is qualified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from ..db import QualifiedName
+from ..introspect import Column, TableModel, key_type_of
+
+_ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
+
+
+@dataclass
+class IndexDDL:
+    statement: sql.Composable
+    temp_name: str  # the name it is built under (in the work schema)
+    final_name: str  # the name it must have after the swap
+    constraint: str | None
+    widened: bool
+    note: str
+
+
+def _raw(text: str) -> sql.SQL:
+    """PostgreSQL's own definition text (an expression, a type, a view query). Never .format()ted."""
+    return sql.SQL(text)
+
+
+def _idents(names: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def column_names(model: TableModel) -> list[str]:
+    """Columns a copy writes, in the table's order (stored generated columns are computed)."""
+    return [c.name for c in model.columns if not c.generated]
+
+
+def needs_overriding(model: TableModel) -> bool:
+    return any(c.identity == "a" for c in model.columns)
+
+
+def _column_def(c: Column) -> sql.Composable:
+    parts: list[sql.Composable] = [sql.Identifier(c.name), _raw(c.type)]
+    if c.collation is not None:
+        parts += [sql.SQL("COLLATE"), c.collation.ident()]
+    if c.generated == "s" and c.default is not None:
+        parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(_raw(c.default)))
+    elif c.identity:
+        kind = "ALWAYS" if c.identity == "a" else "BY DEFAULT"
+        opts = sql.SQL(" ({})").format(_raw(c.identity_options)) if c.identity_options else sql.SQL("")
+        parts.append(sql.SQL("GENERATED {} AS IDENTITY{}").format(sql.SQL(kind), opts))
+    elif c.default is not None:
+        parts += [sql.SQL("DEFAULT"), _raw(c.default)]
+    if c.notnull:
+        parts.append(sql.SQL("NOT NULL"))
+    return sql.SQL(" ").join(parts)
+
+
+def _carried_checks(model: TableModel) -> list:
+    return [k for k in model.constraints if k.kind == "c" and k.validated and not k.no_inherit]
+
+
+def create_shadow(model: TableModel, shadow: QualifiedName, key: str) -> list[sql.Composable]:
+    """CREATE TABLE <shadow> (columns, CHECK constraints) PARTITION BY RANGE (key)."""
+    elements: list[sql.Composable] = [_column_def(c) for c in model.columns]
+    for k in _carried_checks(model):
+        elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(k.name), _raw(k.definition)))
+    stmt = sql.SQL("CREATE TABLE {} ({}) PARTITION BY RANGE ({})").format(
+        shadow.ident(), sql.SQL(", ").join(elements), sql.Identifier(key)
+    )
+    return [stmt]
+
+
+def partition_options(model: TableModel) -> sql.Composable | None:
+    """Storage options (fillfactor, autovacuum_*) belong on each partition: a partitioned
+    parent cannot carry them."""
+    if not model.reloptions:
+        return None
+    return sql.SQL("WITH ({})").format(sql.SQL(", ").join(_raw(o) for o in model.reloptions))
+
+
+def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[IndexDDL]:
+    """One statement per index of the original, built on the partitioned shadow after the copy.
+    A primary key or unique index that lacks the partition key gets it appended (PostgreSQL
+    requires it), and the note says so."""
+    out: list[IndexDDL] = []
+    constraints = {k.name: k for k in model.constraints}
+    for idx in model.indexes:
+        con = constraints.get(idx.constraint) if idx.constraint else None
+        if con is not None and con.kind == "x":
+            continue  # refused by refusals()
+        cols = [c for c in idx.columns if c is not None]
+        widen = idx.unique and key not in idx.columns
+        new_cols = cols + [key] if widen else cols
+        note = ""
+        if widen:
+            what = "primary key" if idx.primary else ("unique constraint" if con else "unique index")
+            note = (f"{what} {idx.name} ({', '.join(cols)}) becomes ({', '.join(new_cols)}): a unique key of a "
+                    f"partitioned table must include its partition key")
+        include = sql.SQL(" INCLUDE ({})").format(_idents(idx.include)) if idx.include else sql.SQL("")
+        nnd = sql.SQL(" NULLS NOT DISTINCT") if idx.nulls_not_distinct else sql.SQL("")
+        if con is not None and con.kind in ("p", "u"):
+            kind = sql.SQL("PRIMARY KEY") if con.kind == "p" else sql.SQL("UNIQUE") + nnd
+            stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}").format(
+                shadow.ident(), sql.Identifier(con.name), kind, _idents(new_cols), include
+            )
+            out.append(IndexDDL(stmt, con.name, idx.name, con.name, widen, note))
+        elif widen:
+            where = sql.SQL(" WHERE {}").format(_raw(idx.predicate)) if idx.predicate else sql.SQL("")
+            stmt = sql.SQL("CREATE UNIQUE INDEX {} ON {} USING {} ({}){}{}{}").format(
+                sql.Identifier(idx.name), shadow.ident(), sql.Identifier(idx.method), _idents(new_cols),
+                include, nnd, where,
+            )
+            out.append(IndexDDL(stmt, idx.name, idx.name, None, True, note))
+        else:
+            if not idx.definition.startswith(idx.prefix):
+                raise ValueError(f"unexpected index definition for {idx.name}: {idx.definition}")
+            tail = idx.definition[len(idx.prefix):]
+            stmt = sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+                sql.SQL("UNIQUE ") if idx.unique else sql.SQL(""), sql.Identifier(idx.name), shadow.ident(),
+                _raw(tail),
+            )
+            out.append(IndexDDL(stmt, idx.name, idx.name, None, False, note))
+    return out
+
+
+def _grant(g, target: sql.Composable, kind: str = "TABLE") -> sql.Composable:
+    grantee = sql.SQL("PUBLIC") if g.grantee == "PUBLIC" else sql.Identifier(g.grantee)
+    priv = sql.SQL(g.privilege)
+    if g.column:
+        priv = sql.SQL("{} ({})").format(priv, sql.Identifier(g.column))
+    return sql.SQL("GRANT {} ON {} {} TO {}{}").format(
+        priv, sql.SQL(kind), target, grantee, sql.SQL(" WITH GRANT OPTION") if g.grantable else sql.SQL("")
+    )
+
+
+def decorate(model: TableModel, target: QualifiedName, partitions: list[QualifiedName] | tuple = ()) -> list[sql.Composable]:
+    """Owner, grants, comments, row-level security and policies, column storage, foreign keys
+    to other tables: applied to the shadow before the swap (none of it needs the data)."""
+    t = target.ident()
+    out: list[sql.Composable] = [sql.SQL("ALTER TABLE {} OWNER TO {}").format(t, sql.Identifier(model.owner))]
+    out += [sql.SQL("ALTER TABLE {} OWNER TO {}").format(p.ident(), sql.Identifier(model.owner)) for p in partitions]
+    out += [_grant(g, t) for g in model.grants]
+    if model.comment is not None:
+        out.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(t, sql.Literal(model.comment)))
+    for c in model.columns:
+        if c.comment is not None:
+            out.append(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(t, sql.Identifier(c.name), sql.Literal(c.comment)))
+        if c.storage:
+            storage = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}[c.storage]
+            out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE {}").format(
+                t, sql.Identifier(c.name), sql.SQL(storage)))
+    for k in model.constraints:
+        if k.kind == "f":
+            out.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                t, sql.Identifier(k.name), _raw(k.definition.removesuffix(" NOT VALID"))))
+        if k.comment is not None and (k.kind in ("c", "f", "p", "u")):
+            out.append(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(k.name), t, sql.Literal(k.comment)))
+    for idx in model.indexes:
+        if idx.comment is not None:
+            out.append(sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(target.schema, idx.name), sql.Literal(idx.comment)))
+    if model.row_security:
+        out.append(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(t))
+    if model.force_row_security:
+        out.append(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(t))
+    for p in model.policies:
+        roles = sql.SQL(", ").join(
+            sql.SQL("PUBLIC") if r == "public" else sql.Identifier(r) for r in p.roles
+        ) if p.roles else sql.SQL("PUBLIC")
+        stmt = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
+            sql.Identifier(p.name), t, sql.SQL("PERMISSIVE" if p.permissive else "RESTRICTIVE"), sql.SQL(p.command),
+            roles,
+        )
+        if p.using is not None:
+            stmt += sql.SQL(" USING ({})").format(_raw(p.using))
+        if p.check is not None:
+            stmt += sql.SQL(" WITH CHECK ({})").format(_raw(p.check))
+        out.append(stmt)
+    return out
+
+
+def replica_identity(model: TableModel, target: QualifiedName) -> list[sql.Composable]:
+    if model.replica_identity == "f":
+        return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target.ident())]
+    if model.replica_identity == "n":
+        return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(target.ident())]
+    return []
+
+
+def swap_triggers(model: TableModel, new: QualifiedName) -> list[sql.Composable]:
+    """The original's triggers on the new table, same enabled state. The definitions were read
+    while the original had the name the new table now has, so they name the new table."""
+    assert model.table == new, "trigger definitions name the original table"
+    out: list[sql.Composable] = []
+    for trg in model.triggers:
+        out.append(_raw(trg.definition))
+        if trg.enabled in _ENABLE:
+            out.append(sql.SQL("ALTER TABLE {} {} {}").format(new.ident(), sql.SQL(_ENABLE[trg.enabled]),
+                                                              sql.Identifier(trg.name)))
+    return out
+
+
+def swap_sequences(model: TableModel, new: QualifiedName) -> list[sql.Composable]:
+    """A serial's sequence is re-owned by the new table's column (so dropping the old table
+    keeps it); an IDENTITY column's own sequence is moved past the highest value in use."""
+    out: list[sql.Composable] = []
+    for s in model.owned_sequences:
+        if s.identity:
+            out.append(sql.SQL(
+                "SELECT setval(pg_get_serial_sequence({tab}, {col}), "
+                "greatest(coalesce((SELECT max({c}) FROM {t}), 0), (SELECT last_value FROM {seq})))"
+            ).format(tab=sql.Literal(new.literal), col=sql.Literal(s.column), c=sql.Identifier(s.column),
+                     t=new.ident(), seq=s.sequence.ident()))
+        else:
+            out.append(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+                s.sequence.ident(), new.ident(), sql.Identifier(s.column)))
+    return out
+
+
+def swap_views(model: TableModel) -> list[sql.Composable]:
+    """Views bind to the table's OID: recreate each (same definition, so it now reads the table
+    that has the name) keeping its OID, owner and grants; a materialized view is rebuilt."""
+    out: list[sql.Composable] = []
+    for v in model.views:
+        query = _raw(v.definition.strip().rstrip(";"))
+        opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(_raw(o) for o in v.options)) if v.options else sql.SQL("")
+        if not v.materialized:
+            out.append(sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(v.name.ident(), opts, query))
+            continue
+        out.append(sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()))
+        out.append(sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH {}").format(
+            v.name.ident(), opts, query, sql.SQL("DATA" if v.populated else "NO DATA")))
+        out.append(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(v.name.ident(), sql.Identifier(v.owner)))
+        out += [_raw(i) for i in v.indexes]
+        out += [_grant(g, v.name.ident()) for g in v.grants]
+        if v.comment is not None:
+            out.append(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(v.name.ident(), sql.Literal(v.comment)))
+    out += [_raw(f.definition) for f in model.functions]
+    return out
+
+
+def swap_publications(model: TableModel, new: QualifiedName) -> list[sql.Composable]:
+    return [sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(p), new.ident())
+            for p in model.publications]
+
+
+def refusals(model: TableModel, column: str) -> list[str]:
+    """Why this table cannot be converted (empty: it can)."""
+    t = model.table
+    if model.is_partitioned:
+        return [f"{t} is already partitioned; to have partman maintain it, use `partman register {t} --column ...`."]
+    if model.relkind != "r":
+        return [f"{t} is not a table (relkind {model.relkind!r}); only ordinary tables can be converted."]
+    out: list[str] = []
+    col = model.column(column)
+    if col is None:
+        out.append(f"{t} has no column {column!r} (its columns: {', '.join(c.name for c in model.columns)}).")
+    elif key_type_of(model, column) is None:
+        out.append(f"column {column!r} of {t} is {col.type}, not a timestamptz, timestamp or date column; "
+                   "pick a time column with --column.")
+    elif col.generated:
+        out.append(f"column {column!r} of {t} is a generated column, which PostgreSQL cannot partition by.")
+    if model.foreign_keys_in:
+        refs = ", ".join(f"{fk.table} ({fk.name})" for fk in model.foreign_keys_in)
+        out.append(f"{t} is referenced by foreign keys from {refs}: after partitioning no unique key on the "
+                   "referenced columns alone can exist, so they could not survive. Drop them (or point them "
+                   "elsewhere) first.")
+    for k in model.constraints:
+        if k.kind == "x":
+            out.append(f"exclusion constraint {k.name} cannot be carried to a partitioned table; drop it first.")
+    for idx in model.indexes:
+        if idx.unique and None in idx.columns:
+            out.append(f"unique index {idx.name} is on an expression; a partitioned table's unique index must be on "
+                       "plain columns including the partition key. Drop or rewrite it first.")
+    if model.inheritance:
+        out.append(f"{t} takes part in table inheritance ({', '.join(model.inheritance)}), which partman does not "
+                   "convert.")
+    if model.rules:
+        out.append(f"{t} has rules ({', '.join(model.rules)}), which partman does not carry over; drop them first.")
+    if model.persistence == "t":
+        out.append(f"{t} is a temporary table.")
+    return out
+
+
+def warnings(model: TableModel, column: str) -> list[str]:
+    t = model.table
+    out: list[str] = []
+    col = model.column(column)
+    if col is not None and not col.notnull:
+        out.append(f"column {column} of {t} is nullable: rows with a NULL key would land in the default partition. "
+                   f"Consider ALTER TABLE ... ALTER COLUMN {column} SET NOT NULL.")
+    for k in model.constraints:
+        if k.kind == "c" and not k.validated:
+            out.append(f"CHECK constraint {k.name} is NOT VALID and is not carried over; add it again after the swap.")
+        if k.kind == "c" and k.no_inherit:
+            out.append(f"CHECK constraint {k.name} is NO INHERIT, which a partitioned table cannot have; not carried.")
+        if k.kind == "f":
+            out.append(f"foreign key {k.name} is re-created and validated on the new table after the copy "
+                       "(a SHARE ROW EXCLUSIVE lock on the referenced table while it validates).")
+    if model.replica_identity == "i":
+        out.append(f"replica identity uses index {model.replica_identity_index}; set it on each partition after "
+                   "the swap (ALTER TABLE ... REPLICA IDENTITY USING INDEX).")
+    for v in model.views:
+        if v.materialized:
+            out.append(f"materialized view {v.name} is rebuilt inside the swap (it is re-run while writers wait).")
+    if model.publications:
+        out.append(f"{t} is published ({', '.join(model.publications)}): the new table is added; subscribers receive "
+                   "changes per partition unless the publication sets publish_via_partition_root.")
+    if model.persistence == "u":
+        out.append(f"{t} is UNLOGGED; a partitioned table cannot be, so the new table is logged.")
+    return out

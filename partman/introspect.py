@@ -1,0 +1,440 @@
+"""pg_catalog -> TableModel: everything a table carries that a conversion must carry over
+(columns, constraints, indexes, triggers, grants, policies, comments, owner, replica identity,
+storage options, owned sequences, dependent views and functions, publications).
+
+Definitions are read with `search_path` set to pg_catalog only, so every name PostgreSQL prints
+in them (tables, types, functions) is schema-qualified and means the same thing wherever the
+text is run later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from .db import QualifiedName, fetch_dicts
+from .errors import PartmanError
+
+# partman's own triggers are never part of the model (they are not the user's)
+PARTMAN_TRIGGERS = ("partman_capture", "partman_revert_capture")
+
+TIME_TYPES = {"timestamp with time zone": "timestamptz", "timestamp without time zone": "timestamp", "date": "date"}
+
+
+@dataclass
+class Column:
+    name: str
+    attnum: int
+    type: str  # format_type(), qualified where needed
+    base_type: str  # the domain's base type for a domain, else the type
+    notnull: bool
+    default: str | None
+    identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
+    generated: str  # '' | 's' (stored)
+    collation: QualifiedName | None  # only when it differs from the type's
+    storage: str | None  # 'p'/'e'/'m'/'x' only when it differs from the type's
+    comment: str | None
+    identity_options: str | None = None  # "INCREMENT BY 1 START WITH 1 ..." for identity columns
+
+
+@dataclass
+class Constraint:
+    name: str
+    kind: str  # 'c' check, 'p' primary, 'u' unique, 'f' foreign key, 'x' exclusion
+    definition: str  # pg_get_constraintdef
+    validated: bool
+    no_inherit: bool
+    index_name: str | None
+    columns: list[str]
+    comment: str | None
+
+
+@dataclass
+class Index:
+    name: str
+    definition: str  # pg_get_indexdef
+    prefix: str  # the part of `definition` before the access method ("CREATE INDEX x ON s.t USING ")
+    unique: bool
+    primary: bool
+    constraint: str | None  # name of the constraint the index backs, if any
+    columns: list[str | None]  # key columns (None for an expression)
+    include: list[str]
+    method: str
+    predicate: str | None
+    nulls_not_distinct: bool
+    comment: str | None
+
+
+@dataclass
+class Trigger:
+    name: str
+    definition: str  # pg_get_triggerdef: CREATE TRIGGER ... ON <qualified table> ...
+    enabled: str  # 'O' origin (enabled), 'D' disabled, 'R' replica, 'A' always
+
+
+@dataclass
+class Policy:
+    name: str
+    permissive: bool
+    command: str  # ALL, SELECT, INSERT, UPDATE, DELETE
+    roles: list[str]  # role names; 'public' for PUBLIC
+    using: str | None
+    check: str | None
+
+
+@dataclass
+class Grant:
+    grantee: str  # role name or 'PUBLIC'
+    privilege: str
+    grantable: bool
+    column: str | None = None
+
+
+@dataclass
+class OwnedSequence:
+    sequence: QualifiedName
+    column: str
+    identity: bool  # True: the column's IDENTITY sequence; False: a serial's OWNED BY sequence
+
+
+@dataclass
+class DependentView:
+    name: QualifiedName
+    materialized: bool
+    definition: str
+    options: list[str]  # reloptions (security_barrier=true, check_option=local, ...)
+    owner: str
+    populated: bool
+    indexes: list[str]  # CREATE INDEX statements of a materialized view
+    grants: list[Grant]
+    comment: str | None
+
+
+@dataclass
+class DependentFunction:
+    name: str
+    definition: str  # pg_get_functiondef: CREATE OR REPLACE FUNCTION ...
+
+
+@dataclass
+class ForeignKeyIn:
+    name: str
+    table: QualifiedName
+
+
+@dataclass
+class TableModel:
+    table: QualifiedName
+    oid: int
+    relkind: str
+    is_partitioned: bool
+    owner: str
+    persistence: str  # 'p' permanent, 'u' unlogged, 't' temporary
+    estimated_rows: int
+    total_bytes: int
+    reloptions: list[str]
+    comment: str | None
+    row_security: bool
+    force_row_security: bool
+    replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
+    replica_identity_index: str | None
+    columns: list[Column] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    indexes: list[Index] = field(default_factory=list)
+    triggers: list[Trigger] = field(default_factory=list)
+    policies: list[Policy] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
+    owned_sequences: list[OwnedSequence] = field(default_factory=list)
+    views: list[DependentView] = field(default_factory=list)
+    functions: list[DependentFunction] = field(default_factory=list)
+    publications: list[str] = field(default_factory=list)
+    foreign_keys_in: list[ForeignKeyIn] = field(default_factory=list)
+    inheritance: list[str] = field(default_factory=list)  # parents/children by inheritance
+    rules: list[str] = field(default_factory=list)
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+def key_type_of(model: TableModel, column: str) -> str | None:
+    """'timestamptz' | 'timestamp' | 'date' for a usable time column (domains over them too)."""
+    col = model.column(column)
+    if col is None:
+        return None
+    return TIME_TYPES.get(col.base_type)
+
+
+def introspect(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
+    """Read everything about `table`. Runs in its own short transaction (read only)."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return _read(conn, table)
+    with conn.transaction():
+        return _read(conn, table)
+
+
+def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
+    conn.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
+    rel = fetch_dicts(
+        conn,
+        """
+        SELECT c.oid, c.relkind, c.relpersistence, pg_get_userbyid(c.relowner) AS owner,
+               greatest(c.reltuples, 0)::bigint AS reltuples,
+               CASE WHEN c.relkind IN ('r', 'p', 'm') THEN pg_total_relation_size(c.oid) ELSE 0 END AS bytes,
+               coalesce(c.reloptions, '{}') AS reloptions, obj_description(c.oid, 'pg_class') AS comment,
+               c.relrowsecurity, c.relforcerowsecurity, c.relreplident
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s
+        """,
+        (table.schema, table.name),
+    )
+    if not rel:
+        raise PartmanError(f"Table {table} does not exist: check the name and the schema (or search_path).")
+    r = rel[0]
+    oid = r["oid"]
+    m = TableModel(
+        table=table, oid=oid, relkind=r["relkind"], is_partitioned=r["relkind"] == "p", owner=r["owner"],
+        persistence=r["relpersistence"], estimated_rows=int(r["reltuples"]), total_bytes=int(r["bytes"]),
+        reloptions=list(r["reloptions"]), comment=r["comment"], row_security=r["relrowsecurity"],
+        force_row_security=r["relforcerowsecurity"], replica_identity=r["relreplident"],
+        replica_identity_index=None,
+    )
+    if m.relkind not in ("r", "p"):
+        return m  # refused by the plan; nothing more to read
+    m.columns = _columns(conn, oid)
+    m.constraints = _constraints(conn, oid)
+    m.indexes = _indexes(conn, oid)
+    m.replica_identity_index = next(
+        (row[0] for row in conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s AND i.indisreplident", (oid,))), None)
+    m.triggers = [
+        Trigger(row["tgname"], row["def"], row["tgenabled"])
+        for row in fetch_dicts(
+            conn,
+            "SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger "
+            "WHERE tgrelid = %s AND NOT tgisinternal AND tgparentid = 0 AND NOT (tgname = ANY(%s)) ORDER BY tgname",
+            (oid, list(PARTMAN_TRIGGERS)),
+        )
+    ]
+    m.policies = [
+        Policy(row["polname"], row["polpermissive"], row["cmd"], row["roles"], row["qual"], row["wc"])
+        for row in fetch_dicts(
+            conn,
+            """
+            SELECT p.polname, p.polpermissive,
+                   CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                                 WHEN 'd' THEN 'DELETE' ELSE 'ALL' END AS cmd,
+                   ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END
+                         FROM unnest(p.polroles) r) AS roles,
+                   pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS wc
+            FROM pg_policy p WHERE p.polrelid = %s ORDER BY p.polname
+            """,
+            (oid,),
+        )
+    ]
+    m.grants = _grants(conn, "SELECT relacl AS acl, relowner AS owner, NULL::name AS col FROM pg_class WHERE oid = %s "
+                       "UNION ALL SELECT a.attacl, c.relowner, a.attname FROM pg_attribute a "
+                       "JOIN pg_class c ON c.oid = a.attrelid WHERE a.attrelid = %s AND a.attacl IS NOT NULL "
+                       "AND NOT a.attisdropped", (oid, oid))
+    m.owned_sequences = [
+        OwnedSequence(QualifiedName(row["nspname"], row["relname"]), row["attname"], row["deptype"] == "i")
+        for row in fetch_dicts(
+            conn,
+            """
+            SELECT n.nspname, s.relname, a.attname, d.deptype
+            FROM pg_depend d
+            JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+            JOIN pg_namespace n ON n.oid = s.relnamespace
+            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.refobjid = %s AND d.deptype IN ('a', 'i')
+            ORDER BY a.attnum
+            """,
+            (oid,),
+        )
+    ]
+    m.views = _views(conn, oid)
+    m.functions = [
+        DependentFunction(row["name"], row["def"])
+        for row in fetch_dicts(
+            conn,
+            """
+            SELECT DISTINCT p.oid::regprocedure::text AS name, pg_get_functiondef(p.oid) AS def
+            FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+            WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = %s
+              AND p.prosqlbody IS NOT NULL
+            """,
+            (oid,),
+        )
+    ]
+    m.publications = [
+        row[0] for row in conn.execute(
+            "SELECT p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid "
+            "WHERE pr.prrelid = %s ORDER BY 1", (oid,))
+    ]
+    m.foreign_keys_in = [
+        ForeignKeyIn(row["conname"], QualifiedName(row["nspname"], row["relname"]))
+        for row in fetch_dicts(
+            conn,
+            "SELECT c.conname, n.nspname, t.relname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE c.contype = 'f' AND c.confrelid = %s "
+            "AND c.conparentid = 0 ORDER BY 1",
+            (oid,),
+        )
+    ]
+    m.inheritance = [
+        row[0] for row in conn.execute(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = %s "
+            "UNION ALL SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s", (oid, oid))
+    ] if m.relkind == "r" else []
+    m.rules = [
+        row[0] for row in conn.execute(
+            "SELECT rulename FROM pg_rewrite WHERE ev_class = %s AND rulename <> '_RETURN'", (oid,))
+    ]
+    return m
+
+
+def _columns(conn: psycopg.Connection, oid: int) -> list[Column]:
+    rows = fetch_dicts(
+        conn,
+        """
+        SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type,
+               format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), NULL) AS base_type,
+               a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS def, a.attidentity, a.attgenerated,
+               CASE WHEN a.attcollation <> t.typcollation THEN cn.nspname END AS coll_schema,
+               CASE WHEN a.attcollation <> t.typcollation THEN co.collname END AS coll_name,
+               CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage END AS storage,
+               col_description(a.attrelid, a.attnum) AS comment,
+               s.seqincrement, s.seqstart, s.seqmin, s.seqmax, s.seqcache, s.seqcycle
+        FROM pg_attribute a
+        JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        LEFT JOIN pg_collation co ON co.oid = a.attcollation
+        LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+        LEFT JOIN pg_depend dep ON a.attidentity <> '' AND dep.classid = 'pg_class'::regclass
+             AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
+             AND dep.refobjsubid = a.attnum AND dep.deptype = 'i'
+        LEFT JOIN pg_sequence s ON s.seqrelid = dep.objid
+        WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (oid,),
+    )
+    out = []
+    for r in rows:
+        ident_opts = None
+        if r["attidentity"]:
+            ident_opts = (
+                f"INCREMENT BY {r['seqincrement']} START WITH {r['seqstart']} MINVALUE {r['seqmin']} "
+                f"MAXVALUE {r['seqmax']} CACHE {r['seqcache']} {'CYCLE' if r['seqcycle'] else 'NO CYCLE'}"
+            ) if r["seqincrement"] is not None else ""
+        out.append(Column(
+            name=r["attname"], attnum=r["attnum"], type=r["type"], base_type=r["base_type"], notnull=r["attnotnull"],
+            default=r["def"], identity=r["attidentity"], generated=r["attgenerated"],
+            collation=QualifiedName(r["coll_schema"], r["coll_name"]) if r["coll_name"] else None,
+            storage=r["storage"], comment=r["comment"], identity_options=ident_opts,
+        ))
+    return out
+
+
+def _constraints(conn: psycopg.Connection, oid: int) -> list[Constraint]:
+    return [
+        Constraint(r["conname"], r["contype"], r["def"], r["convalidated"], r["connoinherit"], r["idx"],
+                   list(r["cols"] or []), r["comment"])
+        for r in fetch_dicts(
+            conn,
+            """
+            SELECT c.conname, c.contype, pg_get_constraintdef(c.oid) AS def, c.convalidated, c.connoinherit,
+                   (SELECT relname FROM pg_class WHERE oid = c.conindid AND c.contype IN ('p', 'u', 'x')) AS idx,
+                   ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+                         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o) AS cols,
+                   obj_description(c.oid, 'pg_constraint') AS comment
+            FROM pg_constraint c WHERE c.conrelid = %s AND c.contype IN ('c', 'p', 'u', 'f', 'x')
+            ORDER BY c.contype, c.conname
+            """,
+            (oid,),
+        )
+    ]
+
+
+def _indexes(conn: psycopg.Connection, oid: int) -> list[Index]:
+    nnd = conn.info.server_version >= 150000
+    rows = fetch_dicts(
+        conn,
+        f"""
+        SELECT ic.relname AS name, pg_get_indexdef(i.indexrelid) AS def,
+               'CREATE ' || CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END || 'INDEX ' || quote_ident(ic.relname)
+                   || ' ON ' || quote_ident(n.nspname) || '.' || quote_ident(tc.relname) || ' USING ' AS prefix,
+               i.indisunique, i.indisprimary, am.amname,
+               (SELECT conname FROM pg_constraint WHERE conindid = i.indexrelid AND conrelid = i.indrelid
+                  AND contype IN ('p', 'u', 'x')) AS con,
+               ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                     LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n AND k.n > 0
+                     WHERE k.o <= i.indnkeyatts ORDER BY k.o) AS cols,
+               ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                     WHERE k.o > i.indnkeyatts ORDER BY k.o) AS incl,
+               pg_get_expr(i.indpred, i.indrelid) AS pred,
+               {"i.indnullsnotdistinct" if nnd else "false"} AS nnd,
+               obj_description(i.indexrelid, 'pg_class') AS comment
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_class tc ON tc.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = tc.relnamespace
+        JOIN pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = %s AND i.indisvalid
+        ORDER BY ic.relname
+        """,
+        (oid,),
+    )
+    return [
+        Index(r["name"], r["def"], r["prefix"], r["indisunique"], r["indisprimary"], r["con"], list(r["cols"]),
+              list(r["incl"]), r["amname"], r["pred"], r["nnd"], r["comment"])
+        for r in rows
+    ]
+
+
+def _grants(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> list[Grant]:
+    rows = fetch_dicts(
+        conn,
+        f"""
+        SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END AS grantee,
+               x.privilege_type, x.is_grantable, src.col
+        FROM ({query}) src CROSS JOIN LATERAL aclexplode(src.acl) x
+        WHERE NOT (x.grantee = src.owner AND x.grantor = src.owner)
+        ORDER BY src.col NULLS FIRST, 1, 2
+        """,
+        params,
+    )
+    return [Grant(r["grantee"], r["privilege_type"], r["is_grantable"], r["col"]) for r in rows]
+
+
+def _views(conn: psycopg.Connection, oid: int) -> list[DependentView]:
+    rows = fetch_dicts(
+        conn,
+        """
+        SELECT DISTINCT v.oid, n.nspname, v.relname, v.relkind = 'm' AS mat, pg_get_viewdef(v.oid) AS def,
+               coalesce(v.reloptions, '{}') AS opts, pg_get_userbyid(v.relowner) AS owner, v.relispopulated,
+               obj_description(v.oid, 'pg_class') AS comment
+        FROM pg_depend d
+        JOIN pg_rewrite rw ON rw.oid = d.objid
+        JOIN pg_class v ON v.oid = rw.ev_class
+        JOIN pg_namespace n ON n.oid = v.relnamespace
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = %s AND rw.ev_class <> %s
+        ORDER BY v.oid
+        """,
+        (oid, oid),
+    )
+    out = []
+    for r in rows:
+        indexes = [
+            row[0] for row in conn.execute(
+                "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s ORDER BY indexrelid", (r["oid"],))
+        ] if r["mat"] else []
+        grants = _grants(conn, "SELECT relacl AS acl, relowner AS owner, NULL::name AS col FROM pg_class WHERE oid = %s",
+                         (r["oid"],))
+        out.append(DependentView(QualifiedName(r["nspname"], r["relname"]), r["mat"], r["def"], list(r["opts"]),
+                                 r["owner"], r["relispopulated"], indexes, grants, r["comment"]))
+    return out
