@@ -105,3 +105,23 @@ def _short_validation(exc: Exception) -> str:
             parts.append(f"{loc}: {e.get('msg')}")
         return "; ".join(parts)
     return str(exc)
+
+
+def settings_table() -> str:
+    """The README's settings table (a test checks the README carries exactly this)."""
+    rows = ["| env | TOML key | default | meaning |", "|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        if name == "instance_name":
+            default = "`<host>:<pid>`"
+        elif name == "maintenance_interval":
+            default = "`1h`"
+        elif isinstance(f.default, SecretStr):
+            default = "(empty)"
+        else:
+            default = f"`{f.default}`" if f.default not in ("", None) else "(empty)"
+        rows.append(f"| `PARTMAN_{name.upper()}` | `{name}` | {default} | {f.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

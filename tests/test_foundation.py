@@ -59,3 +59,20 @@ def test_year_bounds_in_a_time_zone():
     assert all(a[1] == b[0] for a, b in zip(r, r[1:]))
     # 23:30 UTC on Dec 31 is already next year in Berlin
     assert intervals.floor(datetime(2020, 12, 31, 23, 30, tzinfo=timezone.utc), "year", tz).year == 2021
+
+
+def test_readme_settings_table_matches_the_settings():
+    from pathlib import Path
+
+    from partman.settings import settings_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_table() in readme, "regenerate the README's settings table: python -m partman.settings"
+
+
+def test_readme_starts_with_the_two_fresh_machine_commands():
+    from pathlib import Path
+
+    head = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()[:6]
+    assert any("pip install . && partman demo" in line for line in head)
+    assert any("pip install -e '.[test]' && bash tests/run.sh" in line for line in head)
