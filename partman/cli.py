@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except psycopg.Error as exc:
         diag = getattr(exc, "diag", None)
-        hint = f" Hint: {diag.message_hint}." if diag is not None and diag.message_hint else ""
-        _fail(f"PostgreSQL error: {str(exc).strip()}.{hint} Nothing further was changed; fix the cause and run the command again.", debug)
+        primary = (diag.message_primary if diag is not None else None) or str(exc).strip()
+        hint = f" Hint: {diag.message_hint}" if diag is not None and diag.message_hint else ""
+        _fail(f"PostgreSQL error: {primary.rstrip('.')}.{hint} Nothing further was changed; fix the cause and run the command again.", debug)
         return 1
     except KeyboardInterrupt:
         _fail("Interrupted. A conversion resumes where it stopped when run again.", debug)

@@ -71,6 +71,11 @@ def connect(settings: Settings, application_name: str = "partman", autocommit: b
             "(DETACH CONCURRENTLY, row triggers on partitioned tables). Upgrade the server first."
         )
     conn.execute(sql.SQL("SET TimeZone TO {}").format(sql.Literal(settings.timezone)))
+    # partman's statements are short by design (batches, DDL under lock_timeout); a low
+    # statement_timeout or idle_in_transaction_session_timeout meant for the application must
+    # not kill an index build or a swap half way
+    conn.execute("SET statement_timeout = 0")
+    conn.execute("SET idle_in_transaction_session_timeout = 0")
     return conn
 
 

@@ -168,7 +168,11 @@ def key_type_of(model: TableModel, column: str) -> str | None:
 def introspect(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
     """Read everything about `table`. Runs in its own short transaction (read only)."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        return _read(conn, table)
+        saved = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+        try:
+            return _read(conn, table)
+        finally:
+            conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
     with conn.transaction():
         return _read(conn, table)
 
@@ -438,3 +442,39 @@ def _views(conn: psycopg.Connection, oid: int) -> list[DependentView]:
         out.append(DependentView(QualifiedName(r["nspname"], r["relname"]), r["mat"], r["def"], list(r["opts"]),
                                  r["owner"], r["relispopulated"], indexes, grants, r["comment"]))
     return out
+
+
+_FINGERPRINT = """
+SELECT md5(concat_ws(' | ',
+    (SELECT string_agg(concat_ws(':', a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity,
+                                 a.attgenerated, pg_get_expr(d.adbin, d.adrelid)), ', ' ORDER BY a.attnum)
+       FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+    (SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ' ORDER BY 1) FROM pg_index i WHERE i.indrelid = c.oid),
+    (SELECT string_agg(concat_ws(' ', k.conname, pg_get_constraintdef(k.oid)), ', ' ORDER BY k.conname)
+       FROM pg_constraint k WHERE k.conrelid = c.oid),
+    (SELECT string_agg(concat_ws(' ', t.tgname, t.tgenabled, pg_get_triggerdef(t.oid)), ', ' ORDER BY t.tgname)
+       FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND NOT (t.tgname = ANY(%(ours)s))),
+    (SELECT string_agg(concat_ws(' ', p.polname, pg_get_expr(p.polqual, p.polrelid)), ', ' ORDER BY p.polname)
+       FROM pg_policy p WHERE p.polrelid = c.oid)))
+FROM pg_class c WHERE c.oid = %(oid)s
+"""
+
+
+def fingerprint(conn: psycopg.Connection, oid: int) -> str:
+    """A digest of what a conversion carries over (columns, indexes, constraints, triggers,
+    policies), to notice a table altered while it was being converted. Works inside the
+    caller's transaction (the swap) or on its own."""
+    def read() -> str:
+        saved = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+        conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)")
+        value = conn.execute(_FINGERPRINT, {"oid": oid, "ours": list(PARTMAN_TRIGGERS)}).fetchone()
+        conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
+        if value is None:
+            raise PartmanError(f"The table with oid {oid} no longer exists.")
+        return value[0]
+
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return read()
+    with conn.transaction():
+        return read()

@@ -51,6 +51,7 @@ class KeyStats:
     max_key: date | datetime | None
     null_keys: int
     now: datetime
+    infinite_keys: int = 0  # rows at -infinity/infinity: no bounded partition holds them
 
 
 @dataclass
@@ -111,6 +112,12 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
             f"{stats.null_keys} row(s) of {table} have a NULL {options.column}: they would land in the default "
             f"partition, where retention and coverage cannot see them. Give those rows a {options.column} "
             f"(and SET NOT NULL on the column), then run again."
+        )
+    if stats.infinite_keys:
+        warnings.append(
+            f"{stats.infinite_keys} row(s) of {table} have {options.column} = -infinity or infinity: no partition of "
+            f"one {options.interval} can hold them, so they go to the default partition "
+            f"{naming.default_name(table.name)} (reported by status and /health)."
         )
     try:
         tz = intervals.zone(options.timezone)

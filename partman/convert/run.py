@@ -87,11 +87,12 @@ def _already_converted(conn: psycopg.Connection, settings: Settings, qn: Qualifi
 def key_stats(conn: psycopg.Connection, table: QualifiedName, column: str) -> planning.KeyStats:
     row = conn.execute(
         sql.SQL(
-            "SELECT (SELECT min({c}) FROM {t}), (SELECT max({c}) FROM {t}), "
-            "(SELECT count(*) FROM {t} WHERE {c} IS NULL), now()"
+            "SELECT (SELECT min({c}) FROM {t} WHERE isfinite({c})), (SELECT max({c}) FROM {t} WHERE isfinite({c})), "
+            "(SELECT count(*) FROM {t} WHERE {c} IS NULL), now(), "
+            "(SELECT count(*) FROM {t} WHERE NOT isfinite({c}))"
         ).format(c=sql.Identifier(column), t=table.ident())
     ).fetchone()
-    return planning.KeyStats(row[0], row[1], row[2], row[3])
+    return planning.KeyStats(row[0], row[1], row[2], row[3], row[4])
 
 
 def make_plan(
@@ -133,7 +134,10 @@ def execute(
     with db.advisory_lock(conn, lock_key, f"Another `partman convert` of {qn} is running. Wait for it to finish."):
         running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
         if running is None:
-            options = {**p.options.to_json(), "work_schema": p.work_schema}
+            from ..introspect import fingerprint
+
+            options = {**p.options.to_json(), "work_schema": p.work_schema,
+                       "fingerprint": fingerprint(conn, model.oid)}
             with conn.transaction():
                 cid = catalog.start_conversion(
                     conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate
@@ -165,6 +169,9 @@ def _run_phases(
     work = WorkNames(p.work_schema)
     qn = p.table
     logger = log.get().bind(table=str(qn), conversion=cid)
+    expected = (running.get("options") or {}).get("fingerprint")
+    if phase != "prepare":
+        check_unchanged(conn, qn, model.oid, expected)
     with Progress(p.rows_estimate, str(qn)) as progress:
         if phase == "prepare":
             progress.set_phase("prepare")
@@ -197,11 +204,24 @@ def _run_phases(
                 conn, settings, conversion_id=cid, source=qn, old=p.old, shadow=p.shadow, work=work, model=model,
                 index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding,
                 registration=_registration(p), lock_timeout_ms=p.options.lock_timeout_ms,
+                check=lambda c: check_unchanged(c, qn, model.oid, expected),
             )
             logger.info("swapped", lock_ms=round(stats["lock_ms"], 1), caught_up=stats.get("caught_up"),
                         attempts=stats["attempts"])
     running = catalog.running_conversion(conn, settings, qn.schema, qn.name) or running
     return _finish(conn, settings, running, json_out=json_out)
+
+
+def check_unchanged(conn: psycopg.Connection, qn: QualifiedName, oid: int, expected: str | None) -> None:
+    """Refuse to go on when the table was altered during the conversion: the new table would
+    silently lack the change (a column, an index, a trigger)."""
+    from ..introspect import fingerprint
+
+    if expected and fingerprint(conn, oid) != expected:
+        raise PartmanError(
+            f"The definition of {qn} changed while it was being converted (a column, index, constraint, trigger or "
+            "policy was added, dropped or altered), so the partitioned table would not match it."
+        )
 
 
 def _registration(p: planning.ConversionPlan) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def swap(
     overriding: bool,
     registration: dict[str, Any],
     lock_timeout_ms: int,
+    check: Any = None,
 ) -> dict[str, float]:
     """Returns {"lock_ms": time the exclusive lock was held, "caught_up": rows, "attempts": n}."""
     stats: dict[str, float] = {"attempts": 0}
@@ -102,6 +103,8 @@ def swap(
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
         locked_at = time.perf_counter()
         failpoints.hit("convert.swap.locked")
+        if check is not None:
+            check(c)  # the table is fenced: nobody can alter it between this check and the commit
         caught = capture.replay(
             c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None
         )
