@@ -149,9 +149,14 @@ def execute(
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _connection_lost(conn):
                 raise  # resumable: the recorded state stays, the next run continues
-            if _rollback(conn, settings, p, running["id"], exc) and isinstance(exc, PartmanError):
+            if _rollback(conn, settings, p, running["id"], exc) and isinstance(exc, (PartmanError, psycopg.Error)):
+                reason = str(exc)
+                if isinstance(exc, psycopg.Error):
+                    diag = exc.diag.message_primary if exc.diag is not None else None
+                    reason = f"PostgreSQL error: {(diag or str(exc)).strip().rstrip('.')}."
                 raise PartmanError(
-                    f"{exc} The conversion was rolled back: {qn} is as it was, and partman's work schema is gone."
+                    f"{reason} The conversion was rolled back: {qn} is as it was, and partman's work schema is gone; "
+                    "fix the cause and run the command again."
                 ) from None
             raise
 
