@@ -88,11 +88,14 @@ def _password_of(dsn: str) -> str | None:
 
 def resolve_table(conn: psycopg.Connection, name: str) -> QualifiedName:
     """`schema.table` or unqualified through search_path, as psql does. Raises when missing."""
-    row = conn.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.oid = to_regclass(%s)""",
-        (name,),
-    ).fetchone()
+    try:
+        row = conn.execute(
+            """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.oid = to_regclass(%s)""",
+            (name,),
+        ).fetchone()
+    except pgerrors.InvalidName:  # not even a name: treat like a missing table
+        row = None
     if row is None:
         # Accept an unquoted mixed-case name the way a user typed it.
         parts = split_name(name)
