@@ -211,3 +211,16 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> 
     client.create_bucket(Bucket=bucket)
     return {"endpoint": s3_server, "bucket": bucket, "client": client}
 
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the crash matrix: every failpoint the crash tests killed partman at, and what the rerun found."""
+    from helpers import CRASH_MATRIX
+
+    if not CRASH_MATRIX:
+        return
+    tr = terminalreporter
+    tr.section("crash matrix: killed (SIGKILL) at the failpoint under live writers, then run again")
+    width = max(len(p) for _, p, _ in CRASH_MATRIX)
+    for operation, point, outcome in CRASH_MATRIX:
+        tr.write_line(f"{operation:<10} {point:<{width}}  {outcome}")

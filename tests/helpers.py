@@ -105,3 +105,20 @@ def make_ledger(conn: psycopg.Connection, rows: int = 3000) -> Ledger:
     led.create(conn)
     led.seed(conn, rows, "2014-03-01", "2026-10-01")
     return led
+
+
+# The crash matrix (failpoint x outcome), filled by the crash tests and printed at the end of the run.
+CRASH_MATRIX: list[tuple[str, str, str]] = []
+
+
+class matrix_entry:
+    """with matrix_entry("convert", point) as e: ...; e.outcome = "..." -- recorded even on failure."""
+
+    def __init__(self, operation: str, point: str) -> None:
+        self.operation, self.point, self.outcome = operation, point, "FAILED"
+
+    def __enter__(self) -> "matrix_entry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        CRASH_MATRIX.append((self.operation, self.point, self.outcome))

@@ -12,7 +12,7 @@ import pytest
 
 from partman.sample_ledger import verify_chain
 
-from helpers import LEDGER, Writers, ids, is_partitioned, make_ledger, relations_in
+from helpers import LEDGER, Writers, ids, is_partitioned, make_ledger, matrix_entry, relations_in
 
 pytestmark = pytest.mark.conversion
 
@@ -33,6 +33,11 @@ CRASH_POINTS = [
 
 @pytest.mark.parametrize("point", CRASH_POINTS, ids=[p.split("=")[0] for p in CRASH_POINTS])
 def test_killed_at_each_phase_the_rerun_finishes_the_job(conn, dsn, partman_proc, point):
+    with matrix_entry("convert", point.split("=")[0]) as entry:
+        _killed_and_rerun(conn, dsn, partman_proc, point, entry)
+
+
+def _killed_and_rerun(conn, dsn, partman_proc, point, entry):
     make_ledger(conn, 2500)
     with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
         first = partman_proc(*CONVERT, extra_env={"PARTMAN_FAILPOINTS": point})
@@ -51,6 +56,35 @@ def test_killed_at_each_phase_the_rerun_finishes_the_job(conn, dsn, partman_proc
         "SELECT count(*) FROM pg_trigger WHERE tgname = 'partman_capture'"
     ).fetchone()[0]
     assert leftovers == 0
+    # no orphans: nothing of partman's in the table's schema, one work schema (the revert window)
+    assert not [n for n in relations_in(conn, "public") if "partman" in n]
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman_catalog_w%'").fetchone()[0] == 1
+    entry.outcome = (f"ok: {len(got)} rows exactly once ({len(w.committed)} written meanwhile, 0 failed inserts), "
+                     "chain valid, no orphans")
+
+
+REVERT_POINTS = ["revert.after_round=1:kill", "revert.swap.locked=1:kill", "revert.swap.before_commit=1:kill"]
+
+
+@pytest.mark.parametrize("point", REVERT_POINTS, ids=[p.split("=")[0] for p in REVERT_POINTS])
+def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_proc, point):
+    with matrix_entry("revert", point.split("=")[0]) as entry:
+        make_ledger(conn, 1500)
+        assert partman_proc(*CONVERT, "--sleep", "0").code == 0
+        with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
+            time.sleep(0.3)
+            first = partman_proc("revert", "audit_log_ledger", "--yes", extra_env={"PARTMAN_FAILPOINTS": point})
+            assert first.code == -9, first.err[-500:]
+            time.sleep(0.3)
+            second = partman_proc("revert", "audit_log_ledger", "--yes")
+            w.stop()
+        assert second.code == 0, second.err[-2000:]
+        assert not w.errors, w.errors[:3]
+        assert not is_partitioned(conn, LEDGER)
+        got = ids(conn, LEDGER)
+        assert len(got) == len(set(got)) == 1500 + len(w.committed)
+        assert verify_chain(conn, LEDGER)["ok"]
+        entry.outcome = f"ok: {len(got)} rows exactly once in the original table, chain valid"
 
 
 def test_swap_gives_up_cleanly_behind_a_long_transaction(conn, dsn, partman_proc):

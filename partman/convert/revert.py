@@ -91,6 +91,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     def attempt(c: psycopg.Connection) -> None:
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(qn.ident()))
         locked = time.perf_counter()
+        failpoints.hit("revert.swap.locked")
         stats["final"] = _replay_into_old(c, work, qn, old, key, columns, overriding, None)
         c.execute(capture.drop_trigger(REVERT_TRIGGER, qn))
         c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(qn.ident(), sql.Identifier(partitioned.name)))
@@ -108,6 +109,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
             c.execute(stmt)
         catalog.delete_managed(c, settings, qn.schema, qn.name)
         catalog.update_conversion(c, settings, conv["id"], status="reverted", phase="reverted")
+        failpoints.hit("revert.swap.before_commit")
         stats["locked"] = locked
 
     with_lock_retry(conn, settings, f"the revert swap of {qn}", attempt, lock_timeout_ms=lock_timeout_ms)
