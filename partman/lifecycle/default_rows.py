@@ -1,0 +1,222 @@
+"""Rows that landed in the default partition: count them (status, health, metrics) and move
+them into partitions of the table's interval.
+
+For each interval range that has rows in the default, a plain staging table is created with
+the final partition's name (marked by a comment so a killed pass resumes it); rows move into it
+in batches (DELETE from the default partition only, in one statement with the INSERT, each batch
+its own transaction); the last transaction locks only the default partition, moves what writers
+added meanwhile (at most about one batch) and ATTACHes the staging table (SHARE UPDATE EXCLUSIVE on
+the parent, plus SHARE so writers wait for that one short transaction instead of failing).
+No other partition is updated or deleted from, and the parent is never locked exclusively. Rows with a NULL key cannot be moved anywhere and are only reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from .. import failpoints, intervals, log, naming
+from ..catalog import ManagedTable
+from ..db import QualifiedName, with_lock_retry
+from ..errors import LockTimeoutGaveUp
+from ..partitions import Partition, list_partitions
+from ..settings import Settings
+from . import aware, columns, overlaps, parent_of
+from .premake import ddl_attempts
+
+MARKER = "partman:default-move"
+
+
+class NotLeader(Exception):
+    """Leadership was lost before a destructive step."""
+
+
+def default_partition(conn: psycopg.Connection, mt: ManagedTable) -> Partition | None:
+    for p in list_partitions(conn, parent_of(mt), mt.key_type):
+        if p.is_default:
+            return p
+    return None
+
+
+def count(conn: psycopg.Connection, mt: ManagedTable) -> int:
+    """Rows in the table's default partition (0 when it has none)."""
+    d = default_partition(conn, mt)
+    if d is None:
+        return 0
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(d.qualified.ident())).fetchone()[0]
+
+
+def _ranges_with_rows(conn: psycopg.Connection, mt: ManagedTable, d: Partition) -> list[tuple[datetime, datetime]]:
+    key = sql.Identifier(mt.column_name)
+    unit = sql.Literal(mt.interval)
+    if mt.key_type == "timestamptz":
+        trunc = sql.SQL("date_trunc({}, {}, {})").format(unit, key, sql.Literal(mt.timezone))
+    elif mt.key_type == "timestamp":
+        trunc = sql.SQL("date_trunc({}, {})").format(unit, key)
+    else:
+        trunc = sql.SQL("date_trunc({}, {}::timestamp)").format(unit, key)
+    rows = conn.execute(
+        sql.SQL("SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL").format(trunc, d.qualified.ident(), key)
+    ).fetchall()
+    tz = intervals.zone(mt.timezone)
+    out = set()
+    for (v,) in rows:
+        lo = intervals.floor(v, mt.interval, tz)
+        out.add((lo, intervals.step(lo, mt.interval)))
+    return sorted(out)
+
+
+def _staging_tables(conn: psycopg.Connection, mt: ManagedTable) -> list[tuple[QualifiedName, datetime, datetime]]:
+    rows = conn.execute(
+        """SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relkind = 'r' AND NOT c.relispartition
+             AND obj_description(c.oid, 'pg_class') LIKE %s""",
+        (mt.schema_name, MARKER + " %"),
+    ).fetchall()
+    out = []
+    tz = intervals.zone(mt.timezone)
+    for name, comment in rows:
+        meta = json.loads(comment[len(MARKER) + 1:])
+        if meta.get("parent") != mt.table_name:
+            continue
+        lo = datetime.fromisoformat(meta["lower"]).astimezone(tz)
+        hi = datetime.fromisoformat(meta["upper"]).astimezone(tz)
+        out.append((QualifiedName(mt.schema_name, name), lo, hi))
+    return out
+
+
+def _set_replica(conn: psycopg.Connection) -> None:
+    """Rows are moved, not changed: user triggers (append-only guards, chain triggers) must not
+    fire. Needs superuser or rds_superuser; without it such triggers fire and may refuse."""
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+    except pgerrors.InsufficientPrivilege:
+        pass
+
+
+def _move_sql(mt: ManagedTable, src: QualifiedName, dst: QualifiedName, cols: list[str], lo: datetime, hi: datetime,
+              limit: int | None) -> sql.Composed:
+    key = sql.Identifier(mt.column_name)
+    cond = sql.SQL("{k} >= {lo} AND {k} < {hi}").format(
+        k=key, lo=sql.Literal(intervals.literal(lo, mt.key_type)), hi=sql.Literal(intervals.literal(hi, mt.key_type))
+    )
+    collist = sql.SQL(", ").join(map(sql.Identifier, cols))
+    if limit is None:
+        where = cond
+    else:
+        where = sql.SQL("ctid = ANY(ARRAY(SELECT ctid FROM {} WHERE {} LIMIT {}))").format(src.ident(), cond, sql.Literal(limit))
+    return sql.SQL(
+        "WITH moved AS (DELETE FROM {src} WHERE {where} RETURNING {cols}) INSERT INTO {dst} ({cols}) SELECT {cols} FROM moved"
+    ).format(src=src.ident(), where=where, cols=collist, dst=dst.ident())
+
+
+def _move_range(
+    conn: psycopg.Connection, settings: Settings, mt: ManagedTable, d: Partition, lo: datetime, hi: datetime,
+    leader_check: Callable[[], bool] | None, staging: QualifiedName | None = None,
+) -> tuple[str, int]:
+    parent = parent_of(mt)
+    name = staging or QualifiedName(mt.schema_name, naming.partition_name(mt.table_name, lo))
+    cols = [c["name"] for c in columns(conn, parent) if not c["generated"]]
+    lo_lit, hi_lit = intervals.literal(lo, mt.key_type), intervals.literal(hi, mt.key_type)
+    if staging is None:
+        meta = json.dumps({"parent": mt.table_name, "lower": lo.isoformat(), "upper": hi.isoformat()})
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)").format(
+                name.ident(), parent.ident()))
+            conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
+                name.ident(), k=sql.Identifier(mt.column_name), lo=sql.Literal(lo_lit), hi=sql.Literal(hi_lit)))
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(name.ident(), sql.Literal(f"{MARKER} {meta}")))
+    moved = 0
+    batch = max(1, settings.batch_size)
+    stmt = _move_sql(mt, d.qualified, name, cols, lo, hi, batch)
+    while True:
+        if leader_check is not None and not leader_check():
+            raise NotLeader()
+        with conn.transaction():
+            _set_replica(conn)
+            n = conn.execute(stmt).rowcount
+            failpoints.hit("maintain.default.batch")
+        moved += n
+        if n < batch:
+            break
+
+    def final(c: psycopg.Connection) -> int:
+        # SHARE on the parent: readers continue, writers wait for this one short transaction (an
+        # insert already routed to the default partition would otherwise fail its new constraint)
+        c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(parent.ident()))
+        c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(d.qualified.ident()))
+        _set_replica(c)
+        rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
+        failpoints.hit("maintain.default.attach")
+        c.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            parent.ident(), name.ident(), sql.Literal(lo_lit), sql.Literal(hi_lit)))
+        c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT partman_range").format(name.ident()))
+        c.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(name.ident()))
+        return rest
+
+    if leader_check is not None and not leader_check():
+        raise NotLeader()
+    try:
+        moved += with_lock_retry(conn, settings, f"attaching {name} (rows moved out of {d.name})", final,
+                                 attempts=ddl_attempts(settings))
+    except LockTimeoutGaveUp:
+        _put_back(conn, settings, mt, d, name, cols)
+        raise
+    log.get().info("default_rows_moved", table=mt.qualified, partition=name.name, rows=moved)
+    return name.name, moved
+
+
+def _put_back(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, d: Partition, staging: QualifiedName,
+              cols: list[str]) -> None:
+    """The attach was blocked: return the staged rows to the default partition (where readers
+    see them) rather than leave them invisible until the next pass. Best effort: if this fails
+    too, the next pass finds the staging table and finishes the move."""
+    collist = sql.SQL(", ").join(map(sql.Identifier, cols))
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{settings.lock_timeout_ms}ms")))
+            _set_replica(conn)
+            conn.execute(sql.SQL("WITH back AS (DELETE FROM {s} RETURNING {c}) INSERT INTO {d} ({c}) SELECT {c} FROM back").format(
+                s=staging.ident(), c=collist, d=d.qualified.ident()))
+            conn.execute(sql.SQL("DROP TABLE {}").format(staging.ident()))
+    except psycopg.Error as exc:
+        log.get().warning("default_rows_put_back_failed", table=mt.qualified, staging=staging.name, error=str(exc))
+
+
+def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
+         leader_check: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Move every movable row out of the default partition. Returns what was done."""
+    result: dict[str, Any] = {"moved": 0, "partitions": {}, "null_key_rows": 0, "unmovable": []}
+    d = default_partition(conn, mt)
+    if d is None:
+        return result
+    tz = intervals.zone(mt.timezone)
+    for staging, lo, hi in _staging_tables(conn, mt):  # a killed pass left these: finish them
+        name, n = _move_range(conn, settings, mt, d, lo, hi, leader_check, staging=staging)
+        result["partitions"][name] = result["partitions"].get(name, 0) + n
+        result["moved"] += n
+    parts = [p for p in list_partitions(conn, parent_of(mt), mt.key_type) if not p.is_default]
+    bounded = [(aware(p.lower, tz), aware(p.upper, tz)) for p in parts]
+    for lo, hi in _ranges_with_rows(conn, mt, d):
+        if any(overlaps(lo, hi, plo, phi) for plo, phi in bounded):
+            result["unmovable"].append(naming.partition_name(mt.table_name, lo))
+            continue
+        name, n = _move_range(conn, settings, mt, d, lo, hi, leader_check)
+        result["partitions"][name] = result["partitions"].get(name, 0) + n
+        result["moved"] += n
+    result["null_key_rows"] = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(d.qualified.ident(), sql.Identifier(mt.column_name))
+    ).fetchone()[0]
+    if result["unmovable"]:
+        result["error"] = (
+            f"rows in {d.name} fall into ranges that overlap existing partitions not aligned to the "
+            f"{mt.interval} interval ({', '.join(result['unmovable'])}); move them by hand."
+        )
+    return result

@@ -1,0 +1,154 @@
+"""`partman restore TABLE PARTITION [--attach]`: bring an archived partition back from S3 as a
+plain table named `<partition>` in the parent's schema, after checking the object's sha256
+(against the manifest and the removal record) and its row count; `--attach` re-attaches it."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import zlib
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .. import archive, catalog, log
+from ..db import QualifiedName, connect, resolve_table, split_name, with_lock_retry
+from ..errors import PartmanError, UsageError
+from ..settings import Settings
+from . import relation_kind
+
+CHUNK = 1024 * 1024
+
+
+def _removal_record(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, partition: str) -> dict[str, Any] | None:
+    if not catalog.exists(conn, settings):
+        return None
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            sql.SQL("SELECT * FROM {} WHERE schema_name = %s AND table_name = %s AND partition_name = %s "
+                    "AND action = 'archive' ORDER BY id DESC LIMIT 1").format(catalog.ident(settings, "removal")),
+            (parent.schema, parent.name, partition),
+        ).fetchone()
+
+
+def restore(conn: psycopg.Connection, settings: Settings, table: str, partition: str, attach: bool = False) -> dict[str, Any]:
+    parent = resolve_table(conn, table)
+    parts = split_name(partition)
+    if parts is None or not parts[1]:
+        raise UsageError(f"{partition!r} is not a partition name; give it as schema.partition or partition.")
+    if parts[0] is not None and parts[0] != parent.schema:
+        raise UsageError(f"Partition {partition!r} is not in {parent}'s schema {parent.schema!r}; partitions are restored beside their table.")
+    target = QualifiedName(parent.schema, parts[1])
+    if relation_kind(conn, target) is not None:
+        raise PartmanError(f"{target} already exists; drop or rename it before restoring the archived copy.")
+    rec = _removal_record(conn, settings, parent, target.name)
+    if rec is not None:
+        bucket, key = archive.parse_uri(rec["archive_uri"])
+    else:
+        if not settings.archive_bucket:
+            raise PartmanError(
+                f"No archive of {target} is recorded in partman's catalog and PARTMAN_ARCHIVE_BUCKET is not set, "
+                "so there is nowhere to look for it."
+            )
+        bucket, key = settings.archive_bucket, archive.object_key(settings, parent.schema, parent.name, target.name)
+    if not key.endswith(".csv.gz"):
+        raise PartmanError(f"The recorded archive s3://{bucket}/{key} is not a partman .csv.gz archive.")
+    manifest = archive.fetch_manifest(settings, bucket, key[: -len(".csv.gz")] + ".manifest.json")
+    uri = f"s3://{bucket}/{key}"
+    if rec is not None and rec["archive_sha256"] and rec["archive_sha256"] != manifest.get("sha256"):
+        raise PartmanError(
+            f"The manifest of {uri} says sha256 {manifest.get('sha256')} but partman recorded "
+            f"{rec['archive_sha256']} when it removed {target}: the manifest was changed. Nothing was restored."
+        )
+    s3 = archive.client(settings)
+    with tempfile.TemporaryFile(prefix="partman-restore-") as tmp:
+        sha = hashlib.sha256()
+        size = 0
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+            while True:
+                data = body.read(CHUNK)
+                if not data:
+                    break
+                sha.update(data)
+                size += len(data)
+                tmp.write(data)
+        except Exception as exc:
+            raise PartmanError(f"Could not download {uri}: {type(exc).__name__}: {' '.join(str(exc).split())}.") from None
+        digest = sha.hexdigest()
+        if digest != manifest.get("sha256"):
+            raise PartmanError(
+                f"{uri} has sha256 {digest} but its manifest says {manifest.get('sha256')}: the object is corrupt or was "
+                "replaced. Nothing was restored."
+            )
+        tmp.seek(0)
+        cols = [c["name"] for c in manifest["columns"]]
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+                target.ident(), parent.ident()))
+            have = {r[0] for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (target.literal,))}
+            missing = [c for c in cols if c not in have]
+            if missing:
+                raise PartmanError(
+                    f"{parent} no longer has the archived columns {', '.join(missing)}; restore by hand from {uri} "
+                    "using the DDL in its manifest."
+                )
+            gz = zlib.decompressobj(31)
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER)").format(
+                target.ident(), sql.SQL(", ").join(map(sql.Identifier, cols)))
+            with conn.cursor() as cur, cur.copy(copy_sql) as cp:
+                while True:
+                    data = tmp.read(CHUNK)
+                    if not data:
+                        break
+                    cp.write(gz.decompress(data))
+                cp.write(gz.flush())
+            n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident())).fetchone()[0]
+            if n != manifest["row_count"]:
+                raise PartmanError(
+                    f"{uri} holds {n} rows but its manifest says {manifest['row_count']}. Nothing was restored."
+                )
+    result = {"table": str(parent), "partition": str(target), "rows": n, "sha256": digest, "bytes": size,
+              "uri": uri, "attached": False, "manifest": manifest}
+    log.get().info("partition_restored", table=str(parent), partition=str(target), rows=n, uri=uri)
+    if attach:
+        lo, hi = manifest["bounds"]["lower"], manifest["bounds"]["upper"]
+        lo_sql = sql.SQL("MINVALUE") if lo is None else sql.Literal(lo)
+        hi_sql = sql.SQL("MAXVALUE") if hi is None else sql.Literal(hi)
+        stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            parent.ident(), target.ident(), lo_sql, hi_sql)
+        try:
+            with_lock_retry(conn, settings, f"attaching {target} to {parent}", lambda c: c.execute(stmt))
+        except psycopg.Error as exc:
+            raise PartmanError(
+                f"{target} was restored ({n} rows, sha256 verified) as a plain table, but attaching it to {parent} "
+                f"failed: {' '.join(str(exc).split())}. Attach it by hand once the cause is fixed."
+            ) from None
+        result["attached"] = True
+        mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
+        if mt is not None and mt.retention:
+            from .retention import due
+
+            if any(d["partition"] == target.name and not d["held"] for d in due(conn, settings, mt)):
+                result["warning"] = (
+                    f"{target} is older than the retention of {parent} ({mt.retention}): the next maintenance pass "
+                    f"archives and removes it again unless you hold it (`partman hold {target} --reason ...`)."
+                )
+    return result
+
+
+def cli_restore(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings) as conn:
+        r = restore(conn, settings, args.table, args.partition, attach=args.attach)
+    how = f"attached to {r['table']}" if r["attached"] else "as a plain table"
+    print(f"restored {r['partition']} {how}: {r['rows']} rows from {r['uri']}; sha256 {r['sha256']} and row count "
+          "match the manifest")
+    if r.get("warning"):
+        sys.stderr.write("partman: warning: " + r["warning"] + "\n")
+    return 0

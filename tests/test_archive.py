@@ -1,0 +1,283 @@
+"""Retention with verified S3 archives (moto's server mode over HTTP, the real boto3 path),
+removal records, and restore — on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+
+import psycopg
+from psycopg import sql
+
+from partman import archive, catalog, failpoints
+from partman.db import QualifiedName
+from partman.sample_ledger import Ledger, verify_chain
+from partman.settings import load_settings
+
+from helpers import LEDGER
+
+PREFIX = "partman/public.audit_log_ledger/"
+
+
+def partitions(conn: psycopg.Connection, parent: str = "audit_log_ledger") -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+        (parent,))}
+
+
+def this_year(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT extract(year FROM now() AT TIME ZONE 'UTC')::int").fetchone()[0]
+
+
+def keys(s3: dict) -> set[str]:
+    out = s3["client"].list_objects_v2(Bucket=s3["bucket"]).get("Contents", [])
+    return {o["Key"] for o in out}
+
+
+def ledger_2012_to_now(conn: psycopg.Connection, partman, rows: int = 1500, action: str = "archive") -> Ledger:
+    """A hash-chained ledger partitioned by year (built by hand, as a DBA or another tool would,
+    so these tests do not depend on `convert`), registered with retention 10 years."""
+    seed = Ledger(QualifiedName("public", "ledger_seed"))
+    seed.create(conn)
+    now = conn.execute("SELECT (now() - interval '1 day')::text").fetchone()[0]
+    seed.seed(conn, rows, "2012-01-01", now)
+    y = this_year(conn)
+    conn.execute("CREATE TABLE audit_log_ledger (LIKE ledger_seed INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+                 "PRIMARY KEY (id, event_timestamp)) PARTITION BY RANGE (event_timestamp)")
+    for yy in range(2012, y + 1):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF audit_log_ledger FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(f"audit_log_ledger_p{yy}0101"), sql.Literal(f"{yy}-01-01 00:00+00"), sql.Literal(f"{yy + 1}-01-01 00:00+00")))
+    conn.execute("CREATE TABLE audit_log_ledger_default PARTITION OF audit_log_ledger DEFAULT")
+    conn.execute("INSERT INTO audit_log_ledger SELECT * FROM ledger_seed")
+    conn.execute("CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON audit_log_ledger "
+                 "FOR EACH ROW EXECUTE FUNCTION ledger_seed_append_only()")
+    conn.execute("DROP TRIGGER ledger_chain ON ledger_seed")
+    assert verify_chain(conn, LEDGER)["ok"]
+    r = partman("register", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "year",
+                "--retention", "10 years", "--retention-action", action)
+    assert r.code == 0, r.err
+    return Ledger(LEDGER)
+
+
+def year_counts(conn: psycopg.Connection) -> dict[int, int]:
+    return dict(conn.execute(
+        "SELECT extract(year FROM event_timestamp AT TIME ZONE 'UTC')::int, count(*) FROM audit_log_ledger GROUP BY 1").fetchall())
+
+
+def test_contract_retention_example_archive_then_restore(conn, partman, s3):
+    ledger_2012_to_now(conn, partman)
+    y = this_year(conn)
+    counts = year_counts(conn)
+    cutoff_year = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]
+    gone = [yy for yy in range(2012, cutoff_year)]  # whole years that ended more than ten years ago
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    removed = summary["tables"]["public.audit_log_ledger"]["retention"]["removed"]
+    assert [x["partition"] for x in removed] == [f"audit_log_ledger_p{yy}0101" for yy in gone]
+    names = partitions(conn)
+    objects = keys(s3)
+    for yy in gone:
+        part = f"audit_log_ledger_p{yy}0101"
+        assert part not in names
+        assert f"{PREFIX}{part}.csv.gz" in objects and f"{PREFIX}{part}.manifest.json" in objects
+        body = s3["client"].get_object(Bucket=s3["bucket"], Key=f"{PREFIX}{part}.csv.gz")["Body"].read()
+        manifest = json.loads(s3["client"].get_object(Bucket=s3["bucket"], Key=f"{PREFIX}{part}.manifest.json")["Body"].read())
+        assert isinstance(manifest["row_count"], int) and manifest["row_count"] == counts[yy]
+        assert manifest["sha256"] == hashlib.sha256(body).hexdigest()
+        assert manifest["bounds"]["lower"].startswith(f"{yy}-01-01")
+        assert [c["name"] for c in manifest["columns"]][:2] == ["id", "event_timestamp"]
+        assert "CREATE TABLE" in manifest["ddl"] and manifest["first"]["id"] <= manifest["last"]["id"]
+        lines = gzip.decompress(body).decode().splitlines()
+        assert lines[0].startswith("id,event_timestamp") and len(lines) == counts[yy] + 1
+    for yy in range(cutoff_year, y + 4):  # every later year and the future partitions remain
+        assert f"audit_log_ledger_p{yy}0101" in names
+    # removal records: anchors from which the remaining chain verifies
+    recs = conn.execute("SELECT partition_name, row_count, last_row, archive_uri, archive_sha256, action, min_id, max_id "
+                        "FROM partman_catalog.removal ORDER BY id").fetchall()
+    assert [r[0] for r in recs] == [f"audit_log_ledger_p{yy}0101" for yy in gone]
+    assert all(r[5] == "archive" and r[3].startswith(f"s3://{s3['bucket']}/{PREFIX}") for r in recs)
+    anchor = recs[-1][2]["current_hash"]
+    assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
+    assert not verify_chain(conn, LEDGER)["ok"]  # without the anchor the chain start is unexplained
+    # idempotent: a second pass changes nothing
+    before = (partitions(conn), keys(s3))
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    again = json.loads(r.out)["tables"]["public.audit_log_ledger"]
+    assert again["created"] == [] and again["retention"]["removed"] == []
+    assert (partitions(conn), keys(s3)) == before
+    assert conn.execute("SELECT count(*) FROM partman_catalog.removal").fetchone()[0] == len(gone)
+
+    # restore the last removed year as a plain table: sha256 and row count checked, chain verifies
+    last = f"audit_log_ledger_p{gone[-1]}0101"
+    r = partman("restore", "audit_log_ledger", last)
+    assert r.code == 0, r.err
+    assert "sha256" in r.out
+    restored = QualifiedName("public", last)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(restored.ident())).fetchone()[0] == counts[gone[-1]]
+    assert last not in partitions(conn)
+    prev_anchor = recs[-2][2]["current_hash"] if len(recs) > 1 else None
+    assert verify_chain(conn, restored, anchor=prev_anchor)["ok"]
+    # restoring over an existing table is refused
+    r = partman("restore", "audit_log_ledger", last)
+    assert r.code == 1 and "already exists" in r.err
+    # --attach puts an archived partition back into the table
+    first = f"audit_log_ledger_p{gone[0]}0101"
+    r = partman("restore", "audit_log_ledger", first, "--attach")
+    assert r.code == 0, r.err
+    assert first in partitions(conn)
+    assert "next maintenance pass archives and removes it again" in r.err
+
+
+def test_failed_upload_and_corrupted_object_keep_the_partition(conn, partman, s3, monkeypatch):
+    ledger_2012_to_now(conn, partman, rows=600)
+    cutoff_year = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]
+    gone = [f"audit_log_ledger_p{yy}0101" for yy in range(2012, cutoff_year)]
+    # 1. the bucket does not exist: every upload fails, nothing is dropped, the failure is reported
+    monkeypatch.setenv("PARTMAN_ARCHIVE_BUCKET", "no-such-bucket-partman")
+    r = partman("maintain", "--json")
+    assert r.code == 1
+    assert "Archive upload" in r.err and "NoSuchBucket" in r.err
+    assert set(gone) <= partitions(conn)
+    err = conn.execute("SELECT maintenance_last_error, maintenance_last_run FROM partman_catalog.managed_table").fetchone()
+    assert "NoSuchBucket" in err[0]
+    assert conn.execute("SELECT count(*) FROM partman_catalog.removal").fetchone()[0] == 0
+    monkeypatch.setenv("PARTMAN_ARCHIVE_BUCKET", s3["bucket"])
+    # 2. uploaded, then the pass dies before verifying; meanwhile the object gets corrupted
+    failpoints.arm("archive.verify", "raise", 1)
+    try:
+        r = partman("maintain")
+    finally:
+        failpoints.disarm()
+    assert r.code == 1 and gone[0] in partitions(conn)  # the others went through
+    assert not set(gone[1:]) & partitions(conn)
+    key = f"{PREFIX}{gone[0]}.csv.gz"
+    assert key in keys(s3)
+    s3["client"].put_object(Bucket=s3["bucket"], Key=key, Body=b"\x1f\x8b corrupted")
+    r = partman("maintain")
+    assert r.code == 1
+    assert "verification" in r.err
+    assert gone[0] in partitions(conn)
+    assert f"{PREFIX}{gone[0]}.manifest.json" not in keys(s3)
+    # 3. the next pass uploads it again (same key, no duplicate object) and removes it
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert not set(gone) & partitions(conn)
+    objects = [k for k in keys(s3) if k.startswith(PREFIX)]
+    assert len(objects) == 2 * len(gone)
+    body = s3["client"].get_object(Bucket=s3["bucket"], Key=key)["Body"].read()
+    manifest = json.loads(s3["client"].get_object(Bucket=s3["bucket"], Key=f"{PREFIX}{gone[0]}.manifest.json")["Body"].read())
+    assert manifest["sha256"] == hashlib.sha256(body).hexdigest()
+    assert conn.execute("SELECT maintenance_last_error FROM partman_catalog.managed_table").fetchone()[0] is None
+
+
+def test_corrupted_object_fails_restore(conn, partman, s3):
+    ledger_2012_to_now(conn, partman, rows=400)
+    assert partman("maintain").code == 0
+    part = "audit_log_ledger_p20120101"
+    key = f"{PREFIX}{part}.csv.gz"
+    body = s3["client"].get_object(Bucket=s3["bucket"], Key=key)["Body"].read()
+    s3["client"].put_object(Bucket=s3["bucket"], Key=key, Body=body[:-8] + b"\0" * 8)
+    r = partman("restore", "audit_log_ledger", part)
+    assert r.code == 1 and "sha256" in r.err and "Nothing was restored" in r.err
+    assert conn.execute("SELECT to_regclass('public.audit_log_ledger_p20120101')").fetchone()[0] is None
+
+
+def test_archive_memory_is_bounded_by_the_part_size(conn, dsn, s3):
+    conn.execute("CREATE TABLE big (id bigserial, ts timestamptz NOT NULL, blob text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE big_p20100101 PARTITION OF big FOR VALUES FROM ('2010-01-01 00:00+00') TO ('2011-01-01 00:00+00')")
+    # ~12 MB of barely compressible text: several 5 MiB parts after gzip
+    conn.execute("INSERT INTO big (ts, blob) SELECT '2010-02-01'::timestamptz + g * interval '1 second', "
+                 "md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text) "
+                 "FROM generate_series(1, 90000) g")
+    s = load_settings({"database_url": dsn, "archive_part_size_mb": 5})
+    catalog.ensure(conn, s)
+    from partman.lifecycle.registry import register
+    from partman.partitions import list_partitions
+
+    mt = register(conn, s, "big", column="ts", interval="year")
+    part = [p for p in list_partitions(conn, QualifiedName("public", "big"), "timestamptz") if p.name == "big_p20100101"][0]
+    key = archive.object_key(s, "public", "big", part.name)
+    sha, size, info, peak = archive._upload(conn, s, archive.client(s), s3["bucket"], key, mt, part)
+    assert size > archive.MIN_PART  # larger than the buffer: at least two parts
+    assert peak < archive.MIN_PART + 1024 * 1024  # never more than one part (plus a COPY chunk) in memory
+    assert info["row_count"] == 90000
+    got_sha, got_size, records = archive.read_and_check(archive.client(s), s3["bucket"], key)
+    assert (got_sha, got_size, records) == (sha, size, 90000)
+
+
+def test_late_rows_are_archived_without_overwriting_the_first_archive(conn, partman, s3, monkeypatch):
+    monkeypatch.setenv("PARTMAN_ARCHIVE_SSE", "AES256")
+    conn.execute("CREATE TABLE ev (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE ev_default PARTITION OF ev DEFAULT")
+    conn.execute("INSERT INTO ev (ts, note) SELECT '2012-03-01'::timestamptz + g * interval '1 day', 'first' FROM generate_series(1, 20) g")
+    r = partman("register", "ev", "--column", "ts", "--interval", "year", "--retention", "10 years",
+                "--retention-action", "archive", "--premake", "1")
+    assert r.code == 0, r.err
+    r = partman("maintain", "--json")  # moves the rows out of the default, then archives 2012
+    assert r.code == 0, r.err
+    res = json.loads(r.out)["tables"]["public.ev"]
+    assert res["default_rows_moved"] == 20
+    assert [x["partition"] for x in res["retention"]["removed"]] == ["ev_p20120101"]
+    first_key = "partman/public.ev/ev_p20120101.csv.gz"
+    head = s3["client"].head_object(Bucket=s3["bucket"], Key=first_key)
+    assert head["ServerSideEncryption"] == "AES256"
+    first_body = s3["client"].get_object(Bucket=s3["bucket"], Key=first_key)["Body"].read()
+    # a late row for 2012 lands in the default partition; the next pass archives it separately
+    conn.execute("INSERT INTO ev (ts, note) VALUES ('2012-12-24', 'late')")
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    removed = json.loads(r.out)["tables"]["public.ev"]["retention"]["removed"]
+    assert len(removed) == 1 and removed[0]["rows"] == 1 and removed[0]["uri"] != f"s3://{s3['bucket']}/{first_key}"
+    assert s3["client"].get_object(Bucket=s3["bucket"], Key=first_key)["Body"].read() == first_body
+    recs = conn.execute("SELECT row_count, archive_uri FROM partman_catalog.removal ORDER BY id").fetchall()
+    assert [r[0] for r in recs] == [20, 1] and recs[0][1] != recs[1][1]
+    # restore brings back the latest archive of that name
+    r = partman("restore", "ev", "ev_p20120101")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT note FROM ev_p20120101").fetchall() == [("late",)]
+
+
+def test_killed_archive_resumes_without_a_second_upload(conn, partman, partman_proc, s3):
+    conn.execute("CREATE TABLE ev (id bigserial, ts timestamptz NOT NULL, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE ev_p20100101 PARTITION OF ev FOR VALUES FROM ('2010-01-01 00:00+00') TO ('2011-01-01 00:00+00')")
+    conn.execute("INSERT INTO ev (ts) SELECT '2010-03-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 100) g")
+    assert partman("register", "ev", "--column", "ts", "--interval", "year", "--retention", "10 years",
+                   "--retention-action", "archive", "--premake", "0").code == 0
+    r = partman_proc("maintain", extra_env={"PARTMAN_FAILPOINTS": "archive.detach=1:kill"})
+    assert r.code != 0
+    key = "partman/public.ev/ev_p20100101.csv.gz"
+    etag = s3["client"].head_object(Bucket=s3["bucket"], Key=key)["ETag"]
+    assert conn.execute("SELECT state FROM partman_catalog.archive").fetchone()[0] == "manifest"
+    assert conn.execute("SELECT count(*) FROM ev_p20100101").fetchone()[0] == 100  # still there
+    uploads_before = s3["client"].list_objects_v2(Bucket=s3["bucket"])["KeyCount"]
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT to_regclass('public.ev_p20100101')").fetchone()[0] is None
+    assert s3["client"].head_object(Bucket=s3["bucket"], Key=key)["ETag"] == etag
+    assert s3["client"].list_objects_v2(Bucket=s3["bucket"])["KeyCount"] == uploads_before == 2
+    assert conn.execute("SELECT state FROM partman_catalog.archive").fetchone()[0] == "removed"
+
+
+def test_converted_ledger_end_to_end(conn, partman, s3):
+    """`partman convert` registers the retention; `partman maintain` applies it."""
+    led = Ledger(LEDGER)
+    led.create(conn)
+    now = conn.execute("SELECT (now() - interval '1 day')::text").fetchone()[0]
+    led.seed(conn, 800, "2012-01-01", now)
+    r = partman("convert", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "year",
+                "--retention", "10 years", "--retention-action", "archive", "--sleep", "0", "--yes")
+    assert r.code == 0, r.err
+    counts = year_counts(conn)
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    removed = json.loads(r.out)["tables"]["public.audit_log_ledger"]["retention"]["removed"]
+    assert removed and removed[0]["partition"] == "audit_log_ledger_p20120101"
+    assert removed[0]["rows"] == counts[2012]
+    anchor = conn.execute("SELECT last_row->>'current_hash' FROM partman_catalog.removal ORDER BY id DESC LIMIT 1").fetchone()[0]
+    assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
+    led.insert(conn)  # the application keeps appending, chained onto the remaining rows
+    assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
+    assert conn.execute("SELECT to_regclass('public.audit_log_ledger_old')").fetchone()[0] is not None

@@ -1,0 +1,430 @@
+"""The partition lifecycle on a real PostgreSQL: register, premake, the default partition,
+retention (drop / detach), legal holds, concurrency, blocked DDL, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from partman import catalog
+from partman.db import QualifiedName
+from partman.settings import load_settings
+
+from helpers import relations_in
+
+EVENTS = QualifiedName("public", "events")
+
+
+def make_events(conn: psycopg.Connection, years: tuple[int, ...] = (2024,), default: bool = True,
+                name: str = "events") -> None:
+    conn.execute(sql.SQL(
+        "CREATE TABLE {} (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)"
+    ).format(sql.Identifier(name)))
+    for y in years:
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s)").format(
+            sql.Identifier(f"{name}_p{y}0101"), sql.Identifier(name)).as_string(conn)
+            % (sql.Literal(f"{y}-01-01 00:00+00").as_string(conn), sql.Literal(f"{y + 1}-01-01 00:00+00").as_string(conn)))
+    if default:
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+            sql.Identifier(f"{name}_default"), sql.Identifier(name)))
+
+
+def partitions(conn: psycopg.Connection, parent: str = "events") -> dict[str, str]:
+    return dict(conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass", (parent,)).fetchall())
+
+
+def this_year(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT extract(year FROM now() AT TIME ZONE 'UTC')::int").fetchone()[0]
+
+
+def settings_for(dsn: str, **kw):
+    from partman import log
+
+    log.configure("json", "warning")  # a previous in-process CLI run may have bound a closed stream
+    return load_settings({"database_url": dsn, **kw})
+
+
+# ---------------------------------------------------------------- register / premake
+
+def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
+    make_events(conn, years=(2022,))
+    conn.execute("SET TimeZone TO 'UTC'")
+    y = this_year(conn)
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2")
+    assert r.code == 0, r.err
+    assert "registered public.events" in r.out
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    created = summary["tables"]["public.events"]["created"]
+    expected = [f"events_p{yy}0101" for yy in range(2023, y + 3)]
+    assert sorted(created) == expected
+    parts = partitions(conn)
+    assert parts[f"events_p{y + 2}0101"] == (
+        f"FOR VALUES FROM ('{y + 2}-01-01 00:00:00+00') TO ('{y + 3}-01-01 00:00:00+00')")
+    assert summary["tables"]["public.events"]["analyzed"] is True
+    # idempotent: the second pass changes nothing
+    before = partitions(conn)
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    again = json.loads(r.out)["tables"]["public.events"]
+    assert again["created"] == [] and again["analyzed"] is False
+    assert partitions(conn) == before
+    row = conn.execute("SELECT maintenance_last_run IS NOT NULL, maintenance_last_error FROM partman_catalog.managed_table").fetchone()
+    assert row == (True, None)
+    runs = conn.execute("SELECT count(*), bool_and(ok) FROM partman_catalog.maintenance_run").fetchone()
+    assert runs == (2, True)
+
+
+def test_monthly_bounds_in_a_time_zone_and_long_names(conn, partman):
+    long = "t" * 63
+    conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz NOT NULL) PARTITION BY RANGE (ts)").format(sql.Identifier(long)))
+    r = partman("register", long, "--column", "ts", "--interval", "month", "--premake", "1",
+                "--timezone", "Europe/Berlin")
+    assert r.code == 0, r.err
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    conn.execute("SET TimeZone TO 'Europe/Berlin'")
+    parts = partitions(conn, f'"{long}"')
+    assert len(parts) == 2
+    for name, bound in parts.items():
+        assert len(name.encode()) <= 63 and name.endswith("01") and "_p" in name
+        # bounds on local midnights of the 1st, whatever the DST offset
+        assert " 00:00:00+0" in bound and "-01 00:00:00" in bound
+
+
+def test_date_key_and_week_interval(conn, partman):
+    conn.execute("CREATE TABLE d (day date NOT NULL, v int) PARTITION BY RANGE (day)")
+    r = partman("register", "public.d", "--column", "day", "--interval", "week", "--premake", "2")
+    assert r.code == 0, r.err
+    assert partman("maintain").code == 0
+    parts = partitions(conn, "d")
+    assert len(parts) == 3
+    for bound in parts.values():
+        lo = bound.split("'")[1]
+        assert datetime.fromisoformat(lo).weekday() == 0  # weeks start on Monday
+
+
+# ---------------------------------------------------------------- the default partition
+
+def test_default_rows_are_moved_while_a_writer_keeps_inserting(conn, dsn, partman, monkeypatch):
+    make_events(conn, years=())
+    y = this_year(conn)
+    conn.execute("INSERT INTO events (ts, note) SELECT %s::timestamptz + g * interval '1 minute', 'old' FROM generate_series(1, 300) g",
+                 ("2011-03-01 00:00+00",))
+    conn.execute("INSERT INTO events (ts, note) SELECT %s::timestamptz + g * interval '1 minute', 'future' FROM generate_series(1, 400) g",
+                 (f"{y + 5}-02-01 00:00+00",))
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 700
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "1")
+    assert r.code == 0, r.err
+    from partman.lifecycle import default_rows
+    mt = catalog.get_managed(conn, settings_for(dsn), "public", "events")
+    assert default_rows.count(conn, mt) == 700
+
+    stop = threading.Event()
+    committed: list[int] = []
+    errors: list[str] = []
+
+    def writer() -> None:  # keeps writing rows whose range is still only in the default partition
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SET lock_timeout = '20s'")
+            while not stop.is_set():
+                try:
+                    committed.append(c.execute(
+                        "INSERT INTO events (ts, note) VALUES (%s, 'live') RETURNING id", (f"{y + 5}-06-01 12:00+00",)).fetchone()[0])
+                except psycopg.Error as exc:
+                    errors.append(str(exc))
+                time.sleep(0.002)
+
+    monkeypatch.setenv("PARTMAN_BATCH_SIZE", "50")
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    try:
+        r = partman("maintain", "--json")
+    finally:
+        time.sleep(0.3)
+        stop.set()
+        t.join(30)
+    assert r.code == 0, r.err
+    res = json.loads(r.out)["tables"]["public.events"]
+    assert res["default_rows_moved"] >= 700
+    assert f"events_p{y + 5}0101" in res["created"] and "events_p20110101" in res["created"]
+    assert not errors, errors[:3]
+    assert committed
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 700 + len(committed)
+    got = {r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} WHERE note = 'live'").format(
+        sql.Identifier(f"events_p{y + 5}0101")))}
+    assert got == set(committed)
+    assert conn.execute("SELECT count(*) FROM events_p20110101").fetchone()[0] == 300
+    # no staging leftovers, every partition attached
+    assert not conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'events_p%' AND relkind = 'r' "
+                            "AND NOT relispartition").fetchall()
+    assert partman("maintain", "--json").code == 0
+
+
+def test_default_move_resumes_after_a_crash(conn, dsn, partman_proc, partman):
+    make_events(conn, years=())
+    conn.execute("INSERT INTO events (ts) SELECT '2013-05-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 200) g")
+    # an append-only guard like the ledger's: moving rows must not trip it (rows are moved, not deleted)
+    conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'append-only'; END $$")
+    conn.execute("CREATE TRIGGER guard BEFORE UPDATE OR DELETE ON events FOR EACH ROW EXECUTE FUNCTION refuse()")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
+    r = partman_proc("maintain", extra_env={"PARTMAN_FAILPOINTS": "maintain.default.batch=2:kill", "PARTMAN_BATCH_SIZE": "50"})
+    assert r.code != 0
+    # the killed pass left a staging table holding the moved batch, invisible through the parent
+    assert conn.execute("SELECT count(*) FROM events_p20130101").fetchone()[0] == 50
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 200
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 0
+    assert "events_p20130101" in partitions(conn)
+    with pytest.raises(psycopg.errors.RaiseException):  # the guard came along to the new partition
+        conn.execute("DELETE FROM events_p20130101")
+
+
+# ---------------------------------------------------------------- retention: drop / detach / holds
+
+def test_retention_drop_with_a_legal_hold(conn, dsn, partman):
+    y = this_year(conn)
+    make_events(conn, years=tuple(range(2012, y + 1)))
+    conn.execute("INSERT INTO events (ts) SELECT make_timestamptz(yy, 6, 1, 0, 0, 0, 'UTC') FROM generate_series(2012, %s) yy, "
+                 "generate_series(1, 3)", (y,))
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--retention", "10 years",
+                "--retention-action", "drop", "--premake", "1")
+    assert r.code == 0, r.err
+    r = partman("hold", "events_p20130101", "--reason", "case 4711: court order")
+    assert r.code == 0, r.err
+    from partman.lifecycle import retention
+    mt = catalog.get_managed(conn, settings_for(dsn), "public", "events")
+    due = retention.due(conn, settings_for(dsn), mt)
+    cutoff_year = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]
+    assert sorted(d["partition"] for d in due) == [f"events_p{yy}0101" for yy in range(2012, cutoff_year)]
+    assert [d["held"] for d in due if d["partition"] == "events_p20130101"] == [True]
+
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)["tables"]["public.events"]
+    assert res["retention"]["held"] == ["events_p20130101"]
+    names = set(partitions(conn))
+    assert "events_p20130101" in names and "events_p20120101" not in names
+    assert f"events_p{cutoff_year}0101" in names and f"events_p{y + 1}0101" in names
+    rec = conn.execute("SELECT partition_name, row_count, min_id, max_id, last_row->>'id', action, removed_by "
+                       "FROM partman_catalog.removal ORDER BY id").fetchall()
+    assert rec[0][0] == "events_p20120101" and rec[0][1] == 3 and rec[0][5] == "drop"
+    assert rec[0][4] == rec[0][3]  # the last row is the one with the highest id
+    # append-only
+    with pytest.raises(psycopg.errors.RaiseException):
+        conn.execute("DELETE FROM partman_catalog.removal")
+    # a released hold lets retention remove it on the next pass
+    r = partman("release", "public.events_p20130101")
+    assert r.code == 0, r.err
+    assert partman("maintain").code == 0
+    assert "events_p20130101" not in partitions(conn)
+    ev = conn.execute("SELECT event, reason, actor FROM partman_catalog.hold_event ORDER BY id").fetchall()
+    assert [e[0] for e in ev] == ["hold", "release"] and ev[0][1] == "case 4711: court order" and ev[0][2]
+    # the current and future partitions are never touched, even with a tiny retention
+    conn.execute("UPDATE partman_catalog.managed_table SET retention = '1 second'")
+    assert partman("maintain").code == 0
+    names = set(partitions(conn))
+    assert f"events_p{y}0101" in names and f"events_p{y + 1}0101" in names
+
+
+def test_retention_detach_moves_to_a_retention_schema(conn, partman):
+    make_events(conn, years=(2010, 2011, 2025))
+    conn.execute("INSERT INTO events (ts) VALUES ('2010-05-05'), ('2011-05-05')")
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--retention", "5 years",
+                "--retention-action", "detach", "--retention-schema", "archive_tables", "--premake", "0")
+    assert r.code == 0, r.err
+    assert partman("maintain").code == 0
+    assert "events_p20100101" not in partitions(conn)
+    assert relations_in(conn, "archive_tables") >= {"events_p20100101", "events_p20110101"}
+    assert conn.execute("SELECT count(*) FROM archive_tables.events_p20100101").fetchone()[0] == 1
+
+
+# ---------------------------------------------------------------- safety: concurrency, locks, leadership
+
+def test_two_maintain_processes_never_act_on_one_table(conn, partman, partman_proc, dsn):
+    make_events(conn, years=())
+    assert partman("register", "events", "--column", "ts", "--interval", "month", "--premake", "3").code == 0
+    results = {}
+
+    def run(tag: str, env: dict) -> None:
+        results[tag] = partman_proc("maintain", "--json", extra_env=env)
+
+    a = threading.Thread(target=run, args=("a", {"PARTMAN_FAILPOINTS": "maintain.premake.before_ddl=1:sleep(5)"}))
+    a.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until A holds the table's lock (it then sleeps in its first DDL)
+        if conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").fetchone()[0]:
+            break
+        time.sleep(0.05)
+    run("b", {})
+    a.join(60)
+    ra, rb = results["a"], results["b"]
+    assert ra.code == 0 and rb.code == 0, (ra.err, rb.err)
+    sa, sb = json.loads(ra.out), json.loads(rb.out)
+    assert len(sa["tables"]["public.events"]["created"]) == 4
+    assert "public.events" in sb["skipped"] and "another partman process" in sb["skipped"]["public.events"]
+    assert "public.events" not in sb["tables"]
+
+
+def test_blocked_ddl_skips_the_table_and_reports_it(conn, dsn, partman, monkeypatch):
+    make_events(conn, years=())
+    assert partman("register", "events", "--column", "ts", "--interval", "year").code == 0
+    monkeypatch.setenv("PARTMAN_LOCK_RETRIES", "2")
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("SELECT count(*) FROM events")  # holds ACCESS SHARE in an open transaction
+        t0 = time.monotonic()
+        r = partman("maintain", "--lock-timeout", "100")
+        elapsed = time.monotonic() - t0
+        blocker.rollback()
+    assert r.code == 1
+    assert "blocked" in r.out and "Gave up" in r.err
+    assert elapsed < 10
+    row = conn.execute("SELECT maintenance_last_run, maintenance_last_error, maintenance_last_attempt IS NOT NULL "
+                       "FROM partman_catalog.managed_table").fetchone()
+    assert row[0] is None and "blocked" in row[1] and row[2]
+    assert partitions(conn) == {"events_default": "DEFAULT"}
+    assert partman("maintain").code == 0  # unblocked: the next pass does the work
+
+
+def test_leader_check_and_no_tables(conn, dsn):
+    from partman.lifecycle.maintain import maintain
+
+    s = settings_for(dsn)
+    empty = maintain(s)
+    assert empty["ok"] and empty["tables"] == {} and not empty["standby"]
+    make_events(conn, years=())
+    catalog.ensure(conn, s)
+    from partman.lifecycle.registry import register
+
+    register(conn, s, "events", column="ts", interval="year")
+    out = maintain(s, leader_check=lambda: False)
+    assert out["skipped"] == {"public.events": "not the leader"}
+    assert partitions(conn) == {"events_default": "DEFAULT"}
+    out = maintain(s, conn=conn, leader_check=lambda: True)
+    assert out["ok"] and len(out["tables"]["public.events"]["created"]) == 4
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_input_is_refused_with_a_clear_message(conn, partman):
+    conn.execute("CREATE TABLE plain (ts timestamptz)")
+    make_events(conn, years=())
+    cases = [
+        (("register", "nope", "--column", "ts", "--interval", "year"), 1, "does not exist"),
+        (("register", "plain", "--column", "ts", "--interval", "year"), 1, "not a partitioned table"),
+        (("register", "events", "--column", "note", "--interval", "year"), 2, "partitioned by column"),
+        (("register", "events", "--column", "ts", "--interval", "year", "--retention", "forever"), 2, "not a PostgreSQL interval"),
+        (("register", "events", "--column", "ts", "--interval", "year", "--retention", "-1 year"), 2, "positive"),
+        (("register", "events", "--column", "ts", "--interval", "year", "--timezone", "Mars/Base"), 2, "time zone"),
+        (("unregister", "events"), 1, "not registered"),
+        (("hold", "events_p19990101", "--reason", "x"), 1, "does not exist"),
+        (("hold", "plain", "--reason", "x"), 1, "not a partition"),
+        (("release", "events_default"), 1, "not under legal hold"),
+        (("restore", "events", "events_p20100101"), 1, "nowhere to look"),
+    ]
+    for args, code, text in cases:
+        r = partman(*args)
+        assert r.code == code, (args, r.err)
+        assert text in r.err, (args, r.err)
+        assert "Traceback" not in r.err
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error, exit 2
+        partman("register", "events", "--column", "ts", "--interval", "decade")
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        partman("hold", "events_default")  # --reason is required
+    assert partman("register", "events", "--column", "ts", "--interval", "year").code == 0
+    r = partman("unregister", "events")
+    assert r.code == 0 and "no longer maintains" in r.out
+    assert partitions(conn) == {"events_default": "DEFAULT"}
+
+
+def test_a_table_pg_partman_still_manages_is_refused(conn, partman):
+    make_events(conn, years=())
+    conn.execute("CREATE SCHEMA partman")
+    conn.execute("CREATE TABLE partman.part_config (parent_table text)")
+    conn.execute("INSERT INTO partman.part_config VALUES ('public.events')")
+    r = partman("register", "events", "--column", "ts", "--interval", "year")
+    assert r.code == 1 and "pg_partman" in r.err and "part_config" in r.err
+    conn.execute("DELETE FROM partman.part_config")
+    r = partman("register", "events", "--column", "ts", "--interval", "year")
+    assert r.code == 0, r.err
+
+
+def test_on_a_standby_maintain_does_nothing_and_says_so(pg_server, monkeypatch, partman, tmp_path):
+    """A real standby: a fresh server started with standby.signal stays in recovery."""
+    import os
+    import shutil
+
+    from partman.pgtemp import TempServer
+
+    if pg_server.temp is None:
+        pytest.skip("needs the throwaway server binaries")
+    standby = TempServer(version=os.environ.get("PARTMAN_TEST_PG", "18"), password=pg_server.password)
+    standby.init()
+    signal = standby.data / "standby.signal"
+    signal.write_text("")
+    st = standby.data.stat()
+    try:
+        shutil.chown(signal, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass
+    standby.start()
+    try:
+        monkeypatch.setenv("PARTMAN_DATABASE_URL", standby.dsn())
+        from partman.lifecycle.maintain import maintain
+
+        out = maintain(settings_for(standby.dsn()))
+        assert out["standby"] is True and out["tables"] == {} and "standby" in out["message"]
+        r = partman("maintain")
+        assert r.code == 0, r.err
+        assert "standby" in r.out and "nothing to do" in r.out
+    finally:
+        standby.cleanup()
+
+
+def test_timestamp_key_in_a_zone_moves_default_rows_and_reports_in_text(conn, partman):
+    conn.execute("CREATE TABLE m (ts timestamp NOT NULL, v int) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE m_default PARTITION OF m DEFAULT")
+    conn.execute("INSERT INTO m VALUES ('2024-02-29 23:30', 1), ('2024-03-01 00:00', 2), ('2024-03-31 23:59:59', 3)")
+    r = partman("register", "m", "--column", "ts", "--interval", "month", "--premake", "0",
+                "--timezone", "Europe/Berlin")
+    assert r.code == 0, r.err
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert "moved 3 rows out of the default partition" in r.out and "m_p20240201" in r.out and "m_p20240301" in r.out
+    parts = partitions(conn, "m")
+    assert parts["m_p20240201"] == "FOR VALUES FROM ('2024-02-01 00:00:00') TO ('2024-03-01 00:00:00')"
+    assert conn.execute("SELECT array_agg(v ORDER BY v) FROM m_p20240301").fetchone()[0] == [2, 3]
+    assert conn.execute("SELECT count(*) FROM m_default").fetchone()[0] == 0
+
+
+def test_blocked_default_move_puts_the_rows_back(conn, dsn, partman, monkeypatch):
+    make_events(conn, years=())
+    conn.execute("INSERT INTO events (ts) SELECT '2013-05-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 120) g")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
+    monkeypatch.setenv("PARTMAN_LOCK_RETRIES", "2")
+    monkeypatch.setenv("PARTMAN_BATCH_SIZE", "50")
+    with psycopg.connect(dsn) as reader:
+        reader.execute("SELECT count(*) FROM events_default")  # a long reader of the default partition
+        r = partman("maintain", "--lock-timeout", "100")
+        # the rows never disappeared from view, even for the reader's next statement
+        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 120
+        reader.rollback()
+    assert r.code == 1 and "blocked" in r.out
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 120
+    assert conn.execute("SELECT to_regclass('public.events_p20130101')").fetchone()[0] is None
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT count(*) FROM events_p20130101").fetchone()[0] == 120
