@@ -108,6 +108,8 @@ def make_plan(
     stats = planning.KeyStats(None, None, 0, conn.execute("SELECT now()").fetchone()[0])
     if key_type_of(model, opts.column) and not getattr(model, "is_partitioned", False):
         stats = key_stats(conn, qn, opts.column)
+    if model.relkind == "r" and model.estimated_rows <= 0:  # never analyzed: count, for honest progress and ETA
+        model.estimated_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qn.ident())).fetchone()[0]
     key = capture.copy_key(conn, qn)
     p = planning.build(model, opts, stats, settings.catalog_schema, key)
     if not owner_ok:
