@@ -54,7 +54,10 @@ def ensure(conn: psycopg.Connection, settings: Settings) -> None:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (_MIGRATION_LOCK,))
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        # a DBA may pre-create the schema for a role without CREATE on the database
+        if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)",
+                            (settings.catalog_schema,)).fetchone()[0]:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {}.schema_version "

@@ -1,0 +1,369 @@
+"""`partman status [TABLE] [--json]`: gather what the catalog and pg_catalog say about each
+registered table, then render it as readable tables (rich) or one JSON document on stdout."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from . import catalog, db, log
+from .catalog import ManagedTable
+from .db import QualifiedName
+from .errors import PartmanError
+from .health import Coverage, coverage, required_ahead
+from .partitions import Partition
+from .settings import Settings
+
+
+# ---------------------------------------------------------------- facts shared with /metrics
+
+def default_rows(conn: psycopg.Connection, mt: ManagedTable, cov: Coverage) -> int | None:
+    """Rows sitting in the table's default partition (None when it has none)."""
+    if cov.default_partition is None:
+        return None
+    try:
+        try:
+            from .lifecycle import default_rows as lifecycle_default_rows  # the lifecycle's own count
+
+            return int(lifecycle_default_rows.count(conn, mt))
+        except ImportError:
+            pass
+        q = sql.SQL("SELECT count(*) FROM {}").format(cov.default_partition.qualified.ident())
+        return int(conn.execute(q).fetchone()[0])
+    except psycopg.errors.LockNotAvailable:
+        return None  # maintenance holds the default partition right now (the daemon's probe has a lock_timeout)
+
+
+def holds(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, cov: Coverage) -> dict[str, dict[str, Any]]:
+    names = [p.name for p in cov.partitions]
+    if not names:
+        return {}
+    q = sql.SQL(
+        "SELECT partition_name, reason, held_by, held_at FROM {} WHERE schema_name = %s AND partition_name = ANY(%s)"
+    ).format(catalog.ident(settings, "hold"))
+    return {r[0]: {"reason": r[1], "held_by": r[2], "held_at": r[3]} for r in conn.execute(q, (mt.schema_name, names))}
+
+
+def retention_due(
+    conn: psycopg.Connection, settings: Settings, mt: ManagedTable, cov: Coverage, held: dict[str, Any]
+) -> list[str]:
+    """Names of partitions retention would remove now (held ones excluded)."""
+    if not mt.retention:
+        return []
+    try:
+        from .lifecycle import retention as lifecycle_retention
+
+        out = []
+        for d in lifecycle_retention.due(conn, settings, mt):
+            if isinstance(d, dict):
+                if not d.get("held") and d.get("partition") not in held:
+                    out.append(str(d.get("partition")))
+            else:
+                name = getattr(d, "name", str(d))
+                if name not in held:
+                    out.append(name)
+        return out
+    except ImportError:
+        pass
+    cutoff = conn.execute("SELECT now() - %s::interval", (mt.retention,)).fetchone()[0]
+    out = []
+    for p in cov.regular:
+        upper = p.upper
+        if upper is None:
+            continue
+        if isinstance(upper, datetime) and upper.tzinfo is None:
+            from .intervals import zone
+
+            upper = upper.replace(tzinfo=zone(mt.timezone))
+        elif not isinstance(upper, datetime):
+            from .intervals import zone
+
+            upper = datetime(upper.year, upper.month, upper.day, tzinfo=zone(mt.timezone))
+        if upper <= cutoff and p.name not in held:
+            out.append(p.name)
+    return out
+
+
+def removals(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            sql.SQL(
+                "SELECT partition_name, lower_bound, upper_bound, row_count, min_id, max_id, action, archive_uri, "
+                "archive_sha256, archive_bytes, removed_at, removed_by FROM {} "
+                "WHERE schema_name = %s AND table_name = %s ORDER BY id"
+            ).format(catalog.ident(settings, "removal")),
+            (mt.schema_name, mt.table_name),
+        ).fetchall()
+
+
+def conversion_progress(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict[str, Any] | None:
+    conv = catalog.latest_conversion(conn, settings, mt.schema_name, mt.table_name)
+    return _conversion_doc(conv) if conv else None
+
+
+def _conversion_doc(conv: dict[str, Any]) -> dict[str, Any]:
+    est = conv.get("rows_estimate") or 0
+    copied = conv.get("rows_copied") or 0
+    ratio = 1.0 if conv.get("status") == "done" else (min(copied / est, 1.0) if est > 0 else 0.0)
+    return {
+        "id": conv.get("id"),
+        "status": conv.get("status"),
+        "phase": conv.get("phase"),
+        "rows_estimate": conv.get("rows_estimate"),
+        "rows_copied": copied,
+        "rows_caught_up": conv.get("rows_caught_up"),
+        "progress": round(ratio, 4),
+        "swap_lock_ms": conv.get("swap_lock_ms"),
+        "started_at": conv.get("started_at"),
+        "finished_at": conv.get("finished_at"),
+        "error": log.redact(conv["error"]) if conv.get("error") else None,
+    }
+
+
+def running_conversions(conn: psycopg.Connection, settings: Settings) -> list[dict[str, Any]]:
+    """Conversions in progress (the table is not registered until its conversion finishes)."""
+    if not catalog.exists(conn, settings):
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            sql.SQL("SELECT * FROM {} WHERE status = 'running' ORDER BY id").format(catalog.ident(settings, "conversion"))
+        ).fetchall()
+    return [{"table": f"{r['schema_name']}.{r['table_name']}", **_conversion_doc(r)} for r in rows]
+
+
+def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, now: datetime) -> dict[str, Any]:
+    cov = coverage(conn, mt, now)
+    doc: dict[str, Any] = {
+        "table": mt.qualified,
+        "column": mt.column_name,
+        "key_type": mt.key_type,
+        "interval": mt.interval,
+        "premake": mt.premake,
+        "timezone": mt.timezone,
+        "retention": mt.retention,
+        "retention_action": mt.retention_action,
+        "exists": cov.exists,
+        "registered_at": mt.registered_at,
+        "maintenance": {
+            "last_run": mt.maintenance_last_run,
+            "last_attempt": mt.maintenance_last_attempt,
+            "last_error": log.redact(mt.maintenance_last_error) if mt.maintenance_last_error else None,
+        },
+        "old_table": mt.old_table_name,
+        "drop_old_after": mt.drop_old_after,
+        "swapped_at": mt.swapped_at,
+        "verified_at": mt.verified_at,
+    }
+    held = holds(conn, settings, mt, cov) if cov.exists else {}
+    doc["partitions"] = [_partition_doc(p, held) for p in cov.partitions]
+    doc["partitions_ahead"] = cov.ahead
+    doc["required_ahead"] = required_ahead(mt.premake)
+    doc["covered_until"] = cov.covered_until
+    doc["default_rows"] = default_rows(conn, mt, cov) if cov.exists else None
+    doc["retention_due"] = retention_due(conn, settings, mt, cov, held) if cov.exists else []
+    doc["holds"] = [{"partition": k, **v} for k, v in held.items()]
+    doc["conversion"] = conversion_progress(conn, settings, mt)
+    doc["removals"] = removals(conn, settings, mt)
+    doc["archive_bytes"] = sum(int(r["archive_bytes"] or 0) for r in doc["removals"] if r["action"] == "archive")
+    doc["archive_objects"] = sum(1 for r in doc["removals"] if r["action"] == "archive" and r["archive_uri"])
+    return doc
+
+
+def _partition_doc(p: Partition, held: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "schema": p.schema,
+        "default": p.is_default,
+        "lower": "DEFAULT" if p.is_default else ("MINVALUE" if p.lower is None else p.lower),
+        "upper": None if p.is_default else ("MAXVALUE" if p.upper is None else p.upper),
+        "rows_estimate": p.estimated_rows,
+        "held": p.name in held,
+    }
+
+
+def gather(conn: psycopg.Connection, settings: Settings, table: str | None = None) -> dict[str, Any]:
+    now: datetime = conn.execute("SELECT now()").fetchone()[0]
+    managed = catalog.list_managed(conn, settings)
+    wanted: str | None = None
+    if table is not None:
+        qn = _resolve_managed(conn, settings, table, managed)
+        wanted = str(qn)
+        managed = [m for m in managed if (m.schema_name, m.table_name) == (qn.schema, qn.name)]
+    runs = catalog.last_runs(conn, settings)
+    doc: dict[str, Any] = {
+        "now": now,
+        "instance": settings.instance_name,
+        "last_maintenance": _run_doc(runs["last"]),
+        "last_successful_maintenance": _run_doc(runs["last_ok"]),
+        "tables": [gather_table(conn, settings, mt, now) for mt in managed],
+        "conversions_running": [c for c in running_conversions(conn, settings) if wanted is None or c["table"] == wanted],
+    }
+    return doc
+
+
+def _resolve_managed(conn: psycopg.Connection, settings: Settings, table: str, managed: list[ManagedTable]) -> QualifiedName:
+    try:
+        qn = db.resolve_table(conn, table)
+    except PartmanError:
+        parts = db.split_name(table)
+        if parts is None:
+            raise
+        schema, name = parts
+        hits = [m for m in managed if m.table_name == name and (schema is None or m.schema_name == schema)]
+        if not hits:
+            raise
+        qn = QualifiedName(hits[0].schema_name, hits[0].table_name)
+    if not any((m.schema_name, m.table_name) == (qn.schema, qn.name) for m in managed):
+        conv = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
+        if conv is None:
+            raise PartmanError(
+                f"Table {qn} is not registered with partman. Convert it with `partman convert` or adopt an "
+                "already partitioned table with `partman register`."
+            )
+    return qn
+
+
+def _run_doc(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "id": run["id"],
+        "instance": run["instance"],
+        "started_at": run["started_at"],
+        "finished_at": run["finished_at"],
+        "ok": run["ok"],
+        "error": log.redact(run["error"]) if run.get("error") else None,
+    }
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return "infinity" if v.year >= 9999 else v.isoformat()
+    if isinstance(v, date):
+        return v.isoformat()
+    return str(v)
+
+
+# ---------------------------------------------------------------- command
+
+def cli_status(settings: Settings, args: Any) -> int:
+    conn = db.connect(settings, application_name="partman status")
+    try:
+        doc = gather(conn, settings, getattr(args, "table", None))
+    finally:
+        conn.close()
+    if getattr(args, "json", False):
+        sys.stdout.write(log.redact(json.dumps(doc, default=_json_default, indent=2)) + "\n")
+        return 0
+    render(doc)
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, datetime):
+        return "infinity" if v.year >= 9999 else v.strftime("%Y-%m-%d %H:%M:%S%z")
+    if isinstance(v, date):
+        return v.isoformat()
+    return str(v)
+
+
+def _fmt_bound(v: Any) -> str:
+    """Partition bounds fall on interval starts: midnight is shown as the date alone."""
+    if isinstance(v, datetime) and v.year < 9999 and (v.hour, v.minute, v.second, v.microsecond) == (0, 0, 0, 0):
+        off = v.strftime("%z")
+        return v.strftime("%Y-%m-%d") + ("" if off in ("", "+0000") else f" {off}")
+    if isinstance(v, str):
+        return re.sub(r" 00:00:00(\+00(:00)?)?$", "", v)
+    return _fmt(v)
+
+
+def render(doc: dict[str, Any], file: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = file or sys.stdout
+    console = Console(file=out, highlight=False, soft_wrap=False, width=None if out.isatty() else 160)
+    last = doc.get("last_maintenance")
+    if last:
+        state = "ok" if last["ok"] else f"FAILED: {last['error']}"
+        console.print(f"Last maintenance pass: {_fmt(last['finished_at'])} by {last['instance']} ({state})")
+    else:
+        console.print("Last maintenance pass: never")
+    if not doc["tables"] and not doc["conversions_running"]:
+        console.print("No table is registered with partman.")
+    for c in doc["conversions_running"]:
+        console.print(
+            f"Conversion of {c['table']} running: phase {c['phase']}, "
+            f"{c['rows_copied']}/{c['rows_estimate'] or '?'} rows copied ({c['progress'] * 100:.1f}%)"
+        )
+    for t in doc["tables"]:
+        console.print()
+        console.rule(f"[bold]{t['table']}[/bold]")
+        if not t["exists"]:
+            console.print("[red]registered, but no longer a range-partitioned table[/red]")
+            continue
+        ok_ahead = t["partitions_ahead"] >= t["required_ahead"]
+        lines = [
+            f"key {t['column']} ({t['key_type']}), {t['interval']} partitions in {t['timezone']}, premake {t['premake']}",
+            f"coverage ahead: {t['partitions_ahead']} future partition(s), covered until {_fmt(t['covered_until'])}"
+            + ("" if ok_ahead else f"  [red]LOW (needs {t['required_ahead']})[/red]"),
+            f"default partition rows: {_fmt(t['default_rows'])}"
+            + ("  [yellow]rows in default: run maintain[/yellow]" if t["default_rows"] else ""),
+            f"retention: {t['retention'] or 'none'} ({t['retention_action']}); due now: "
+            + (", ".join(t["retention_due"]) or "none"),
+            "holds: " + (", ".join(f"{h['partition']} ({h['reason']})" for h in t["holds"]) or "none"),
+        ]
+        m = t["maintenance"]
+        lines.append(
+            f"last maintenance: {_fmt(m['last_run'])}"
+            + (f"  [red]last attempt {_fmt(m['last_attempt'])} failed: {m['last_error']}[/red]" if m["last_error"] else "")
+        )
+        conv = t["conversion"]
+        if conv:
+            lines.append(
+                f"conversion: {conv['status']} (phase {conv['phase']}), {conv['rows_copied']} of "
+                f"{conv['rows_estimate'] or '?'} rows copied ({conv['progress'] * 100:.1f}%)"
+            )
+        if t["old_table"]:
+            lines.append(f"old table kept: {t['old_table']}" + (f", dropped {t['drop_old_after']} after verification" if t["drop_old_after"] else ""))
+        for line in lines:
+            console.print(line)
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("partition")
+        table.add_column("from")
+        table.add_column("to")
+        table.add_column("rows (est.)", justify="right")
+        table.add_column("")
+        for p in t["partitions"]:
+            flags = []
+            if p["held"]:
+                flags.append("held")
+            if p["name"] in t["retention_due"]:
+                flags.append("retention due")
+            table.add_row(p["name"], _fmt_bound(p["lower"]), _fmt_bound(p["upper"]), str(p["rows_estimate"]), ", ".join(flags))
+        console.print(table)
+        if t["removals"]:
+            rt = Table(title="removed partitions", show_header=True, header_style="bold")
+            for col in ("partition", "range", "rows", "ids", "action", "archive", "removed"):
+                rt.add_column(col)
+            for r in t["removals"]:
+                rt.add_row(
+                    r["partition_name"],
+                    f"{_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}",
+                    str(r["row_count"]),
+                    f"{r['min_id'] or '-'} .. {r['max_id'] or '-'}",
+                    r["action"],
+                    (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256'][:12]}…" if r["archive_sha256"] else ""),
+                    _fmt(r["removed_at"]),
+                )
+            console.print(rt)

@@ -1,0 +1,379 @@
+"""`partman run` as a real subprocess against the real PostgreSQL: endpoints, schedule,
+leadership among several instances, kills, connection cuts, a database outage, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import PLANTED_PASSWORD
+
+LEADER_KEY = "partman:leader:partman_catalog"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    logfile: Any
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        code, body = self.get("/health")
+        return code, json.loads(body)
+
+    def leader(self) -> bool | None:
+        try:
+            return bool(self.health()[1]["leader"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def log(self) -> str:
+        self.logfile.flush()
+        with open(self.logfile.name) as f:
+            return f.read()
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> tuple[int, float]:
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - t0
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def daemons(env: dict[str, str], pg_server) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(name: str = "a", interval: str = "2s", extra: dict[str, str] | None = None) -> Daemon:
+        port = free_port()
+        e = dict(env)
+        e.update({
+            "PARTMAN_HEALTH_HOST": "127.0.0.1",
+            "PARTMAN_HEALTH_PORT": str(port),
+            "PARTMAN_MAINTENANCE_INTERVAL": interval,
+            "PARTMAN_INSTANCE_NAME": f"test-{name}",
+            "PARTMAN_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        })
+        e.update(extra or {})
+        logfile = tempfile.NamedTemporaryFile("w+", prefix=f"partman-daemon-{name}-", suffix=".log", delete=False)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "partman.cli", "run"], env=e, stdout=logfile, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        d = Daemon(name, port, proc, logfile)
+        started.append(d)
+        wait_for(lambda: _alive(d), 20, f"{name}'s /livez")
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+        pg_server.outputs.append(d.log())
+        d.logfile.close()
+        os.unlink(d.logfile.name)
+
+
+def _alive(d: Daemon) -> bool:
+    if d.proc.poll() is not None:
+        raise AssertionError(f"daemon {d.name} exited {d.proc.returncode}:\n{d.log()}")
+    try:
+        return d.get("/livez", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def make_events(conn: psycopg.Connection, future: int) -> None:
+    """public.events partitioned by month: the current month and `future` months after it, plus a default."""
+    conn.execute("CREATE TABLE public.events (id bigserial, ts timestamptz NOT NULL, note text) PARTITION BY RANGE (ts)")
+    conn.execute("SET TimeZone = 'UTC'")
+    for i in range(future + 1):
+        conn.execute(
+            f"""DO $$ DECLARE lo timestamptz := date_trunc('month', now()) + interval '{i} month';
+                BEGIN EXECUTE format('CREATE TABLE public.%I PARTITION OF public.events FOR VALUES FROM (%L) TO (%L)',
+                    'events_p' || to_char(lo, 'YYYYMMDD'), lo, lo + interval '1 month'); END $$"""
+        )
+    conn.execute("CREATE TABLE public.events_default PARTITION OF public.events DEFAULT")
+    conn.execute("INSERT INTO public.events (ts, note) SELECT now(), 'x' FROM generate_series(1, 10)")
+
+
+def register_events(partman, premake: int = 3) -> None:
+    r = partman("register", "public.events", "--column", "ts", "--interval", "month", "--premake", str(premake))
+    assert r.code == 0, r.err
+
+
+def runs(dsn: str, ok: bool | None = None) -> list[tuple]:
+    with psycopg.connect(dsn) as c:
+        q = "SELECT id, instance, ok, started_at FROM partman_catalog.maintenance_run WHERE finished_at IS NOT NULL"
+        if ok is not None:
+            q += f" AND ok = {str(ok).lower()}"
+        return c.execute(q + " ORDER BY id").fetchall()
+
+
+def leader_pids(dsn: str) -> list[int]:
+    """Backends of this database holding a partman leader lock."""
+    with psycopg.connect(dsn) as c:
+        return [r[0] for r in c.execute(
+            """SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
+                 AND a.application_name = 'partman leader lock'"""
+        )]
+
+
+def assert_no_secret(*texts: str) -> None:
+    for t in texts:
+        assert PLANTED_PASSWORD not in t
+
+
+# ---------------------------------------------------------------- tests
+
+def test_endpoints_schedule_and_sigterm(conn, dsn, partman, daemons, pg_server):
+    make_events(conn, future=1)  # premake 3 wants 3 ahead: the first pass creates them
+    register_events(partman)
+    # a converted table's <table>_old, verified a day ago, to be dropped 1 hour after verification
+    conn.execute("CREATE TABLE public.events_old (id bigint)")
+    conn.execute("UPDATE partman_catalog.managed_table SET old_table_name = 'events_old', "
+                 "verified_at = now() - interval '1 day', drop_old_after = '1 hour'")
+    d = daemons("a", interval="2s")
+    # the fresh leader runs a pass at once (none recorded yet), then one every 2 s
+    wait_for(lambda: d.leader(), 10, "leadership")
+    wait_for(lambda: len(runs(dsn, ok=True)) >= 2, 15, "two scheduled passes")
+    assert conn.execute("SELECT to_regclass('public.events_old')").fetchone()[0] is None
+    assert conn.execute("SELECT old_table_name FROM partman_catalog.managed_table").fetchone()[0] is None
+    code, body = d.health()
+    assert code == 200, body
+    assert body["status"] == "ok" and body["leader"] is True and body["database"] == "up"
+    (t,) = body["tables"]
+    assert t["table"] == "public.events" and t["partitions_ahead"] >= 3 and t["required_ahead"] == 2
+    assert t["overdue"] is False
+    code, livez = d.get("/livez")
+    assert code == 200 and json.loads(livez)["status"] == "alive"
+    code, metrics = d.get("/metrics")
+    assert code == 200
+    for name in ("partman_up 1.0", "partman_leader 1.0", 'partman_partitions_ahead{table="public.events"}',
+                 'partman_default_rows{table="public.events"}', "partman_maintenance_runs_total",
+                 "partman_maintenance_duration_seconds_bucket", "partman_maintenance_last_success_timestamp_seconds",
+                 'partman_covered_until_timestamp_seconds{table="public.events"}', "partman_retention_due_partitions",
+                 "partman_archive_bytes_total", "partman_healthy 1.0"):
+        assert name in metrics, name
+    code, missing = d.get("/nope")
+    assert code == 404 and json.loads(missing)["status"] == "not found"
+    pg_server.outputs.extend([json.dumps(body), livez, metrics])
+    assert_no_secret(json.dumps(body), livez, metrics, d.log())
+    # logs: one JSON event per line, with durations
+    finished = [e for e in d.events() if e.get("event") == "maintenance_finished"]
+    assert finished and "duration_s" in finished[0] and finished[0]["phase"] == "maintain"
+    # clean stop: exit 0 within 10 s, the leader lock released
+    code, took = d.stop(signal.SIGTERM)
+    assert code == 0 and took < 10, d.log()
+    assert leader_pids(dsn) == []
+    assert any(e.get("event") == "daemon_stopped" and e.get("released_leader_lock") for e in d.events())
+
+
+def test_coverage_low_is_503_on_a_standby_then_leader_fixes_it(conn, dsn, partman, daemons):
+    make_events(conn, future=0)  # only the current month
+    register_events(partman, premake=3)
+    # the test holds the leader lock: the daemon is a standby and must not act
+    blocker = psycopg.connect(dsn, autocommit=True)
+    assert blocker.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LEADER_KEY,)).fetchone()[0]
+    d = daemons("s", interval="2s")
+    time.sleep(1.5)
+    code, body = d.health()
+    assert code == 503, body
+    assert body["status"] != "ok" and body["leader"] is False
+    assert any("future partition" in r for r in body["reasons"]), body["reasons"]
+    assert body["tables"][0]["partitions_ahead"] == 0
+    assert runs(dsn) == []  # a standby never acts
+    # a failed pass and an overdue table, as recorded in the catalog, are reported by a standby too
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("INSERT INTO partman_catalog.maintenance_run (instance, finished_at, ok, error) "
+                  "VALUES ('elsewhere', now(), false, 'boom: lock timeout')")
+        c.execute("UPDATE partman_catalog.managed_table SET maintenance_last_run = now() - interval '1 hour'")
+    code, body = d.health()
+    assert code == 503
+    assert any("last maintenance pass failed: boom" in r for r in body["reasons"]), body["reasons"]
+    assert any("overdue" in r for r in body["reasons"]) and body["tables"][0]["overdue"] is True
+    # release: the daemon takes over within one check interval and its first pass fixes coverage
+    blocker.close()
+    wait_for(lambda: d.leader(), 5, "takeover after the lock is released")
+    wait_for(lambda: d.health()[0] == 200, 15, "/health 200 after the pass")
+    assert runs(dsn, ok=True)[0][1] == "test-s"
+    code, took = d.stop(signal.SIGINT)
+    assert code == 0 and took < 10
+
+
+def test_fresh_standby_with_covered_tables_answers_200_before_any_pass(conn, dsn, partman, daemons):
+    make_events(conn, future=3)
+    register_events(partman)
+    blocker = psycopg.connect(dsn, autocommit=True)
+    try:
+        assert blocker.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LEADER_KEY,)).fetchone()[0]
+        d = daemons("fresh", interval="1h")
+        code, body = d.health()
+        assert code == 200, body
+        assert body["status"] == "ok" and body["leader"] is False and body["tables"][0]["partitions_ahead"] == 3
+        assert runs(dsn) == []
+        code, metrics = d.get("/metrics")
+        assert "partman_leader 0.0" in metrics and "partman_up 1.0" in metrics
+        assert d.stop()[0] == 0
+    finally:
+        blocker.close()
+
+
+def test_one_leader_step_down_on_terminate_and_takeover_on_sigkill(conn, dsn, partman, daemons):
+    make_events(conn, future=3)
+    register_events(partman)
+    a = daemons("a", interval="2s")
+    b = daemons("b", interval="2s")
+    wait_for(lambda: [a.leader(), b.leader()].count(True) == 1, 10, "exactly one leader")
+    time.sleep(1.0)
+    assert [a.leader(), b.leader()].count(True) == 1
+    leader, standby = (a, b) if a.leader() else (b, a)
+    # both report the same health, judged from the catalog
+    assert leader.health()[1]["tables"] == standby.health()[1]["tables"]
+    # cut the leader's lock connection: it steps down at once, the standby takes over
+    pids = leader_pids(dsn)
+    assert len(pids) == 1
+    with psycopg.connect(dsn) as c:
+        c.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+    wait_for(lambda: leader.leader() is False, 3, "the old leader steps down")
+    assert any(e.get("event") == "leader_lost" for e in leader.events()), leader.log()
+    wait_for(lambda: standby.leader() is True, 5, "the standby takes over")
+    time.sleep(2.0)
+    assert [a.leader(), b.leader()].count(True) == 1
+    leader, standby = (a, b) if a.leader() else (b, a)
+    # SIGKILL the leader: the standby takes over within one check interval (0.5 s here) + slack
+    leader.proc.kill()
+    leader.proc.wait(timeout=5)
+    t0 = time.monotonic()
+    wait_for(lambda: standby.leader() is True, 5, "takeover after SIGKILL")
+    assert time.monotonic() - t0 < 3
+    # the new leader acts: a pass recorded under its name
+    n = len(runs(dsn))
+    wait_for(lambda: any(r[1] == f"test-{standby.name}" for r in runs(dsn)[n - 1:]), 10, "a pass by the new leader")
+    assert standby.stop()[0] == 0
+
+
+def test_database_outage_503_then_back_and_pass_at_once(conn, dsn, partman, daemons, pg_server):
+    if not pg_server.can_restart:
+        pytest.skip("the test server cannot be stopped and started (PARTMAN_TEST_DSN / container)")
+    make_events(conn, future=3)
+    register_events(partman)
+    conn.close()
+    d = daemons("o", interval="3s")
+    wait_for(lambda: d.health()[0] == 200 and d.leader(), 10, "healthy leader")
+    wait_for(lambda: runs(dsn, ok=True), 10, "a first pass")
+    pg_server.stop("fast")
+    try:
+        code, body = wait_for(lambda: (lambda h: h if h[0] == 503 and not h[1]["leader"] else None)(d.health()),
+                              10, "503 and stepped down during the outage")
+        assert body["database"] == "down" and body["status"] != "ok"
+        assert any("database unreachable" in r for r in body["reasons"])
+        assert_no_secret(json.dumps(body))
+        assert d.get("/livez")[0] == 200  # alive: the orchestrator must not restart it
+        code, metrics = d.get("/metrics")
+        assert code == 200 and "partman_up 0.0" in metrics
+        time.sleep(4)  # a scheduled pass falls due while the database is away
+        assert d.proc.poll() is None
+    finally:
+        pg_server.start()
+    t_back = time.monotonic()
+    wait_for(lambda: d.health()[0] == 200, 20, "/health 200 after the outage")
+    wait_for(lambda: d.leader(), 15, "leadership after the outage")
+    # the missed pass runs at once on getting the lock back, not a full interval later
+    ev = wait_for(lambda: [e for e in d.events() if e.get("event") == "leader_acquired"][1:], 15, "re-acquired")
+    assert ev[-1].get("run_now"), ev
+    wait_for(lambda: [e for e in d.events() if e.get("event") == "maintenance_finished"
+                      and e.get("timestamp", "") > ev[-1]["timestamp"]], 10, "a pass after the outage")
+    assert time.monotonic() - t_back < 30
+    assert any(e.get("event") == "database_unreachable" for e in d.events())
+    assert_no_secret(d.log())
+    assert d.stop()[0] == 0
+
+
+def test_overrunning_pass_is_not_stacked_and_sigterm_mid_pass(conn, dsn, partman, daemons):
+    make_events(conn, future=3)
+    register_events(partman)
+    d = daemons("slow", interval="1s", extra={"PARTMAN_FAILPOINTS": "daemon.pass=1:sleep(4)"})
+    wait_for(lambda: any(e.get("event") == "maintenance_skipped" for e in d.events()), 10, "a skipped pass")
+    assert sum(1 for e in d.events() if e.get("event") == "maintenance_started") == 1
+    code, took = d.stop(signal.SIGTERM)
+    assert code == 0 and took < 10, d.log()
+
+
+def test_coverage_has_one_interval_of_slack_at_period_boundaries(conn, partman):
+    """premake 3 keeps 3 future months; crossing one month boundary leaves 2 (still healthy, no flap
+    before the next pass), crossing two leaves 1 (unhealthy)."""
+    from datetime import timedelta
+
+    from partman import catalog, health
+    from partman.settings import Settings
+
+    make_events(conn, future=3)
+    register_events(partman, premake=3)
+    settings = Settings()
+    (mt,) = catalog.list_managed(conn, settings)
+    now = conn.execute("SELECT now()").fetchone()[0]
+    cov = health.coverage(conn, mt, now)
+    assert cov.ahead == 3 and cov.current_covered
+    start = conn.execute("SELECT date_trunc('month', now(), 'UTC')").fetchone()[0]
+    next_month = conn.execute("SELECT date_trunc('month', now(), 'UTC') + interval '1 month'").fetchone()[0]
+    two_months = conn.execute("SELECT date_trunc('month', now(), 'UTC') + interval '2 month'").fetchone()[0]
+    assert health.coverage(conn, mt, start).ahead == 3
+    assert health.coverage(conn, mt, next_month - timedelta(microseconds=1)).ahead == 3
+    after_one = health.coverage(conn, mt, next_month + timedelta(seconds=1))
+    assert after_one.ahead == 2 and after_one.ahead >= health.required_ahead(mt.premake)
+    assert health.coverage(conn, mt, two_months + timedelta(seconds=1)).ahead == 1 < health.required_ahead(mt.premake)
+    # a gap ends the coverage: detach the second future month
+    conn.execute(f"ALTER TABLE public.events DETACH PARTITION public.events_p{two_months:%Y%m%d}")
+    cov = health.coverage(conn, mt, now)
+    assert cov.ahead == 1 and cov.covered_until == two_months

@@ -1,0 +1,83 @@
+"""`partman status [TABLE] [--json]` against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from conftest import PLANTED_PASSWORD
+
+
+def _setup(conn: psycopg.Connection, partman) -> None:
+    conn.execute("CREATE TABLE public.events (id bigserial, ts timestamptz NOT NULL, note text) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE public.events_default PARTITION OF public.events DEFAULT")
+    conn.execute(
+        "INSERT INTO public.events (ts, note) VALUES ('2019-06-01', 'old'), ('2024-03-01', 'kept'), (now(), 'now')"
+    )
+    r = partman("register", "public.events", "--column", "ts", "--interval", "year", "--premake", "2",
+                "--retention", "3 years", "--retention-action", "drop")
+    assert r.code == 0, r.err
+
+
+def test_status_text_and_json(conn, partman, pg_server):
+    _setup(conn, partman)
+    # before any pass: rows sit in the default partition, coverage is short
+    r = partman("status", "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    (t,) = doc["tables"]
+    assert t["table"] == "public.events" and t["default_rows"] == 3 and t["partitions_ahead"] == 0
+    assert doc["last_maintenance"] is None
+    assert partman("maintain").code == 0
+    assert partman("hold", "events_p20240101", "--reason", "audit 2024").code == 0
+    # a row left in the default partition is reported
+    conn.execute("INSERT INTO public.events (ts, note) VALUES ('2099-01-01', 'far future')")
+
+    r = partman("status", "events", "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)  # one JSON document on stdout
+    (t,) = doc["tables"]
+    names = [p["name"] for p in t["partitions"]]
+    assert "events_p20240101" in names and "events_default" in names and "events_p20190101" not in names
+    assert t["partitions_ahead"] >= 2 and t["required_ahead"] == 1 and t["covered_until"]
+    assert t["default_rows"] == 1
+    assert t["holds"] and t["holds"][0]["partition"] == "events_p20240101"
+    assert [p for p in t["partitions"] if p["name"] == "events_p20240101"][0]["held"] is True
+    assert [r_["partition_name"] for r_ in t["removals"]] == ["events_p20190101"]
+    assert t["removals"][0]["action"] == "drop" and t["removals"][0]["row_count"] == 1
+    assert t["retention_due"] == []
+    assert t["maintenance"]["last_run"] and doc["last_maintenance"]["ok"] is True
+
+    r = partman("status")
+    assert r.code == 0, r.err
+    for text in ("public.events", "events_p20240101", "DEFAULT", "coverage ahead", "default partition rows: 1",
+                 "retention: 3 years", "held", "removed partitions", "events_p20190101", "last maintenance"):
+        assert text in r.out, text
+    pg_server.outputs.extend([r.out, r.err])
+    assert PLANTED_PASSWORD not in r.out + r.err
+
+
+def test_status_of_an_unregistered_table_fails_clearly(conn, partman):
+    conn.execute("CREATE TABLE public.plain (id int)")
+    r = partman("status", "public.plain")
+    assert r.code == 1
+    assert "not registered" in r.err and "Traceback" not in r.err
+    r = partman("status", "--json")
+    assert r.code == 0 and json.loads(r.out)["tables"] == []
+
+
+def test_status_after_a_conversion_shows_progress_and_old_table(ledger, partman):
+    r = partman("convert", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "year",
+                "--retention", "10 years", "--drop-old-after", "7 days", "--yes")
+    assert r.code == 0, r.err
+    r = partman("status", "audit_log_ledger", "--json")
+    assert r.code == 0, r.err
+    (t,) = json.loads(r.out)["tables"]
+    assert t["conversion"]["status"] == "done" and t["conversion"]["progress"] == 1.0
+    assert t["conversion"]["rows_copied"] >= 3000
+    assert t["old_table"] == "audit_log_ledger_old"
+    years = [p["name"] for p in t["partitions"] if not p["default"]]
+    assert "audit_log_ledger_p20140101" in years and t["partitions_ahead"] >= 2
+    r = partman("status", "audit_log_ledger")
+    assert r.code == 0 and "conversion: done" in r.out and "audit_log_ledger_old" in r.out, r.out
