@@ -1,0 +1,362 @@
+"""Benchmark: `partman convert` against the offline limit, on one data set, in one run.
+
+    python bench/convert_bench.py [--rows 1000000] [--pg 15|16|18] [--fsync]
+
+What it does, in one throwaway server (partman.pgtemp.TempServer):
+
+1. Builds `public.audit_log_ledger` (partman.sample_ledger's DDL: bigserial PK, 2 secondary
+   indexes, the chain and append-only triggers) plus a 3rd secondary index
+   `(action, event_timestamp)`, and seeds `--rows` rows spread over 2016-01-01 .. 2026-10-01
+   with ~300-byte JSONB payloads. Seeding is set-based SQL (seconds, not minutes): the hashes
+   link (row n's prev_hash = row n-1's current_hash) but are sha256 over the id, not the
+   content; the copy does not care. VACUUM ANALYZE + CHECKPOINT, then a full read so both
+   methods start from the same warm cache.
+2. (a) the limit, offline: one `INSERT INTO <partitioned, unindexed> SELECT` (same yearly
+   partitions + default as partman's plan), then the PK (id, event_timestamp) and the 3
+   secondary indexes, then ANALYZE. Timed per step, then dropped.
+3. An idle baseline of an application writer: one connection inserting through the chain
+   trigger every `--writer-pause` seconds for `--probe-seconds`.
+4. (b) `python -m partman.cli convert public.audit_log_ledger --column event_timestamp
+   --sleep 0 --yes` as a subprocess, with the same writer running throughout; a monitor polls
+   partman_catalog.conversion.phase to split the wall time into phases. Afterwards it reads
+   longest_batch_ms and swap_lock_ms from the catalog.
+
+It prints a markdown table: seconds, rows/s and time vs the limit (b/a, lower is better; the
+rows/s ratio is its inverse), the longest copy transaction, the swap's lock time, and the
+writer's p50/p99/max insert latency during (b) against its idle baseline.
+
+Keep runs small while developing (--rows 200000); the machine has 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from partman.db import QualifiedName  # noqa: E402
+from partman.pgtemp import TempServer  # noqa: E402
+from partman.sample_ledger import Ledger  # noqa: E402
+
+TABLE = QualifiedName("public", "audit_log_ledger")
+START, END = "2016-01-01", "2026-10-01"
+COLUMNS = "id, event_timestamp, actor, action, payload, prev_hash, current_hash"
+
+SEED_SQL = """
+INSERT INTO public.audit_log_ledger (id, event_timestamp, actor, action, payload, prev_hash, current_hash)
+SELECT g,
+       %(t0)s::timestamptz + (g - 1) * ((%(t1)s::timestamptz - %(t0)s::timestamptz) / %(n)s),
+       'user' || (g %% 97),
+       (ARRAY['read', 'write', 'sign', 'export'])[1 + g %% 4],
+       jsonb_build_object('resident', g %% 5000, 'note', md5(g::text), 'v', 1,
+                          'detail', repeat(md5((g * 7)::text), 6)),
+       CASE WHEN g = 1 THEN repeat('0', 64) ELSE encode(sha256(convert_to((g - 1)::text, 'UTF8')), 'hex') END,
+       encode(sha256(convert_to(g::text, 'UTF8')), 'hex')
+FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def setup(conn: psycopg.Connection, rows: int) -> dict:
+    Ledger(TABLE).create(conn)
+    conn.execute("CREATE INDEX ON public.audit_log_ledger (action, event_timestamp)")
+    t0 = time.perf_counter()
+    chunk = 500_000
+    for lo in range(1, rows + 1, chunk):
+        hi = min(rows, lo + chunk - 1)
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")  # seeding only: triggers off
+            conn.execute(SEED_SQL, {"t0": START, "t1": END, "n": rows, "lo": lo, "hi": hi})
+    conn.execute("SELECT setval('public.audit_log_ledger_id_seq', (SELECT max(id) FROM public.audit_log_ledger))")
+    conn.execute("VACUUM (ANALYZE) public.audit_log_ledger")
+    conn.execute("CHECKPOINT")
+    seeded = time.perf_counter() - t0
+    size, row_bytes = conn.execute(
+        "SELECT pg_total_relation_size('public.audit_log_ledger'), "
+        "(SELECT avg(pg_column_size(t.*))::int FROM (SELECT * FROM public.audit_log_ledger LIMIT 10000) t)"
+    ).fetchone()
+    warm(conn)
+    return {"seed_s": seeded, "total_bytes": size, "row_bytes": row_bytes}
+
+
+def warm(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT count(*), sum(length(payload::text)) FROM public.audit_log_ledger")
+
+
+def years(conn: psycopg.Connection) -> tuple[int, int]:
+    lo, hi = conn.execute(
+        "SELECT extract(year FROM min(event_timestamp) AT TIME ZONE 'UTC')::int, "
+        "extract(year FROM now() AT TIME ZONE 'UTC')::int + 3 FROM public.audit_log_ledger"
+    ).fetchone()
+    return lo, hi
+
+
+def run_limit(conn: psycopg.Connection) -> dict:
+    """One INSERT ... SELECT into an unindexed partitioned copy, then indexes, then ANALYZE."""
+    lo, hi = years(conn)
+    conn.execute("DROP SCHEMA IF EXISTS bench_limit CASCADE")
+    conn.execute("CREATE SCHEMA bench_limit")
+    conn.execute("CHECKPOINT")
+    out: dict = {}
+    t0 = time.perf_counter()
+    conn.execute(
+        "CREATE TABLE bench_limit.t (LIKE public.audit_log_ledger INCLUDING DEFAULTS) PARTITION BY RANGE (event_timestamp)"
+    )
+    for y in range(lo, hi + 1):
+        conn.execute(
+            f"CREATE TABLE bench_limit.t_{y} PARTITION OF bench_limit.t "
+            f"FOR VALUES FROM ('{y}-01-01 00:00+00') TO ('{y + 1}-01-01 00:00+00')"
+        )
+    conn.execute("CREATE TABLE bench_limit.t_default PARTITION OF bench_limit.t DEFAULT")
+    t1 = time.perf_counter()
+    n = conn.execute(f"INSERT INTO bench_limit.t ({COLUMNS}) SELECT {COLUMNS} FROM public.audit_log_ledger").rowcount
+    t2 = time.perf_counter()
+    conn.execute("ALTER TABLE bench_limit.t ADD PRIMARY KEY (id, event_timestamp)")
+    conn.execute("CREATE INDEX ON bench_limit.t (event_timestamp)")
+    conn.execute("CREATE INDEX ON bench_limit.t (actor, event_timestamp)")
+    conn.execute("CREATE INDEX ON bench_limit.t (action, event_timestamp)")
+    t3 = time.perf_counter()
+    conn.execute("ANALYZE bench_limit.t")
+    t4 = time.perf_counter()
+    out.update(rows=n, seconds=t4 - t0, ddl=t1 - t0, copy=t2 - t1, indexes=t3 - t2, analyze=t4 - t3)
+    conn.execute("DROP SCHEMA bench_limit CASCADE")
+    conn.execute("CHECKPOINT")
+    return out
+
+
+class Writer:
+    """One application connection inserting through the ledger's chain trigger."""
+
+    def __init__(self, dsn: str, pause: float) -> None:
+        self.dsn, self.pause = dsn, pause
+        self.latencies: list[float] = []
+        self.when: list[float] = []  # perf_counter at the start of each insert
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="bench writer") as c:
+            c.execute("SET lock_timeout = '30s'")
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    c.execute(
+                        "INSERT INTO public.audit_log_ledger (actor, action, payload, prev_hash, current_hash) "
+                        "VALUES ('app', 'write', '{\"w\": 1}', '', '')"
+                    )
+                    self.latencies.append((time.perf_counter() - t0) * 1000)
+                    self.when.append(t0)
+                except psycopg.Error as exc:
+                    self.errors.append(str(exc).splitlines()[0])
+                    time.sleep(0.05)
+                time.sleep(self.pause)
+
+    def __enter__(self) -> Writer:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(timeout=60)
+
+    def figures(self, start: float | None = None, end: float | None = None) -> dict:
+        lat = sorted(x for x, t in zip(self.latencies, self.when)
+                     if (start is None or t >= start) and (end is None or t < end))
+        if not lat:
+            return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"), "errors": len(self.errors)}
+        return {
+            "n": len(lat),
+            "p50": statistics.median(lat),
+            "p99": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+            "max": lat[-1],
+            "errors": len(self.errors),
+        }
+
+
+STATEMENT_KINDS = [  # (label, test on the lower-cased query text), first match wins
+    ("copy batches", lambda q: q.startswith("with ins as") or q.startswith("with batch as")),
+    ("index builds", lambda q: "create index" in q or "create unique index" in q or "add constraint" in q),
+    ("analyze", lambda q: q.startswith("analyze")),
+    ("verify anti-join", lambda q: "not exists" in q and "is not distinct from" in q),
+    ("count(*)", lambda q: q.startswith("select count(*) from")),
+    ("catch-up / swap", lambda q: "convert_log" in q or "rename" in q or "lock table" in q),
+]
+
+
+class PhaseMonitor:
+    """Polls partman_catalog.conversion.phase (when each phase was first seen) and samples
+    pg_stat_activity of partman's connection (what its active time is spent on)."""
+
+    def __init__(self, dsn: str, interval: float = 0.02) -> None:
+        self.dsn, self.interval = dsn, interval
+        self.seen: list[tuple[str, float]] = []
+        self.busy: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="bench monitor") as c:
+            prev = time.perf_counter()
+            while not self._stop.is_set():
+                try:
+                    row = c.execute(
+                        "SELECT phase FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1"
+                    ).fetchone()
+                except psycopg.Error:
+                    row = None
+                now = time.perf_counter()
+                if row and (not self.seen or self.seen[-1][0] != row[0]):
+                    self.seen.append((row[0], now))
+                for (q,) in c.execute(
+                    "SELECT lower(ltrim(query)) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'partman%%' AND state = 'active'"
+                ).fetchall():
+                    kind = next((k for k, test in STATEMENT_KINDS if test(q)), "other")
+                    self.busy[kind] = self.busy.get(kind, 0.0) + (now - prev)
+                prev = now
+                time.sleep(self.interval)
+
+    def start(self) -> PhaseMonitor:
+        self._t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=10)
+
+    def durations(self, t_start: float, t_end: float) -> list[tuple[str, float]]:
+        """(phase, seconds); time before the first observed phase counts as 'startup'."""
+        marks = [("startup", t_start), *self.seen, ("end", t_end)]
+        out: list[tuple[str, float]] = []
+        for (name, t), (_n, t_next) in zip(marks, marks[1:]):
+            if name != "done":
+                out.append((name, max(0.0, t_next - t)))
+        return out
+
+
+def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
+           "--interval", "year", "--sleep", "0", "--yes", "--dsn", dsn, *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CHECKPOINT")
+    mon = PhaseMonitor(dsn).start()
+    with Writer(dsn, pause) as w:
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        t1 = time.perf_counter()
+        time.sleep(0.2)
+    mon.stop()
+    if proc.returncode != 0:
+        log(proc.stdout[-3000:])
+        log(proc.stderr[-3000:])
+        raise SystemExit(f"partman convert failed with exit code {proc.returncode}")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute(
+            "SELECT rows_copied, rows_caught_up, longest_batch_ms, swap_lock_ms, swap_attempts, verify, status "
+            "FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        total = c.execute("SELECT count(*) FROM public.audit_log_ledger").fetchone()[0]
+    return {
+        "seconds": t1 - t0,
+        "phases": mon.durations(t0, t1),
+        "busy": sorted(mon.busy.items(), key=lambda kv: -kv[1]),
+        "rows_copied": row[0], "rows_caught_up": row[1], "longest_batch_ms": row[2], "swap_lock_ms": row[3],
+        "swap_attempts": row[4], "verify": row[5], "status": row[6], "rows_after": total,
+        "writer": w.figures(), "writer_errors": w.errors[:3],
+        "writer_by_phase": _by_phase(w, mon, t0, t1),
+    }
+
+
+def _by_phase(w: Writer, mon: PhaseMonitor, t0: float, t1: float) -> list[tuple[str, dict]]:
+    marks = [("startup", t0), *mon.seen, ("end", t1)]
+    return [(name, w.figures(t, t_next)) for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name != "done"]
+
+
+def idle_baseline(dsn: str, pause: float, seconds: float) -> dict:
+    with Writer(dsn, pause) as w:
+        time.sleep(seconds)
+    return w.figures()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--pg", choices=["15", "16", "18"], default="15")
+    ap.add_argument("--fsync", action="store_true", help="fsync, synchronous_commit and full_page_writes on")
+    ap.add_argument("--probe-seconds", type=float, default=5.0, help="length of the writer's idle baseline")
+    ap.add_argument("--writer-pause", type=float, default=0.01, help="seconds between the writer's inserts")
+    ap.add_argument("--partman-arg", action="append", default=[], help="extra argument for partman convert")
+    args = ap.parse_args()
+
+    server = TempServer(version=args.pg, fsync=args.fsync)
+    with server:
+        dsn = server.dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            log(f"{server.server_version()}; seeding {args.rows:,} rows")
+            data = setup(conn, args.rows)
+            log(f"seeded in {data['seed_s']:.1f}s: {data['total_bytes'] / 2**20:.0f} MiB, ~{data['row_bytes']} B/row")
+            log("(a) the limit")
+            limit = run_limit(conn)
+            warm(conn)
+        log(f"limit: {limit['seconds']:.1f}s; writer idle baseline")
+        idle = idle_baseline(dsn, args.writer_pause, args.probe_seconds)
+        log("(b) partman convert --sleep 0")
+        pm = run_partman(server, dsn, args.writer_pause, args.partman_arg)
+        log(f"partman: {pm['seconds']:.1f}s, status {pm['status']}, verify {pm['verify']}")
+        report(args, server, data, limit, idle, pm)
+
+
+def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict, idle: dict, pm: dict) -> None:
+    rows = args.rows
+    a, b = limit["seconds"], pm["seconds"]
+    phases = " + ".join(f"{name} {sec:.1f}" for name, sec in pm["phases"])
+    print()
+    print(f"### partman convert vs the limit: {rows:,} rows, {server.server_version()}, "
+          f"fsync {'on' if args.fsync else 'off'}, {os.cpu_count()} CPUs")
+    print()
+    print(f"Data: {data['total_bytes'] / 2**20:.0f} MiB with indexes, ~{data['row_bytes']} B/row, "
+          "PK + 3 secondary indexes, yearly partitions 2016..now+3.")
+    print()
+    print("| method | seconds | rows/s | time vs limit |")
+    print("|---|---|---|---|")
+    print(f"| (a) limit: one `INSERT INTO <partitioned, unindexed> SELECT`, then indexes, then ANALYZE "
+          f"({limit['copy']:.1f} copy + {limit['indexes']:.1f} indexes + {limit['analyze']:.1f} analyze) "
+          f"| {a:.1f} | {rows / a:,.0f} | 1.00 |")
+    print(f"| (b) `partman convert --sleep 0`, end to end ({phases}) | {b:.1f} | {rows / b:,.0f} | {b / a:.2f} |")
+    print()
+    w, i = pm["writer"], idle
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| longest copy transaction (longest_batch_ms) | {pm['longest_batch_ms']:.0f} ms |")
+    print(f"| swap exclusive lock (swap_lock_ms), attempts | {pm['swap_lock_ms']:.0f} ms, {pm['swap_attempts']} |")
+    print(f"| rows copied / caught up / written by the writer during (b) | {pm['rows_copied']:,} / "
+          f"{pm['rows_caught_up']:,} / {w['n']:,} |")
+    print(f"| writer insert latency, idle: p50 / p99 / max | {i['p50']:.2f} / {i['p99']:.2f} / {i['max']:.1f} ms |")
+    print(f"| writer insert latency, during (b): p50 / p99 / max | {w['p50']:.2f} / {w['p99']:.2f} / {w['max']:.1f} ms |")
+    print(f"| p99 during / idle; max stall beyond idle p50 | {w['p99'] / i['p99']:.2f}x; {w['max'] - i['p50']:.0f} ms |")
+    print(f"| writer errors during (b) | {w['errors']} {pm['writer_errors'] or ''} |")
+    print(f"| verify | {pm['verify']} |")
+    by_phase = ", ".join(f"{name} {f['p99']:.1f}/{f['max']:.0f}" for name, f in pm["writer_by_phase"] if f["n"])
+    print(f"| writer p99/max (ms) by phase of (b) | {by_phase} |")
+    busy = ", ".join(f"{k} {v:.1f}" for k, v in pm["busy"])
+    print(f"| partman's backend-seconds by statement (sampled; parallel workers counted) | {busy} |")
+
+
+if __name__ == "__main__":
+    main()
