@@ -139,6 +139,7 @@ def replay(
     ).rowcount
     if consumed == 0:
         return 0
+    conn.execute("ANALYZE partman_replay_keys")  # so the planner looks keys up instead of scanning the table
     match_target = sql.SQL(" AND ").join(
         sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key
     )

@@ -22,7 +22,7 @@ from . import capture, ddl, plan as planning, render
 from .copy import run_copy
 from .progress import Progress
 from .swap import CONVERT_TRIGGER, WorkNames, relation_exists, swap
-from .verify import verify
+from .verify import typed_columns, verify
 
 CATCHUP_ROUND = 10_000
 CATCHUP_DONE_BELOW = 1_000
@@ -318,9 +318,10 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     key = capture.copy_key(conn, old)
     from ..introspect import introspect
 
-    columns = ddl.column_names(introspect(conn, old))
+    old_model = introspect(conn, old)
+    columns = ddl.column_names(old_model)
     failpoints.hit("convert.verify.before")
-    figures = verify(conn, old, qn, work.revert_log, key, columns)
+    figures = verify(conn, old, qn, work.revert_log, key, columns, typed=typed_columns(old_model))
     with conn.transaction():
         catalog.update_conversion(conn, settings, running["id"], verify=figures)
     if not figures["ok"]:
@@ -329,7 +330,7 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
             f"the partitioned table and could not be repaired ({json.dumps(figures)}). Both tables are kept; "
             f"inspect them, then run `partman convert` again to re-verify or `partman revert {qn}`."
         )
-    conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))
+    # statistics: the partitions were ANALYZEd with the data just before the swap (index phase)
     with conn.transaction():
         catalog.update_managed(conn, settings, qn.schema, qn.name, verified_at=_server_now(conn))
         catalog.update_conversion(conn, settings, running["id"], phase="done", status="done", finished_at=_server_now(conn))

@@ -15,11 +15,30 @@ from ..db import QualifiedName
 from .capture import KeyColumn
 
 
-def _differs(key: list[KeyColumn], columns: list[str], new: QualifiedName, changed: QualifiedName) -> sql.Composed:
+# Types whose own equality is exact for a copied value (arrays of them too): compared as they are,
+# which is about twice as fast as comparing text. Anything else (json, xml, geometric types,
+# user types) is compared as text.
+TYPED_EQUALITY = {
+    "smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "text", "character varying",
+    "character", "name", "uuid", "bytea", "jsonb", "date", "timestamp with time zone", "timestamp without time zone",
+    "time without time zone", "interval", "inet", "cidr", "macaddr", "oid", "money",
+}
+
+
+def typed_columns(model: Any) -> set[str]:
+    """The columns of an introspected table that can be compared with their own equality."""
+    return {c.name for c in model.columns if c.base_type.split("(")[0].removesuffix("[]") in TYPED_EQUALITY}
+
+
+def _differs(key: list[KeyColumn], columns: list[str], new: QualifiedName, changed: QualifiedName,
+             typed: set[str] | None = None) -> sql.Composed:
     """Rows of old (alias o) without an identical row in new (alias n), not changed since the swap."""
+    typed = typed or set()
     match_key = sql.SQL(" AND ").join(sql.SQL("n.{0} = o.{0}").format(sql.Identifier(k.name)) for k in key)
     same = sql.SQL(" AND ").join(
-        sql.SQL("n.{0}::text IS NOT DISTINCT FROM o.{0}::text").format(sql.Identifier(c)) for c in columns
+        (sql.SQL("n.{0} IS NOT DISTINCT FROM o.{0}") if c in typed
+         else sql.SQL("n.{0}::text IS NOT DISTINCT FROM o.{0}::text")).format(sql.Identifier(c))
+        for c in columns
     )
     changed_key = sql.SQL(" AND ").join(sql.SQL("l.{0} = o.{0}").format(sql.Identifier(k.name)) for k in key)
     return sql.SQL(
@@ -36,15 +55,18 @@ def verify(
     key: list[KeyColumn],
     columns: list[str],
     *,
+    typed: set[str] | None = None,
     repair: bool = True,
 ) -> dict[str, Any]:
     """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict."""
-    cond = _differs(key, columns, new, changed)
+    cond = _differs(key, columns, new, changed, typed)
     count_q = sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(old.ident(), cond)
     old_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old.ident())).fetchone()[0]
     new_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(new.ident())).fetchone()[0]
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
-    missing = conn.execute(count_q).fetchone()[0]
+    with conn.transaction():
+        conn.execute("SET LOCAL work_mem = '64MB'")  # keeps the anti-join's hash in memory
+        missing = conn.execute(count_q).fetchone()[0]
     result: dict[str, Any] = {
         "old_rows": old_rows, "new_rows": new_rows, "changed_since_swap": changed_rows,
         "missing_or_different": missing, "repaired": 0,
