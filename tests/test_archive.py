@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from partman import archive, catalog, failpoints
@@ -16,6 +17,8 @@ from partman.sample_ledger import Ledger, verify_chain
 from partman.settings import load_settings
 
 from helpers import LEDGER
+
+pytestmark = pytest.mark.lifecycle
 
 PREFIX = "partman/public.audit_log_ledger/"
 

@@ -18,6 +18,8 @@ from partman.settings import load_settings
 
 from helpers import relations_in
 
+pytestmark = pytest.mark.lifecycle
+
 EVENTS = QualifiedName("public", "events")
 
 
