@@ -292,7 +292,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
     from rich.table import Table
 
     out = file or sys.stdout
-    console = Console(file=out, highlight=False, soft_wrap=False, width=None if out.isatty() else 160)
+    console = Console(file=out, highlight=False, soft_wrap=False, width=None if out.isatty() else 120)
     last = doc.get("last_maintenance")
     if last:
         state = "ok" if last["ok"] else f"FAILED: {last['error']}"
@@ -343,7 +343,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
         table.add_column("from")
         table.add_column("to")
         table.add_column("rows (est.)", justify="right")
-        table.add_column("")
+        table.add_column("notes")
         for p in t["partitions"]:
             flags = []
             if p["held"]:
