@@ -111,3 +111,37 @@ def test_progress_is_logged_as_structured_lines_off_a_terminal(conn, partman_pro
     assert progress, r.err
     phases = {e.get("phase") for e in events if e.get("phase")}
     assert {"copy", "swap"} <= phases
+
+
+def test_progress_bar_on_a_terminal(conn, dsn, pg_server):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    conn.execute("CREATE TABLE ev (id bigserial PRIMARY KEY, ts timestamptz NOT NULL)")
+    conn.execute("INSERT INTO ev (ts) SELECT now() - g * interval '1 hour' FROM generate_series(1, 20000) g")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "partman.cli", "convert", "ev", "--column", "ts", "--interval", "month",
+         "--batch-size", "1000", "--sleep", "0.02", "--yes"],
+        env={**os.environ, "PARTMAN_DATABASE_URL": dsn, "COLUMNS": "120"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    pg_server.outputs.append(screen)
+    assert proc.returncode == 0, screen[-2000:]
+    assert "rows/s" in screen and "public.ev" in screen and "20000/20000" in screen.replace(",", "")
+    assert '{"' not in screen  # readable output on a terminal, not JSON lines
