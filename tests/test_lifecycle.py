@@ -430,3 +430,41 @@ def test_blocked_default_move_puts_the_rows_back(conn, dsn, partman, monkeypatch
     r = partman("maintain")
     assert r.code == 0, r.err
     assert conn.execute("SELECT count(*) FROM events_p20130101").fetchone()[0] == 120
+
+
+def test_default_rows_of_an_append_only_table_move_without_superuser(conn, dsn, partman):
+    """The owner suffices: the default partition's triggers are off for the move's own
+    transactions only, so an append-only guard does not refuse it and a BEFORE INSERT trigger
+    (a hash chain) does not rewrite the rows."""
+    conn.execute(
+        """
+        CREATE ROLE ledger_owner LOGIN PASSWORD 'owner-pw-1';
+        GRANT CREATE ON SCHEMA public TO ledger_owner;
+        GRANT CREATE ON DATABASE """ + conn.info.dbname + """ TO ledger_owner;
+        SET ROLE ledger_owner;
+        CREATE TABLE led (id bigint NOT NULL, ts timestamptz NOT NULL, stamp text) PARTITION BY RANGE (ts);
+        CREATE TABLE led_default PARTITION OF led DEFAULT;
+        CREATE FUNCTION led_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'append-only'; END $$;
+        CREATE FUNCTION led_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN NEW.stamp := 'fired'; RETURN NEW; END $$;
+        CREATE TRIGGER guard BEFORE UPDATE OR DELETE ON led FOR EACH ROW EXECUTE FUNCTION led_guard();
+        CREATE TRIGGER stamp BEFORE INSERT ON led FOR EACH ROW EXECUTE FUNCTION led_stamp();
+        ALTER TABLE led DISABLE TRIGGER stamp;
+        INSERT INTO led SELECT g, timestamptz '2019-05-01' + g * interval '1 hour', 'original' FROM generate_series(1, 500) g;
+        ALTER TABLE led ENABLE TRIGGER stamp;
+        RESET ROLE;
+        """
+    )
+    owner = psycopg.conninfo.make_conninfo(dsn, user="ledger_owner", password="owner-pw-1")
+    r = partman("register", "led", "--column", "ts", "--interval", "year", "--premake", "1", "--dsn", owner)
+    assert r.code == 0, r.err
+    r = partman("maintain", "--json", "--dsn", owner)
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT count(*) FROM led_default").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*), count(*) FILTER (WHERE stamp = 'original') FROM led_p20190101").fetchone() == (500, 500)
+    # the guard and the stamp trigger are enabled again everywhere
+    states = conn.execute("SELECT DISTINCT tgenabled::text FROM pg_trigger WHERE tgname IN ('guard', 'stamp')").fetchall()
+    assert states == [("O",)]
+    with pytest.raises(psycopg.errors.RaiseException):
+        conn.execute("DELETE FROM led WHERE id = 1")

@@ -91,14 +91,31 @@ def _staging_tables(conn: psycopg.Connection, mt: ManagedTable) -> list[tuple[Qu
     return out
 
 
-def _set_replica(conn: psycopg.Connection) -> None:
+def _triggers_off(conn: psycopg.Connection, partition: QualifiedName) -> list[sql.Composed]:
     """Rows are moved, not changed: user triggers (append-only guards, chain triggers) must not
-    fire. Needs superuser or rds_superuser; without it such triggers fire and may refuse."""
+    fire, inside the caller's transaction. With superuser/rds_superuser, session_replication_role
+    does it; otherwise (the owner suffices) the default partition's triggers are disabled for this
+    transaction only: returns the statements that restore them, to run before it commits."""
     try:
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
+        return []
     except pgerrors.InsufficientPrivilege:
         pass
+    saved = conn.execute(
+        "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
+        "ORDER BY tgname", (partition.literal,)).fetchall()
+    if not saved:
+        return []
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(partition.ident()))
+    enable = {"O": "ENABLE TRIGGER", "D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
+    return [sql.SQL("ALTER TABLE {} {} {}").format(partition.ident(), sql.SQL(enable[state]), sql.Identifier(name))
+            for name, state in saved]
+
+
+def _restore(conn: psycopg.Connection, statements: list[sql.Composed]) -> None:
+    for stmt in statements:
+        conn.execute(stmt)
 
 
 def _move_sql(mt: ManagedTable, src: QualifiedName, dst: QualifiedName, cols: list[str], lo: datetime, hi: datetime,
@@ -140,9 +157,10 @@ def _move_range(
         if leader_check is not None and not leader_check():
             raise NotLeader()
         with conn.transaction():
-            _set_replica(conn)
+            restore = _triggers_off(conn, d.qualified)
             n = conn.execute(stmt).rowcount
             failpoints.hit("maintain.default.batch")
+            _restore(conn, restore)
         moved += n
         if n < batch:
             break
@@ -152,8 +170,9 @@ def _move_range(
         # insert already routed to the default partition would otherwise fail its new constraint)
         c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(parent.ident()))
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(d.qualified.ident()))
-        _set_replica(c)
+        restore = _triggers_off(c, d.qualified)
         rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
+        _restore(c, restore)
         failpoints.hit("maintain.default.attach")
         c.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             parent.ident(), name.ident(), sql.Literal(lo_lit), sql.Literal(hi_lit)))
@@ -182,9 +201,10 @@ def _put_back(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, d:
     try:
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{settings.lock_timeout_ms}ms")))
-            _set_replica(conn)
+            restore = _triggers_off(conn, d.qualified)
             conn.execute(sql.SQL("WITH back AS (DELETE FROM {s} RETURNING {c}) INSERT INTO {d} ({c}) SELECT {c} FROM back").format(
                 s=staging.ident(), c=collist, d=d.qualified.ident()))
+            _restore(conn, restore)
             conn.execute(sql.SQL("DROP TABLE {}").format(staging.ident()))
     except psycopg.Error as exc:
         log.get().warning("default_rows_put_back_failed", table=mt.qualified, staging=staging.name, error=str(exc))
