@@ -12,6 +12,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from ..db import QualifiedName
+from . import triggers
 from .capture import KeyColumn
 
 
@@ -88,8 +89,15 @@ def _repair(
     ocols = sql.SQL(", ").join(sql.SQL("o.{}").format(sql.Identifier(c)) for c in columns)
     try:
         with conn.transaction():
-            # the table's own triggers (a hash chain) must not rewrite what is repaired
-            conn.execute("SET LOCAL session_replication_role = replica")
+            # the table's own triggers (a hash chain) must not rewrite what is repaired: replica
+            # role where allowed, else the owner turns them off for this transaction only
+            restore: list[sql.Composed] = []
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL session_replication_role = replica")
+            except pgerrors.InsufficientPrivilege:
+                restore = triggers.restore(new, triggers.states(conn, new))
+                conn.execute(triggers.disable_all(new))
             conn.execute(
                 sql.SQL("CREATE TEMP TABLE partman_repair ON COMMIT DROP AS SELECT {} FROM {} o WHERE {}").format(
                     ocols, old.ident(), cond
@@ -107,6 +115,8 @@ def _repair(
                     new.ident(), cols, cols, keycols
                 )
             ).rowcount
+            for stmt in restore:
+                conn.execute(stmt)
         return n
     except pgerrors.InsufficientPrivilege:
         return 0
