@@ -251,6 +251,7 @@ class Daemon:
                 return False
 
     def _become_leader(self) -> None:
+        failpoints.hit("daemon.leader.acquired")
         self.is_leader = True
         self.metrics.leader_changes.labels(to="leader").inc()
         reason = self._pass_needed_now()

@@ -377,3 +377,25 @@ def test_coverage_has_one_interval_of_slack_at_period_boundaries(conn, partman):
     conn.execute(f"ALTER TABLE public.events DETACH PARTITION public.events_p{two_months:%Y%m%d}")
     cov = health.coverage(conn, mt, now)
     assert cov.ahead == 1 and cov.covered_until == two_months
+
+
+@pytest.mark.parametrize("point", ["daemon.leader.acquired=1:kill", "daemon.pass=1:kill"],
+                         ids=["leader.acquired", "pass"])
+def test_leader_killed_at_hand_over_or_mid_pass_the_other_takes_over(conn, dsn, partman, daemons, point):
+    from helpers import matrix_entry
+
+    with matrix_entry("daemon", point.split("=")[0]) as entry:
+        make_events(conn, future=0)  # coverage short: a pass has work to do
+        register_events(partman)
+        try:  # it may die before or after its /livez first answers
+            a = daemons("a", interval="30s", extra={"PARTMAN_FAILPOINTS": point})
+            wait_for(lambda: a.proc.poll() is not None, 15, "the armed daemon dies at the failpoint")
+            assert a.proc.returncode == -9
+        except AssertionError as exc:
+            assert "exited -9" in str(exc), exc
+        b = daemons("b", interval="30s")
+        wait_for(lambda: b.leader() is True, 10, "the other instance leads")
+        wait_for(lambda: b.health()[0] == 200, 20, "its first pass restores coverage")
+        assert [r for r in runs(dsn, ok=True) if r[1] == "test-b"]
+        assert b.stop()[0] == 0
+        entry.outcome = "ok: the other instance took over, ran the pass, /health 200"
