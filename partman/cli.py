@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from . import __version__, log
-from .errors import PartmanError, UsageError
+from .errors import PartmanError
 from .intervals import INTERVALS
 from .settings import load_settings
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
 
-from helpers import LEDGER, LEDGER_OLD, Writers, ids, is_partitioned, make_ledger, relations_in
+from helpers import LEDGER, Writers, ids, is_partitioned, make_ledger, relations_in
 
 pytestmark = pytest.mark.conversion
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import psycopg
 import pytest
 from hypothesis import given, settings, strategies as st
 from psycopg import sql

@@ -141,9 +141,7 @@ def execute(
             options = {**p.options.to_json(), "work_schema": p.work_schema,
                        "fingerprint": fingerprint(conn, model.oid)}
             with conn.transaction():
-                cid = catalog.start_conversion(
-                    conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate
-                )
+                catalog.start_conversion(conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate)
             running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
         assert running is not None
         try:
