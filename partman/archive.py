@@ -96,7 +96,7 @@ def _require_bucket(settings: Settings) -> str:
 
 
 def _s3_error(step: str, uri: str, exc: Exception) -> ArchiveError:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()).rstrip(".")
     return ArchiveError(f"Archive {step} of {uri} failed: {type(exc).__name__}: {text}. The partition was kept; "
                         "the next maintenance pass tries again.")
 
@@ -325,6 +325,18 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
         raise
 
 
+def _abort_unfinished_uploads(s3: Any, bucket: str, key: str) -> None:
+    """A pass killed mid-upload leaves an unfinished multipart upload of this key behind (stored
+    and billed, invisible in listings). Called once this key's object is complete and verified,
+    so no live upload of it remains (one process at a time archives a table). Best effort."""
+    try:
+        for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
+            if u["Key"] == key:
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=u["UploadId"])
+    except Exception:  # noqa: BLE001 - a lifecycle rule (AbortIncompleteMultipartUpload) is the backstop
+        pass
+
+
 def archive_partition(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, part: Partition) -> ArchiveResult:
     """Upload, verify and describe one partition (the caller detaches and drops it afterwards,
     after checking the row count under lock). Idempotent: a rerun resumes from the catalog."""
@@ -377,6 +389,7 @@ def archive_partition(conn: psycopg.Connection, settings: Settings, mt: ManagedT
                 "The partition was kept; the next pass uploads it again."
             )
         _record(conn, settings, part.schema, name, table, uri, "verified")
+        _abort_unfinished_uploads(s3, bucket, key)
         prog = _progress(conn, settings, part.schema, name)
     if info is None:
         with conn.transaction():

@@ -234,7 +234,7 @@ def cli_maintain(settings: Settings, args: argparse.Namespace) -> int:
         names = ", ".join(sorted(summary["errors"]))
         raise PartmanError(
             f"Maintenance failed for {names}: "
-            + "; ".join(f"{k}: {v}" for k, v in sorted(summary["errors"].items()))
+            + "; ".join(f"{k}: {v}" for k, v in sorted(summary["errors"].items())).rstrip(".")
             + ". Nothing was removed that is not archived and verified; the next pass tries again."
         )
     return 0
