@@ -107,6 +107,7 @@ def test_sequences_identity_views_and_generated_columns_survive(conn, partman):
         INSERT INTO orders (created, amount) SELECT date '2021-01-01' + g, g FROM generate_series(1, 900) g;
         CREATE VIEW big_orders AS SELECT id, amount FROM orders WHERE amount > 800;
         CREATE MATERIALIZED VIEW order_count AS SELECT count(*) AS n FROM orders;
+        CREATE FUNCTION order_total() RETURNS numeric LANGUAGE sql BEGIN ATOMIC SELECT sum(amount) FROM orders; END;
         COMMENT ON TABLE orders IS 'the orders';
         """
     )
@@ -118,6 +119,7 @@ def test_sequences_identity_views_and_generated_columns_survive(conn, partman):
     assert row[0] > 900 and row[1] > 900 and row[2] == 10000 and row[3] == "none"
     assert conn.execute("SELECT count(*) FROM big_orders").fetchone()[0] == 101
     assert conn.execute("SELECT n FROM order_count").fetchone()[0] == 900
+    assert conn.execute("SELECT order_total()").fetchone()[0] == sum(range(1, 901)) + 5000  # BEGIN ATOMIC body re-bound
     conn.execute("REFRESH MATERIALIZED VIEW order_count")
     assert conn.execute("SELECT n FROM order_count").fetchone()[0] == 901
     assert conn.execute("SELECT obj_description('orders'::regclass)").fetchone()[0] == "the orders"
@@ -141,6 +143,11 @@ def test_sequences_identity_views_and_generated_columns_survive(conn, partman):
             "CREATE TABLE t (id int, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)",
             ["t", "--column", "ts"],
             "partitioned",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, ts timestamptz NOT NULL); CREATE TABLE t_old (x int)",
+            ["t", "--column", "ts"],
+            "t_old already exist",
         ),
     ],
 )

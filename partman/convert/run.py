@@ -112,6 +112,18 @@ def make_plan(
         model.estimated_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qn.ident())).fetchone()[0]
     key = capture.copy_key(conn, qn)
     p = planning.build(model, opts, stats, settings.catalog_schema, key)
+    if not model.is_partitioned and model.relkind == "r":
+        wanted = [p.old.name, p.default, *(x.name for x in p.partitions), *(i.final_name for i in p.index_ddl)]
+        taken = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.oid <> %s "
+            "AND NOT (c.relkind = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid AND i.indrelid = %s))",
+            (qn.schema, wanted, model.oid, model.oid))]
+        if taken:
+            p.refusals.append(
+                f"{', '.join(sorted(taken))} already exist(s) in schema {qn.schema}, but the conversion needs those names "
+                f"(the kept original {p.old.name}, partitions, the default partition). Rename or drop them first."
+            )
     if not owner_ok:
         p.refusals.insert(
             0,
@@ -189,6 +201,7 @@ def _run_phases(
                 conn, settings, cid, qn, p.shadow, p.copy_key, p.columns,
                 overriding=p.overriding, start_after=running["last_key"], rows_done=running["rows_copied"],
                 batch_size=p.options.batch_size, sleep=p.options.sleep, on_progress=progress.update,
+                work_schema=p.work_schema, workers=settings.convert_workers or (2 if p.options.sleep == 0 else 1),
             )
             logger.info("copied", rows=copied, longest_batch_ms=round(longest, 1))
             with conn.transaction():
@@ -272,14 +285,16 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
 
 
 def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, model: Any, cid: int) -> None:
-    """Indexes after the bulk copy (much faster than maintaining them row by row), then
-    grants, comments, policies, owner, replica identity. Resumable: existing ones are kept."""
-    for idx in p.index_ddl:
-        if relation_exists(conn, QualifiedName(p.work_schema, idx.temp_name)):
-            continue
-        with conn.transaction():
-            conn.execute(idx.statement)
-        failpoints.hit("convert.indexes.after_index")
+    """Indexes after the bulk copy (much faster than maintaining them row by row), on two
+    connections at full speed (indexes.py), then grants, comments, policies, owner, replica
+    identity. Resumable: existing ones are kept."""
+    from . import indexes
+    from .throttle import Throttle
+
+    todo = [idx for idx in p.index_ddl if not relation_exists(conn, QualifiedName(p.work_schema, idx.temp_name))]
+    workers = indexes.worker_count(settings, p.options.sleep)
+    with Throttle(settings, p.work_schema, p.options.sleep, enabled=settings.throttle and workers == 1) as throttle:
+        indexes.build(conn, settings, todo, workers=workers, gentle=throttle.enabled, pause=throttle.pause)
     with conn.transaction():
         for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
             conn.execute(stmt)
