@@ -468,3 +468,9 @@ def test_default_rows_of_an_append_only_table_move_without_superuser(conn, dsn, 
     assert states == [("O",)]
     with pytest.raises(psycopg.errors.RaiseException):
         conn.execute("DELETE FROM led WHERE id = 1")
+
+
+def test_maintain_with_nothing_registered_does_nothing(conn, partman):
+    r = partman("maintain")
+    assert r.code == 0 and "nothing to do" in r.out
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman%'").fetchone()[0] == 0

@@ -225,6 +225,13 @@ def render_text(summary: dict[str, Any]) -> str:
 
 
 def cli_maintain(settings: Settings, args: argparse.Namespace) -> int:
+    with connect(settings) as conn:
+        registered = catalog.exists(conn, settings)
+    if not registered:  # nothing registered yet: do nothing at all (not even create the catalog)
+        summary: dict[str, Any] = {"standby": False, "ok": True, "run_id": None, "tables": {}, "skipped": {},
+                                   "errors": {}, "message": "no registered tables: nothing to do"}
+        sys.stdout.write((json.dumps(summary) if getattr(args, "json", False) else summary["message"]) + "\n")
+        return 0
     summary = maintain(settings)
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
