@@ -226,7 +226,7 @@ def render_text(summary: dict[str, Any]) -> str:
 
 def cli_maintain(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings) as conn:
-        registered = catalog.exists(conn, settings)
+        registered = catalog.exists(conn, settings) or is_standby(conn)  # a standby says so itself
     if not registered:  # nothing registered yet: do nothing at all (not even create the catalog)
         summary: dict[str, Any] = {"standby": False, "ok": True, "run_id": None, "tables": {}, "skipped": {},
                                    "errors": {}, "message": "no registered tables: nothing to do"}
