@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command. Full suite on one PostgreSQL, the conversion suite on the others.
+# The README's test command. Full suite on one PostgreSQL, the conversion and lifecycle suites on the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 primary=18
@@ -9,7 +9,7 @@ echo "== full suite on PostgreSQL ${primary} =="
 PARTMAN_TEST_PG=$primary python -m pytest -q "$@" || status=$?
 for v in 18 16; do
   [ "$v" = "$primary" ] && continue
-  echo "== conversion suite on PostgreSQL ${v} =="
-  PARTMAN_TEST_PG=$v python -m pytest -q -m conversion "$@" || { rc=$?; [ $rc -eq 5 ] || status=$rc; }
+  echo "== conversion and lifecycle suites on PostgreSQL ${v} =="
+  PARTMAN_TEST_PG=$v python -m pytest -q -m "conversion or lifecycle" "$@" || { rc=$?; [ $rc -eq 5 ] || status=$rc; }
 done
 exit $status
