@@ -248,9 +248,9 @@ class PhaseMonitor:
         return out
 
 
-def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str]) -> dict:
+def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True) -> dict:
     cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
-           "--interval", "year", "--sleep", "0", "--yes", "--dsn", dsn, *extra]
+           "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", dsn, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CHECKPOINT")
@@ -280,6 +280,7 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str]) ->
         "swap_attempts": row[4], "verify": row[5], "status": row[6], "rows_after": total,
         "writer": w.figures(), "writer_errors": w.errors[:3],
         "writer_by_phase": _by_phase(w, mon, t0, t1),
+        "throttle": [ln for ln in proc.stderr.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
     }
 
 
@@ -302,24 +303,41 @@ def main() -> None:
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="length of the writer's idle baseline")
     ap.add_argument("--writer-pause", type=float, default=0.01, help="seconds between the writer's inserts")
     ap.add_argument("--partman-arg", action="append", default=[], help="extra argument for partman convert")
+    ap.add_argument("--gentle", action="store_true",
+                    help="also (c): the same data re-seeded in a second database, `partman convert` with default settings")
+    ap.add_argument("--gentle-only", action="store_true", help="only (c), no limit and no --sleep 0 run")
     args = ap.parse_args()
 
     server = TempServer(version=args.pg, fsync=args.fsync)
     with server:
         dsn = server.dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            log(f"{server.server_version()}; seeding {args.rows:,} rows")
-            data = setup(conn, args.rows)
-            log(f"seeded in {data['seed_s']:.1f}s: {data['total_bytes'] / 2**20:.0f} MiB, ~{data['row_bytes']} B/row")
-            log("(a) the limit")
-            limit = run_limit(conn)
-            warm(conn)
-        log(f"limit: {limit['seconds']:.1f}s; writer idle baseline")
-        idle = idle_baseline(dsn, args.writer_pause, args.probe_seconds)
-        log("(b) partman convert --sleep 0")
-        pm = run_partman(server, dsn, args.writer_pause, args.partman_arg)
-        log(f"partman: {pm['seconds']:.1f}s, status {pm['status']}, verify {pm['verify']}")
-        report(args, server, data, limit, idle, pm)
+        data = limit = idle = pm = None
+        if not args.gentle_only:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                log(f"{server.server_version()}; seeding {args.rows:,} rows")
+                data = setup(conn, args.rows)
+                log(f"seeded in {data['seed_s']:.1f}s: {data['total_bytes'] / 2**20:.0f} MiB, ~{data['row_bytes']} B/row")
+                log("(a) the limit")
+                limit = run_limit(conn)
+                warm(conn)
+            log(f"limit: {limit['seconds']:.1f}s; writer idle baseline")
+            idle = idle_baseline(dsn, args.writer_pause, args.probe_seconds)
+            log("(b) partman convert --sleep 0")
+            pm = run_partman(server, dsn, args.writer_pause, args.partman_arg)
+            log(f"partman: {pm['seconds']:.1f}s, status {pm['status']}, verify {pm['verify']}")
+            report(args, server, data, limit, idle, pm)
+        if args.gentle or args.gentle_only:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench_gentle")
+            gdsn = server.dsn("bench_gentle")
+            with psycopg.connect(gdsn, autocommit=True) as conn:
+                log(f"(c) seeding {args.rows:,} rows again in database bench_gentle")
+                gdata = setup(conn, args.rows)
+            gidle = idle_baseline(gdsn, args.writer_pause, args.probe_seconds)
+            log("(c) partman convert with default settings")
+            gpm = run_partman(server, gdsn, args.writer_pause, args.partman_arg, full_speed=False)
+            log(f"partman (default settings): {gpm['seconds']:.1f}s, status {gpm['status']}")
+            report_gentle(args, server, gdata, limit, gidle, gpm)
 
 
 def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict, idle: dict, pm: dict) -> None:
@@ -356,6 +374,32 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
     print(f"| writer p99/max (ms) by phase of (b) | {by_phase} |")
     busy = ", ".join(f"{k} {v:.1f}" for k, v in pm["busy"])
     print(f"| partman's backend-seconds by statement (sampled; parallel workers counted) | {busy} |")
+
+
+
+def report_gentle(args: argparse.Namespace, server: TempServer, data: dict, limit: dict | None, idle: dict,
+                  pm: dict) -> None:
+    rows = args.rows
+    w, i = pm["writer"], idle
+    phases = " + ".join(f"{name} {sec:.1f}" for name, sec in pm["phases"])
+    print()
+    print(f"### (c) `partman convert` with default settings (gentle): {rows:,} rows, fsync {'on' if args.fsync else 'off'}")
+    print()
+    print("| figure | value |")
+    print("|---|---|")
+    vs = f" ({pm['seconds'] / limit['seconds']:.2f}x the limit)" if limit else ""
+    print(f"| end to end | {pm['seconds']:.1f} s, {rows / pm['seconds']:,.0f} rows/s{vs}: {phases} |")
+    print(f"| writer insert latency, idle: p50 / p99 / max | {i['p50']:.2f} / {i['p99']:.2f} / {i['max']:.1f} ms |")
+    print(f"| writer insert latency, during (c): p50 / p99 / max | {w['p50']:.2f} / {w['p99']:.2f} / {w['max']:.1f} ms |")
+    print(f"| **p99 during / idle** (target <= 1.5x) | {w['p99'] / i['p99']:.2f}x |")
+    print(f"| **longest stall beyond the idle p99** (target <= 100 ms) | {max(0.0, w['max'] - i['p99']):.0f} ms |")
+    print(f"| longest copy transaction; swap lock | {pm['longest_batch_ms']:.0f} ms; {pm['swap_lock_ms']:.0f} ms |")
+    print(f"| writer errors; inserts during (c) | {w['errors']}; {w['n']:,} |")
+    by_phase = ", ".join(f"{name} {f['p99']:.1f}/{f['max']:.0f}" for name, f in pm["writer_by_phase"] if f["n"])
+    print(f"| writer p99/max (ms) by phase | {by_phase} |")
+    print(f"| verify | {pm['verify']} |")
+    for ln in pm["throttle"]:
+        print(f"| throttle (log) | `{ln.strip()[:200]}` |")
 
 
 if __name__ == "__main__":

@@ -37,13 +37,21 @@ def test_killed_at_each_phase_the_rerun_finishes_the_job(conn, dsn, partman_proc
         _killed_and_rerun(conn, dsn, partman_proc, point, entry)
 
 
-def _killed_and_rerun(conn, dsn, partman_proc, point, entry):
+@pytest.mark.parametrize("point", ["convert.copy.after_batch=4:kill", "convert.indexes.after_index=2:kill"],
+                         ids=["copy.after_batch", "indexes.after_index"])
+def test_full_speed_parallel_copy_and_index_builds_killed_the_rerun_finishes(conn, dsn, partman_proc, point):
+    """--sleep 0: two connections copy disjoint key ranges and build indexes partition by partition."""
+    with matrix_entry("convert", point.split("=")[0] + " (--sleep 0, 2 workers)") as entry:
+        _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=("--sleep", "0", "--batch-size", "200"))
+
+
+def _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=()):
     make_ledger(conn, 2500)
     with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
-        first = partman_proc(*CONVERT, extra_env={"PARTMAN_FAILPOINTS": point})
+        first = partman_proc(*CONVERT, *args, extra_env={"PARTMAN_FAILPOINTS": point})
         assert first.code == -9, f"expected the failpoint to kill partman: {first.code} {first.err[-500:]}"
         time.sleep(0.3)  # the application keeps writing between the crash and the rerun
-        second = partman_proc(*CONVERT)
+        second = partman_proc(*CONVERT, *args)
         time.sleep(0.2)
         w.stop()
     assert second.code == 0, second.err[-2000:]

@@ -7,6 +7,7 @@ pg_catalog-only search_path so every name in them is qualified."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -25,6 +26,9 @@ class IndexDDL:
     constraint: str | None
     widened: bool
     note: str
+    # the same index (or constraint) for another table under another name: a partition's own
+    # index, built before the parent's statement attaches it
+    build: Callable[[QualifiedName, str], sql.Composable] | None = None
 
 
 def _raw(text: str) -> sql.SQL:
@@ -107,26 +111,31 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
         nnd = sql.SQL(" NULLS NOT DISTINCT") if idx.nulls_not_distinct else sql.SQL("")
         if con is not None and con.kind in ("p", "u"):
             kind = sql.SQL("PRIMARY KEY") if con.kind == "p" else sql.SQL("UNIQUE") + nnd
-            stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}").format(
-                shadow.ident(), sql.Identifier(con.name), kind, _idents(new_cols), include
-            )
-            out.append(IndexDDL(stmt, con.name, idx.name, con.name, widen, note))
+
+            def build(t: QualifiedName, name: str, kind=kind, cols=new_cols, include=include) -> sql.Composable:
+                return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}").format(
+                    t.ident(), sql.Identifier(name), kind, _idents(cols), include)
+
+            out.append(IndexDDL(build(shadow, con.name), con.name, idx.name, con.name, widen, note, build))
         elif widen:
             where = sql.SQL(" WHERE {}").format(_raw(idx.predicate)) if idx.predicate else sql.SQL("")
-            stmt = sql.SQL("CREATE UNIQUE INDEX {} ON {} USING {} ({}){}{}{}").format(
-                sql.Identifier(idx.name), shadow.ident(), sql.Identifier(idx.method), _idents(new_cols),
-                include, nnd, where,
-            )
-            out.append(IndexDDL(stmt, idx.name, idx.name, None, True, note))
+
+            def build(t: QualifiedName, name: str, idx=idx, cols=new_cols, include=include, nnd=nnd,
+                      where=where) -> sql.Composable:
+                return sql.SQL("CREATE UNIQUE INDEX {} ON {} USING {} ({}){}{}{}").format(
+                    sql.Identifier(name), t.ident(), sql.Identifier(idx.method), _idents(cols), include, nnd, where)
+
+            out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, True, note, build))
         else:
             if not idx.definition.startswith(idx.prefix):
                 raise ValueError(f"unexpected index definition for {idx.name}: {idx.definition}")
             tail = idx.definition[len(idx.prefix):]
-            stmt = sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
-                sql.SQL("UNIQUE ") if idx.unique else sql.SQL(""), sql.Identifier(idx.name), shadow.ident(),
-                _raw(tail),
-            )
-            out.append(IndexDDL(stmt, idx.name, idx.name, None, False, note))
+
+            def build(t: QualifiedName, name: str, unique=idx.unique, tail=tail) -> sql.Composable:
+                return sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+                    sql.SQL("UNIQUE ") if unique else sql.SQL(""), sql.Identifier(name), t.ident(), _raw(tail))
+
+            out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, False, note, build))
     return out
 
 

@@ -293,12 +293,16 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
 
     todo = [idx for idx in p.index_ddl if not relation_exists(conn, QualifiedName(p.work_schema, idx.temp_name))]
     workers = indexes.worker_count(settings, p.options.sleep)
+    # ANALYZE overlaps the index builds unless an expression index wants its statistics gathered too
+    expressions = any(None in (getattr(i, "columns", None) or []) for i in getattr(model, "indexes", []))
     with Throttle(settings, p.work_schema, p.options.sleep, enabled=settings.throttle and workers == 1) as throttle:
-        indexes.build(conn, settings, todo, workers=workers, gentle=throttle.enabled, pause=throttle.pause)
+        analyzed = indexes.build(conn, settings, todo, workers=workers, gentle=throttle.enabled, pause=throttle.pause,
+                                 shadow=p.shadow, analyze=not expressions)
     with conn.transaction():
         for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
             conn.execute(stmt)
-        conn.execute(sql.SQL("ANALYZE {}").format(p.shadow.ident()))
+        if not analyzed:
+            conn.execute(sql.SQL("ANALYZE {}").format(p.shadow.ident()))
         catalog.update_conversion(conn, settings, cid, phase="catchup")
 
 

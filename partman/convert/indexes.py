@@ -1,0 +1,261 @@
+"""The shadow's indexes, built after the copy, on several connections at once, overlapping the
+shadow's ANALYZE.
+
+Locks decide what can overlap. On the partitioned shadow, `CREATE INDEX` takes SHARE on it and
+every partition, `ADD CONSTRAINT ... PRIMARY KEY` ACCESS EXCLUSIVE, and ANALYZE SHARE UPDATE
+EXCLUSIVE, which conflicts with SHARE: built through the parent, nothing but plain index builds
+could overlap, and the ANALYZE (as long as all the index builds together) would run after them.
+So at full speed (`workers` > 1) each index is first built partition by partition (the same
+definition on each partition, under a name of its own; a constraint as that partition's own
+constraint), which locks one partition at a time, on `workers` connections, while one of them
+runs the ANALYZE of the whole shadow (which visits the partitions one at a time too). Then the
+parent's own statement runs: PostgreSQL finds the matching index (and constraint) on every
+partition and attaches it instead of building it, which takes milliseconds. A partition index
+that did not get attached (a definition that did not match) is dropped, so nothing is left twice.
+
+Gentle mode (one worker, the throttle on): the same partition-by-partition builds, one after
+another on one connection, without parallel maintenance workers (a core stays free for the
+application), the ANALYZE first, and the throttle's pause after each unit.
+
+Without a shadow to split, or with the throttle off at --sleep > 0, the parent statements run
+as before (constraints alone, plain indexes on up to `workers` connections).
+
+Resumable: the caller passes only the indexes that do not exist yet; each build commits on its
+own, so a killed run keeps the finished ones."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import psycopg
+
+from psycopg import sql
+
+from .. import db, failpoints, naming
+from ..db import QualifiedName
+from ..settings import Settings
+
+
+def worker_count(settings: Settings, sleep: float) -> int:
+    """PARTMAN_CONVERT_WORKERS, or 2 at full speed (--sleep 0) and 1 when gentle."""
+    if settings.convert_workers:
+        return settings.convert_workers
+    return 2 if sleep == 0 else 1
+
+
+def build(
+    conn: psycopg.Connection,
+    settings: Settings,
+    todo: Sequence[Any],
+    *,
+    workers: int,
+    gentle: bool = False,
+    pause: Callable[[], Any] | None = None,
+    shadow: QualifiedName | None = None,
+    analyze: bool = False,
+) -> bool:
+    """Run every IndexDDL in `todo`. At full speed with a `shadow`, per partition on `workers`
+    connections alongside its ANALYZE (when `analyze`); returns whether the ANALYZE was done.
+    Otherwise constraints alone first, then plain indexes on up to `workers` connections.
+    `conn` is one of the connections; extra ones are opened here."""
+    if shadow is not None and (workers > 1 or gentle):
+        return _per_partition(conn, settings, todo, workers, shadow, analyze, pause if gentle else None)
+    _build_plain(conn, settings, todo, workers=workers, gentle=gentle, pause=pause)
+    return False
+
+
+def _build_plain(
+    conn: psycopg.Connection, settings: Settings, todo: Sequence[Any], *, workers: int, gentle: bool,
+    pause: Callable[[], Any] | None,
+) -> None:
+    constraints = [i for i in todo if i.constraint]
+    plain = [i for i in todo if not i.constraint]
+    if gentle:
+        conn.execute("SET max_parallel_maintenance_workers = 0")
+    try:
+        for idx in constraints:
+            _one(conn, idx)
+            failpoints.hit("convert.indexes.after_index")
+            if pause and (plain or idx is not constraints[-1]):
+                pause()
+        n = min(max(1, workers), len(plain))
+        if n <= 1:
+            for idx in plain:
+                _one(conn, idx)
+                failpoints.hit("convert.indexes.after_index")
+                if pause and idx is not plain[-1]:
+                    pause()
+            return
+        _parallel(conn, settings, plain, n)
+    finally:
+        if gentle and not (conn.closed or conn.broken):
+            conn.execute("RESET max_parallel_maintenance_workers")
+
+
+def _one(conn: psycopg.Connection, idx: Any) -> None:
+    with conn.transaction():
+        conn.execute(idx.statement)
+
+
+def _parallel(conn: psycopg.Connection, settings: Settings, plain: Sequence[Any], n: int) -> None:
+    extra = [db.connect(settings, "partman convert worker") for _ in range(n - 1)]
+    pool: queue.Queue[psycopg.Connection] = queue.Queue()
+    for c in [conn, *extra]:
+        pool.put(c)
+    failed = threading.Event()
+
+    def run(idx: Any) -> None:
+        if failed.is_set():
+            return  # an earlier build failed: do not start more
+        c = pool.get()
+        try:
+            _one(c, idx)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            pool.put(c)
+
+    try:
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="partman-index") as ex:
+            # the longest builds first would balance best; the definitions are all we know, so keep the order
+            pending: set[Future[None]] = {ex.submit(run, idx) for idx in plain}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # raises the first failure (the others finish or stop first)
+                    failpoints.hit("convert.indexes.after_index")
+    finally:
+        for c in extra:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _partition_statement(idx: Any, part: QualifiedName, name: str) -> sql.Composable | None:
+    """The parent's index (or constraint) for one partition, under the partition's own name."""
+    build = getattr(idx, "build", None)
+    return build(part, name) if build is not None else None
+
+
+def _part_name(part: QualifiedName, idx: Any) -> str:
+    """`<partition>_<index>`, or, when that passes 63 bytes, the partition's name (shortened on a
+    character boundary) and a digest of the whole."""
+    name = f"{part.name}_{idx.temp_name}"
+    if len(name.encode()) <= naming.MAX_IDENTIFIER_BYTES:
+        return name
+    return naming.derived(part.name, "_" + hashlib.md5(name.encode()).hexdigest()[:12])
+
+
+def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[Any], workers: int,
+                   shadow: QualifiedName, analyze: bool, pause: Callable[[], Any] | None = None) -> bool:
+    """Gentle (`pause` given): one connection, the throttle's pause between the ANALYZE and the
+    partition builds, so the application gets its share between units of a few hundred ms."""
+    from .swap import relation_exists
+
+    # partitions in descending OID order: ANALYZE visits them in ascending order (after the
+    # parent's own sample, which only needs ACCESS SHARE), so it and the builds, which cannot
+    # work on one partition at the same time, meet once instead of queueing behind each other
+    parts = [QualifiedName(r[0], r[1]) for r in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass ORDER BY c.oid DESC",
+        (shadow.literal,))]
+    # (statement, parent IndexDDL, partition, partition index name); per partition the
+    # constraints first (they lock the partition exclusively), then the plain indexes
+    items: list[tuple[Any, Any, QualifiedName, str]] = []
+    for part in parts:
+        for idx in sorted(todo, key=lambda i: not i.constraint):
+            name = _part_name(part, idx)
+            st = _partition_statement(idx, part, name)
+            if st is not None and not relation_exists(conn, QualifiedName(part.schema, name)):
+                items.append((st, idx, part, name))
+    # (an index of a shape not known here has no items: its parent statement builds it whole)
+    if pause is not None:
+        workers = 1
+    extra = [db.connect(settings, "partman convert worker") for _ in range(max(1, workers) - 1)]
+    pool: queue.Queue[psycopg.Connection] = queue.Queue()
+    for c in [conn, *extra]:
+        # one process per build: the connections already keep the cores busy, and a partition's
+        # build with parallel workers on top of them only adds their start-up and merge cost
+        c.execute("SET max_parallel_maintenance_workers = 0")
+        pool.put(c)
+    failed = threading.Event()
+    analyzed = False
+
+    def run(statement: Any, *, own_transactions: bool = False) -> None:
+        if failed.is_set():
+            return
+        c = pool.get()
+        try:
+            if own_transactions:
+                # outside a transaction block ANALYZE commits after each relation: the parent's
+                # sample, then each partition, so it holds a partition only while it reads it
+                c.execute(statement)
+            else:
+                with c.transaction():
+                    c.execute(statement)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            pool.put(c)
+
+    try:
+        if pause is not None:
+            if analyze:
+                run(sql.SQL("ANALYZE {}").format(shadow.ident()), own_transactions=True)
+                pause()
+            for st, *_ in items:
+                run(st)
+                pause()
+        else:
+            with ThreadPoolExecutor(max_workers=len(extra) + 1, thread_name_prefix="partman-index") as ex:
+                futures: list[Future[None]] = []
+                if analyze:
+                    futures.append(ex.submit(run, sql.SQL("ANALYZE {}").format(shadow.ident()), own_transactions=True))
+                futures += [ex.submit(run, st) for st, *_ in items]
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        f.result()
+        analyzed = analyze
+    finally:
+        for c in extra:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+    conn.execute("RESET max_parallel_maintenance_workers")
+    # the parents: attach what was built (a whole-parent build for shapes not known here)
+    for idx in todo:
+        _one(conn, idx)
+        _drop_unattached(conn, idx, parts)
+        failpoints.hit("convert.indexes.after_index")
+    return analyzed
+
+
+def _drop_unattached(conn: psycopg.Connection, idx: Any, parts: list[QualifiedName]) -> None:
+    """A partition index of ours that the parent did not adopt would be a duplicate: drop it."""
+    for part in parts:
+        name = _part_name(part, idx)
+        row = conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid), "
+            "(SELECT conname FROM pg_constraint WHERE conindid = c.oid AND conrelid = c2.oid) "
+            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_class c2 ON c2.oid = i.indrelid "
+            "WHERE c.oid = to_regclass(%s)",
+            (QualifiedName(part.schema, name).literal,),
+        ).fetchone()
+        if row is None or not row[0]:
+            continue
+        with conn.transaction():
+            if row[1]:
+                conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(part.ident(), sql.Identifier(row[1])))
+            else:
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(part.schema, name)))
