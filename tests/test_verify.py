@@ -34,6 +34,10 @@ def test_verify_finds_missing_and_different_rows_and_repairs_them(conn):
     key = [KeyColumn("id", "integer")]
     figures = verify(conn, old, new, changed, key, cols, typed=typed, repair=False)
     assert figures["missing_or_different"] == 3 and not figures["ok"]
+    pauses = []
+    chunked = verify(conn, old, new, changed, key, cols, typed=typed, partition_key="ts", chunk_rows=7,
+                     pause=lambda: pauses.append(1), repair=False)
+    assert chunked["missing_or_different"] == 3 and len(pauses) == 100 // 7  # 15 ranges, a pause between each
     figures = verify(conn, old, new, changed, key, cols, typed=typed)
     assert figures["repaired"] == 3 and figures["ok"]
     assert conn.execute("SELECT n FROM new_t WHERE id = 9").fetchone()[0] == 9

@@ -27,6 +27,7 @@ from .verify import typed_columns, verify
 CATCHUP_ROUND = 10_000
 CATCHUP_DONE_BELOW = 1_000
 CATCHUP_MAX_ROUNDS = 100
+VERIFY_CHUNK = 20_000  # rows per verification statement under default settings
 
 
 def options_from(settings: Settings, args: argparse.Namespace) -> planning.Options:
@@ -338,7 +339,16 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     old_model = introspect(conn, old)
     columns = ddl.column_names(old_model)
     failpoints.hit("convert.verify.before")
-    figures = verify(conn, old, qn, work.revert_log, key, columns, typed=typed_columns(old_model))
+    sleep = float(opts.get("sleep") or 0)
+    if sleep > 0 and settings.throttle:  # default settings: gentle, in short chunks, throttled
+        from .throttle import Throttle
+
+        with Throttle(settings, work.schema, sleep, enabled=True) as throttle:
+            figures = verify(conn, old, qn, work.revert_log, key, columns, typed=typed_columns(old_model),
+                             partition_key=running["column_name"], chunk_rows=VERIFY_CHUNK, pause=throttle.pause)
+    else:  # full speed: one parallel anti-join
+        figures = verify(conn, old, qn, work.revert_log, key, columns, typed=typed_columns(old_model),
+                         partition_key=running["column_name"])
     with conn.transaction():
         catalog.update_conversion(conn, settings, running["id"], verify=figures)
     if not figures["ok"]:

@@ -5,6 +5,7 @@ What a bug could have missed is repaired without firing the table's triggers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -32,10 +33,12 @@ def typed_columns(model: Any) -> set[str]:
 
 
 def _differs(key: list[KeyColumn], columns: list[str], new: QualifiedName, changed: QualifiedName,
-             typed: set[str] | None = None) -> sql.Composed:
-    """Rows of old (alias o) without an identical row in new (alias n), not changed since the swap."""
+             typed: set[str] | None = None, partition_key: str | None = None) -> sql.Composed:
+    """Rows of old (alias o) without an identical row in new (alias n), not changed since the swap.
+    With the partition key matched by equality too, a lookup prunes to one partition."""
     typed = typed or set()
-    match_key = sql.SQL(" AND ").join(sql.SQL("n.{0} = o.{0}").format(sql.Identifier(k.name)) for k in key)
+    match = [k.name for k in key] + ([partition_key] if partition_key and partition_key not in {k.name for k in key} else [])
+    match_key = sql.SQL(" AND ").join(sql.SQL("n.{0} = o.{0}").format(sql.Identifier(c)) for c in match)
     same = sql.SQL(" AND ").join(
         (sql.SQL("n.{0} IS NOT DISTINCT FROM o.{0}") if c in typed
          else sql.SQL("n.{0}::text IS NOT DISTINCT FROM o.{0}::text")).format(sql.Identifier(c))
@@ -57,17 +60,26 @@ def verify(
     columns: list[str],
     *,
     typed: set[str] | None = None,
+    partition_key: str | None = None,
+    chunk_rows: int | None = None,
+    pause: Callable[[], Any] | None = None,
     repair: bool = True,
 ) -> dict[str, Any]:
-    """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict."""
-    cond = _differs(key, columns, new, changed, typed)
+    """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict.
+    `chunk_rows`: compare in key ranges of that many rows, one short statement each without
+    parallel workers, calling `pause()` between them (gentle, for default settings); without it
+    one parallel anti-join (fastest)."""
+    cond = _differs(key, columns, new, changed, typed, partition_key)
     count_q = sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(old.ident(), cond)
     old_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old.ident())).fetchone()[0]
     new_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(new.ident())).fetchone()[0]
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
-    with conn.transaction():
-        conn.execute("SET LOCAL work_mem = '64MB'")  # keeps the anti-join's hash in memory
-        missing = conn.execute(count_q).fetchone()[0]
+    if chunk_rows:
+        missing = _count_in_chunks(conn, old, key, cond, chunk_rows, pause)
+    else:
+        with conn.transaction():
+            conn.execute("SET LOCAL work_mem = '64MB'")  # keeps the anti-join's hash in memory
+            missing = conn.execute(count_q).fetchone()[0]
     result: dict[str, Any] = {
         "old_rows": old_rows, "new_rows": new_rows, "changed_since_swap": changed_rows,
         "missing_or_different": missing, "repaired": 0,
@@ -78,6 +90,38 @@ def verify(
         missing = result["missing_or_different_after_repair"]
     result["ok"] = missing == 0
     return result
+
+
+def _count_in_chunks(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], cond: sql.Composable,
+                     chunk_rows: int, pause: Callable[[], Any] | None) -> int:
+    """The same count, range by range of the copy key: (after, upto]."""
+    keycols = sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
+    params = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(k.type)) for k in key)
+    as_text = sql.SQL("ARRAY[{}]").format(sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k.name)) for k in key))
+    missing = 0
+    after: list[str] | None = None
+    while True:
+        where_after = sql.SQL("WHERE ({}) > ({})").format(keycols, params) if after else sql.SQL("")
+        upto = conn.execute(
+            sql.SQL("SELECT {} FROM {} {} ORDER BY {} OFFSET {} LIMIT 1").format(
+                as_text, old.ident(), where_after, keycols, sql.Literal(chunk_rows - 1)),
+            after or None,
+        ).fetchone()
+        bounds = []
+        if after:
+            bounds.append(sql.SQL("({}) > ({})").format(sql.SQL(", ").join(sql.SQL("o.{}").format(sql.Identifier(k.name)) for k in key), params))
+        if upto:
+            bounds.append(sql.SQL("({}) <= ({})").format(sql.SQL(", ").join(sql.SQL("o.{}").format(sql.Identifier(k.name)) for k in key), params))
+        where = sql.SQL(" AND ").join([*bounds, cond])
+        with conn.transaction():
+            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            missing += conn.execute(sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(old.ident(), where),
+                                    [*(after or []), *(upto[0] if upto else [])]).fetchone()[0]
+        if not upto:
+            return missing
+        after = list(upto[0])
+        if pause is not None:
+            pause()
 
 
 def _repair(
