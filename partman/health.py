@@ -18,6 +18,7 @@ from . import catalog, log
 from .catalog import ManagedTable
 from .db import QualifiedName
 from .intervals import floor, step, zone
+from .lifecycle import aware
 from .partitions import Partition, key_column, list_partitions
 from .settings import Settings
 
@@ -39,14 +40,6 @@ class Coverage:
         return [p for p in self.partitions if not p.is_default]
 
 
-def _aware(v: date | datetime | None, tz: Any) -> datetime | None:
-    if v is None:
-        return None
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=tz) if v.tzinfo is None else v.astimezone(tz)
-    return datetime(v.year, v.month, v.day, tzinfo=tz)
-
-
 def coverage(conn: psycopg.Connection, mt: ManagedTable, now: datetime) -> Coverage:
     """Partitions of a managed table and how far ahead of `now` they cover without a gap."""
     parent = QualifiedName(mt.schema_name, mt.table_name)
@@ -59,7 +52,7 @@ def coverage(conn: psycopg.Connection, mt: ManagedTable, now: datetime) -> Cover
     tz = zone(mt.timezone)
     cov = Coverage(mt.qualified, exists=True, partitions=parts)
     cov.default_partition = next((p for p in parts if p.is_default), None)
-    ranges = [(_aware(p.lower, tz), _aware(p.upper, tz)) for p in parts if not p.is_default]
+    ranges = [(aware(p.lower, tz), aware(p.upper, tz)) for p in parts if not p.is_default]
     start = floor(now, mt.interval, tz)
     local_now = now.astimezone(tz)
     # walk contiguous coverage from now
