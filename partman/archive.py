@@ -14,6 +14,8 @@ import csv
 import hashlib
 import io
 import json
+import queue
+import threading
 import zlib
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -284,6 +286,49 @@ def describe(conn: psycopg.Connection, mt: ManagedTable, part: Partition) -> dic
 
 # ---------------------------------------------------------------- the archive
 
+class _Compressor:
+    """Compresses and uploads on its own thread while COPY keeps streaming (zlib, hashlib and
+    the network release the GIL), through a queue of a few MiB: memory stays bounded."""
+
+    def __init__(self, gz: Any, writer: MultipartWriter, depth: int = 4) -> None:
+        self.gz, self.writer = gz, writer
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="partman-archive", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.errors:
+                continue  # drain after a failure
+            try:
+                self.writer.write(self.gz.compress(data))
+            except BaseException as exc:  # noqa: BLE001 - handed to the COPY thread
+                self.errors.append(exc)
+
+    def put(self, data: bytes) -> None:
+        while True:
+            if self.errors:
+                raise self.errors[0]
+            try:
+                self.queue.put(data, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait for the thread to write what it was given; re-raise its failure."""
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        self.thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+
 def _upload(conn: psycopg.Connection, settings: Settings, s3: Any, bucket: str, key: str, mt: ManagedTable,
             part: Partition) -> tuple[str, int, dict[str, Any], int]:
     """Stream COPY -> gzip -> sha256 -> multipart upload inside one REPEATABLE READ snapshot."""
@@ -301,17 +346,21 @@ def _upload(conn: psycopg.Connection, settings: Settings, s3: Any, bucket: str, 
         gz = zlib.compressobj(6, zlib.DEFLATED, 31)
         try:
             writer = MultipartWriter(s3, bucket, key, settings.archive_part_size_mb * MIB, sse_args(settings))
-            with conn.cursor() as cur:
-                with cur.copy(copy_sql) as copy:
-                    buf = bytearray()  # COPY hands out a row at a time: compress a MiB at a time
-                    for chunk in copy:
-                        buf += chunk
-                        if len(buf) >= MIB:
-                            writer.write(gz.compress(buf))
-                            buf.clear()
-                    writer.write(gz.compress(buf))
-                if cur.rowcount >= 0 and cur.rowcount != info["row_count"]:
-                    raise ArchiveError(f"COPY of {qn} wrote {cur.rowcount} rows, but the partition has {info['row_count']}.")
+            sink = _Compressor(gz, writer)  # gzip, sha256 and upload on a second thread
+            try:
+                with conn.cursor() as cur:
+                    with cur.copy(copy_sql) as copy:
+                        buf = bytearray()  # COPY hands out a row at a time: compress a MiB at a time
+                        for chunk in copy:
+                            buf += chunk
+                            if len(buf) >= MIB:
+                                sink.put(bytes(buf))
+                                buf.clear()
+                        sink.put(bytes(buf))
+                    if cur.rowcount >= 0 and cur.rowcount != info["row_count"]:
+                        raise ArchiveError(f"COPY of {qn} wrote {cur.rowcount} rows, but the partition has {info['row_count']}.")
+            finally:
+                sink.finish()
             writer.write(gz.flush())
             writer.close()
         except Exception:
