@@ -10,14 +10,15 @@ from ..db import QualifiedName
 _ENABLE = {"O": "ENABLE TRIGGER", "D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
 
 
-def states(conn: psycopg.Connection, table: QualifiedName) -> list[tuple[str, str]]:
-    """(name, tgenabled) of the table's user triggers."""
+def states(conn: psycopg.Connection, table: QualifiedName, *, clones: bool = False) -> list[tuple[str, str]]:
+    """(name, tgenabled) of the table's user triggers; with `clones`, also those a partition
+    inherits from its parent."""
     return [
         (r[0], r[1])
         for r in conn.execute(
             "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
-            "AND tgparentid = 0 ORDER BY tgname",
-            (table.literal,),
+            "AND (tgparentid = 0 OR %s) ORDER BY tgname",
+            (table.literal, clones),
         )
     ]
 

@@ -102,15 +102,13 @@ def _triggers_off(conn: psycopg.Connection, partition: QualifiedName) -> list[sq
         return []
     except pgerrors.InsufficientPrivilege:
         pass
-    saved = conn.execute(
-        "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
-        "ORDER BY tgname", (partition.literal,)).fetchall()
+    from ..convert import triggers
+
+    saved = triggers.states(conn, partition, clones=True)
     if not saved:
         return []
-    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(partition.ident()))
-    enable = {"O": "ENABLE TRIGGER", "D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
-    return [sql.SQL("ALTER TABLE {} {} {}").format(partition.ident(), sql.SQL(enable[state]), sql.Identifier(name))
-            for name, state in saved]
+    conn.execute(triggers.disable_all(partition))
+    return triggers.restore(partition, saved)
 
 
 def _restore(conn: psycopg.Connection, statements: list[sql.Composed]) -> None:
