@@ -91,7 +91,8 @@ def _build_plain(
                 if pause and idx is not plain[-1]:
                     pause()
             return
-        _parallel(conn, settings, plain, n)
+        _on_connections(conn, settings, n, [_statement(idx.statement) for idx in plain],
+                        after_each=lambda: failpoints.hit("convert.indexes.after_index"))
     finally:
         if gentle and not (conn.closed or conn.broken):
             conn.execute("RESET max_parallel_maintenance_workers")
@@ -102,19 +103,26 @@ def _one(conn: psycopg.Connection, idx: Any) -> None:
         conn.execute(idx.statement)
 
 
-def _parallel(conn: psycopg.Connection, settings: Settings, plain: Sequence[Any], n: int) -> None:
-    extra = [db.connect(settings, "partman convert worker") for _ in range(n - 1)]
+def _on_connections(
+    conn: psycopg.Connection, settings: Settings, n: int, jobs: Sequence[Callable[[psycopg.Connection], None]],
+    *, prepare: Callable[[psycopg.Connection], None] | None = None, after_each: Callable[[], Any] | None = None,
+) -> None:
+    """Run `jobs` (each given a connection) on `conn` and n-1 extra connections opened here, in
+    order when n is 1. The first failure stops new jobs from starting and is raised."""
+    extra = [db.connect(settings, "partman convert worker") for _ in range(max(1, n) - 1)]
     pool: queue.Queue[psycopg.Connection] = queue.Queue()
     for c in [conn, *extra]:
+        if prepare is not None:
+            prepare(c)
         pool.put(c)
     failed = threading.Event()
 
-    def run(idx: Any) -> None:
+    def run(job: Callable[[psycopg.Connection], None]) -> None:
         if failed.is_set():
-            return  # an earlier build failed: do not start more
+            return  # an earlier job failed: do not start more
         c = pool.get()
         try:
-            _one(c, idx)
+            job(c)
         except BaseException:
             failed.set()
             raise
@@ -122,20 +130,38 @@ def _parallel(conn: psycopg.Connection, settings: Settings, plain: Sequence[Any]
             pool.put(c)
 
     try:
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="partman-index") as ex:
-            # the longest builds first would balance best; the definitions are all we know, so keep the order
-            pending: set[Future[None]] = {ex.submit(run, idx) for idx in plain}
+        if not extra:
+            for job in jobs:
+                run(job)
+                if after_each is not None:
+                    after_each()
+            return
+        with ThreadPoolExecutor(max_workers=len(extra) + 1, thread_name_prefix="partman-index") as ex:
+            pending: set[Future[None]] = {ex.submit(run, job) for job in jobs}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for f in done:
                     f.result()  # raises the first failure (the others finish or stop first)
-                    failpoints.hit("convert.indexes.after_index")
+                    if after_each is not None:
+                        after_each()
     finally:
         for c in extra:
             try:
                 c.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _statement(statement: Any, *, own_transactions: bool = False) -> Callable[[psycopg.Connection], None]:
+    def job(c: psycopg.Connection) -> None:
+        if own_transactions:
+            # outside a transaction block ANALYZE commits after each relation: the parent's
+            # sample, then each partition, so it holds a partition only while it reads it
+            c.execute(statement)
+        else:
+            with c.transaction():
+                c.execute(statement)
+    return job
 
 
 def _partition_statement(idx: Any, part: QualifiedName, name: str) -> sql.Composable | None:
@@ -178,67 +204,19 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
     # (an index of a shape not known here has no items: its parent statement builds it whole)
     if pause is not None:
         workers = 1
-    extra = [db.connect(settings, "partman convert worker") for _ in range(max(1, workers) - 1)]
-    pool: queue.Queue[psycopg.Connection] = queue.Queue()
-    for c in [conn, *extra]:
-        # one process per build: the connections already keep the cores busy, and a partition's
-        # build with parallel workers on top of them only adds their start-up and merge cost
-        c.execute("SET max_parallel_maintenance_workers = 0")
-        pool.put(c)
-    failed = threading.Event()
-    analyzed = False
-
-    def run(statement: Any, *, own_transactions: bool = False) -> None:
-        if failed.is_set():
-            return
-        c = pool.get()
-        try:
-            if own_transactions:
-                # outside a transaction block ANALYZE commits after each relation: the parent's
-                # sample, then each partition, so it holds a partition only while it reads it
-                c.execute(statement)
-            else:
-                with c.transaction():
-                    c.execute(statement)
-        except BaseException:
-            failed.set()
-            raise
-        finally:
-            pool.put(c)
-
-    try:
-        if pause is not None:
-            if analyze:
-                run(sql.SQL("ANALYZE {}").format(shadow.ident()), own_transactions=True)
-                pause()
-            for st, *_ in items:
-                run(st)
-                pause()
-        else:
-            with ThreadPoolExecutor(max_workers=len(extra) + 1, thread_name_prefix="partman-index") as ex:
-                futures: list[Future[None]] = []
-                if analyze:
-                    futures.append(ex.submit(run, sql.SQL("ANALYZE {}").format(shadow.ident()), own_transactions=True))
-                futures += [ex.submit(run, st) for st, *_ in items]
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for f in done:
-                        f.result()
-        analyzed = analyze
-    finally:
-        for c in extra:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001
-                pass
+    jobs = [_statement(sql.SQL("ANALYZE {}").format(shadow.ident()), own_transactions=True)] if analyze else []
+    jobs += [_statement(st) for st, *_ in items]
+    # one process per build: the connections already keep the cores busy, and a partition's
+    # build with parallel workers on top of them only adds their start-up and merge cost
+    _on_connections(conn, settings, workers, jobs,
+                    prepare=lambda c: c.execute("SET max_parallel_maintenance_workers = 0"), after_each=pause)
     conn.execute("RESET max_parallel_maintenance_workers")
     # the parents: attach what was built (a whole-parent build for shapes not known here)
     for idx in todo:
         _one(conn, idx)
         _drop_unattached(conn, idx, parts)
         failpoints.hit("convert.indexes.after_index")
-    return analyzed
+    return analyze
 
 
 def _drop_unattached(conn: psycopg.Connection, idx: Any, parts: list[QualifiedName]) -> None:
