@@ -248,13 +248,20 @@ class PhaseMonitor:
         return out
 
 
-def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True) -> dict:
+def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True,
+                burst: int = 0) -> dict:
+    """One `partman convert` with the writer running. With `burst`, partman is held for
+    BURST_WINDOW seconds between its last catch-up round and the swap (failpoint
+    convert.swap.before) while `burst` rows are written, so the swap replays them under its lock."""
     cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
            "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", dsn, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if burst:
+        env["PARTMAN_FAILPOINTS"] = f"convert.swap.before=1:sleep({BURST_WINDOW})"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CHECKPOINT")
     mon = PhaseMonitor(dsn).start()
+    burster = Burst(dsn, mon, burst) if burst else None
     with Writer(dsn, pause) as w:
         time.sleep(0.2)
         t0 = time.perf_counter()
@@ -262,6 +269,8 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         t1 = time.perf_counter()
         time.sleep(0.2)
     mon.stop()
+    if burster:
+        burster.join()
     if proc.returncode != 0:
         log(proc.stdout[-3000:])
         log(proc.stderr[-3000:])
@@ -281,7 +290,45 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "writer": w.figures(), "writer_errors": w.errors[:3],
         "writer_by_phase": _by_phase(w, mon, t0, t1),
         "throttle": [ln for ln in proc.stderr.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
+        "burst": burster.figures() if burster else None,
     }
+
+
+BURST_WINDOW = 3.0  # seconds partman waits before its swap in a burst run
+
+
+class Burst:
+    """Writes `rows` rows, 100 per INSERT through the chain trigger, as soon as the conversion
+    reaches its swap phase (the final catch-up window)."""
+
+    def __init__(self, dsn: str, mon: PhaseMonitor, rows: int) -> None:
+        self.dsn, self.mon, self.rows = dsn, mon, rows
+        self.written = 0
+        self.seconds = 0.0
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not any(name == "swap" for name, _ in self.mon.seen):
+            if not self.mon._t.is_alive():
+                return
+            time.sleep(0.01)
+        with psycopg.connect(self.dsn, autocommit=True, application_name="bench burst") as c:
+            t0 = time.perf_counter()
+            while self.written < self.rows:
+                n = min(100, self.rows - self.written)
+                c.execute(
+                    "INSERT INTO public.audit_log_ledger (actor, action, payload, prev_hash, current_hash) "
+                    "SELECT 'burst', 'write', '{\"b\": 1}', '', '' FROM generate_series(1, %s)", (n,)
+                )
+                self.written += n
+            self.seconds = time.perf_counter() - t0
+
+    def join(self) -> None:
+        self._t.join(timeout=120)
+
+    def figures(self) -> dict:
+        return {"rows": self.written, "seconds": self.seconds}
 
 
 def _by_phase(w: Writer, mon: PhaseMonitor, t0: float, t1: float) -> list[tuple[str, dict]]:
@@ -290,8 +337,12 @@ def _by_phase(w: Writer, mon: PhaseMonitor, t0: float, t1: float) -> list[tuple[
 
 
 def idle_baseline(dsn: str, pause: float, seconds: float) -> dict:
+    """The writer alone, with the same observer as during a run (the phase monitor polls the
+    server every 20 ms, and shares the writer's process), so both figures carry its cost."""
+    mon = PhaseMonitor(dsn).start()
     with Writer(dsn, pause) as w:
         time.sleep(seconds)
+    mon.stop()
     return w.figures()
 
 
@@ -306,6 +357,9 @@ def main() -> None:
     ap.add_argument("--gentle", action="store_true",
                     help="also (c): the same data re-seeded in a second database, `partman convert` with default settings")
     ap.add_argument("--gentle-only", action="store_true", help="only (c), no limit and no --sleep 0 run")
+    ap.add_argument("--swap-burst", type=int, default=0, metavar="N",
+                    help="also (d): revert (b), convert again at --sleep 0 with N rows written in the final "
+                         "catch-up window (partman held 3 s before its swap), and report the swap's lock")
     args = ap.parse_args()
 
     server = TempServer(version=args.pg, fsync=args.fsync)
@@ -326,6 +380,11 @@ def main() -> None:
             pm = run_partman(server, dsn, args.writer_pause, args.partman_arg)
             log(f"partman: {pm['seconds']:.1f}s, status {pm['status']}, verify {pm['verify']}")
             report(args, server, data, limit, idle, pm)
+            if args.swap_burst:
+                log("(d) revert, then convert again with a burst before the swap")
+                undo(dsn)
+                bpm = run_partman(server, dsn, args.writer_pause, args.partman_arg, burst=args.swap_burst)
+                report_burst(bpm)
         if args.gentle or args.gentle_only:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("CREATE DATABASE bench_gentle")
@@ -375,6 +434,38 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
     busy = ", ".join(f"{k} {v:.1f}" for k, v in pm["busy"])
     print(f"| partman's backend-seconds by statement (sampled; parallel workers counted) | {busy} |")
 
+
+
+def undo(dsn: str) -> None:
+    """Put the original table back (partman revert) and drop the partitioned copy it keeps."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "partman.cli", "revert", str(TABLE), "--yes", "--dsn", dsn],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        log(proc.stderr[-3000:])
+        raise SystemExit(f"partman revert failed with exit code {proc.returncode}")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("DROP TABLE public.audit_log_ledger_partitioned CASCADE")
+        c.execute("VACUUM public.audit_log_ledger")
+        c.execute("CHECKPOINT")
+        warm(c)
+
+
+def report_burst(pm: dict) -> None:
+    b = pm["burst"]
+    print()
+    print(f"### (d) the swap with {b['rows']:,} rows written in the final catch-up window (`--sleep 0`)")
+    print()
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| rows written in the window (100 per INSERT) | {b['rows']:,} in {b['seconds']:.2f} s |")
+    print(f"| rows replayed by the swap (rows_caught_up) | {pm['rows_caught_up']:,} |")
+    print(f"| **swap's exclusive lock** (target <= 100 ms) | {pm['swap_lock_ms']:.0f} ms, {pm['swap_attempts']} attempt(s) |")
+    swap = [f for name, f in pm["writer_by_phase"] if name == "swap" and f["n"]]
+    if swap:
+        print(f"| application writer during the swap phase: p99 / max | {swap[0]['p99']:.1f} / {swap[0]['max']:.1f} ms |")
+    print(f"| end to end (includes the {BURST_WINDOW:.0f} s hold) | {pm['seconds']:.1f} s |")
+    print(f"| verify | {pm['verify']} |")
 
 
 def report_gentle(args: argparse.Namespace, server: TempServer, data: dict, limit: dict | None, idle: dict,

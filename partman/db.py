@@ -179,6 +179,22 @@ def with_lock_retry(
     )
 
 
+QUIET_LOCK_TIMEOUT_MS = 30_000
+
+
+def lock_private_first(conn: psycopg.Connection, tables: list[QualifiedName], lock_timeout_ms: int) -> None:
+    """Inside a with_lock_retry attempt, before locking the application's table: take ACCESS
+    EXCLUSIVE on tables only partman uses (a shadow and its partitions, a staging table, the old
+    table). Waiting for them blocks no application session, so it may take up to
+    QUIET_LOCK_TIMEOUT_MS: long enough for the server to cancel an autovacuum holding one (it does
+    so once a lock request has waited deadlock_timeout, 1 s by default; freshly loaded partitions
+    attract autovacuum). Then the attempt's own short lock_timeout applies again."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{QUIET_LOCK_TIMEOUT_MS}ms")))
+    for t in tables:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident()))
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")))
+
+
 def advisory_key(*parts: str) -> str:
     return "partman:" + ":".join(parts)
 

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     throttle: bool = Field(True, description="adaptive throttle between copy batches when --sleep > 0 (convert)")
     throttle_ratio: float = Field(1.3, gt=1, description="throttle: slow down when a probe insert's p90 exceeds this x its idle p90")
     throttle_max_replica_lag: float = Field(10.0, gt=0, description="throttle: slow down when a replica's replay_lag exceeds these seconds")
-    convert_workers: int = Field(0, ge=0, le=8, description="connections a conversion builds indexes on (the copy uses at most 2); 0: 2 at --sleep 0, else 1")
+    convert_workers: int = Field(0, ge=0, le=8, description="connections a conversion builds indexes on (the copy and the verification use at most 2); 0: 2 at --sleep 0, else 1")
     premake: int = Field(3, ge=0, description="future partitions kept beyond the current one")
     maintenance_interval: timedelta = Field(timedelta(hours=1), description="time between maintenance passes")
     health_host: str = Field("0.0.0.0", description="address the daemon's HTTP server binds")

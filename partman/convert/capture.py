@@ -26,6 +26,11 @@ class KeyColumn:
     type: str  # format_type text, from the catalog
 
 
+def single_integer(key: list[KeyColumn]) -> bool:
+    """A key that can be split into ranges by arithmetic (parallel copy, verification ranges)."""
+    return len(key) == 1 and key[0].type in {"bigint", "integer", "smallint"}
+
+
 def copy_key(conn: psycopg.Connection, table: QualifiedName) -> list[KeyColumn]:
     """The columns the copy walks and the log records: the primary key, else the first unique
     index whose columns are all NOT NULL. Empty when there is none."""

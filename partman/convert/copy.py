@@ -40,7 +40,7 @@ from psycopg import sql
 from .. import catalog, db, failpoints
 from ..db import QualifiedName
 from ..settings import Settings
-from .capture import KeyColumn
+from .capture import KeyColumn, single_integer
 from .throttle import Throttle
 
 TARGET_BATCH_MS = 150.0  # well under the 250 ms a copy transaction may take
@@ -154,13 +154,12 @@ def run_copy(
     return rows_done, longest
 
 
-INTEGER_TYPES = {"bigint", "integer", "smallint"}
 
 
 def _split_point(conn: psycopg.Connection, source: QualifiedName, key: list[KeyColumn], after: list[str] | None,
                  batch_size: int) -> list[str] | None:
     """The middle of the remaining key range, for a single integer copy key with enough rows."""
-    if len(key) != 1 or key[0].type not in INTEGER_TYPES:
+    if not single_integer(key):
         return None
     k = sql.Identifier(key[0].name)
     where = sql.SQL("WHERE {} > %s::bigint").format(k) if after is not None else sql.SQL("")

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from .. import catalog, db, failpoints, log, naming
-from ..db import QualifiedName, with_lock_retry
+from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..settings import Settings
 from . import capture, ddl, triggers
@@ -89,6 +89,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     stats: dict[str, Any] = {}
 
     def attempt(c: psycopg.Connection) -> None:
+        lock_private_first(c, [old], lock_timeout_ms)
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(qn.ident()))
         locked = time.perf_counter()
         failpoints.hit("revert.swap.locked")

@@ -219,6 +219,7 @@ def _run_phases(
             phase = "swap"
         if phase == "swap":
             progress.set_phase("swap")
+            failpoints.hit("convert.swap.before")  # the final catch-up window: rows written now wait for the lock
             stats = swap(
                 conn, settings, conversion_id=cid, source=qn, old=p.old, shadow=p.shadow, work=work, model=model,
                 index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding,
@@ -340,15 +341,17 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     columns = ddl.column_names(old_model)
     failpoints.hit("convert.verify.before")
     sleep = float(opts.get("sleep") or 0)
-    if sleep > 0 and settings.throttle:  # default settings: gentle, in short chunks, throttled
+    compare = dict(typed=typed_columns(old_model), partition_key=running["column_name"])
+    if sleep > 0 and settings.throttle:  # default settings: gentle, in short ranges, throttled
         from .throttle import Throttle
 
         with Throttle(settings, work.schema, sleep, enabled=True) as throttle:
-            figures = verify(conn, old, qn, work.revert_log, key, columns, typed=typed_columns(old_model),
-                             partition_key=running["column_name"], chunk_rows=VERIFY_CHUNK, pause=throttle.pause)
-    else:  # full speed: one parallel anti-join
-        figures = verify(conn, old, qn, work.revert_log, key, columns, typed=typed_columns(old_model),
-                         partition_key=running["column_name"])
+            figures = verify(conn, old, qn, work.revert_log, key, columns, chunk_rows=VERIFY_CHUNK,
+                             pause=throttle.pause, **compare)
+    else:  # full speed: larger ranges, on two connections unless PARTMAN_CONVERT_WORKERS says 1
+        two = (settings.convert_workers or 2) > 1
+        figures = verify(conn, old, qn, work.revert_log, key, columns,
+                         connect=(lambda: db.connect(settings, "partman verify worker")) if two else None, **compare)
     with conn.transaction():
         catalog.update_conversion(conn, settings, running["id"], verify=figures)
     if not figures["ok"]:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from .. import catalog, failpoints, naming
-from ..db import QualifiedName, with_lock_retry
+from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..settings import Settings
 from . import capture, ddl
 from .capture import KeyColumn
@@ -100,6 +100,7 @@ def swap(
 
     def attempt(c: psycopg.Connection) -> None:
         stats["attempts"] += 1
+        lock_private_first(c, [shadow], lock_timeout_ms)  # the shadow and its partitions
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
         locked_at = time.perf_counter()
         failpoints.hit("convert.swap.locked")

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
-from ..db import QualifiedName, with_lock_retry
+from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
 from ..partitions import Partition, list_partitions
 from ..settings import Settings
@@ -166,6 +166,7 @@ def _move_range(
     def final(c: psycopg.Connection) -> int:
         # SHARE on the parent: readers continue, writers wait for this one short transaction (an
         # insert already routed to the default partition would otherwise fail its new constraint)
+        lock_private_first(c, [name], settings.lock_timeout_ms)  # the staging table
         c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(parent.ident()))
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(d.qualified.ident()))
         restore = _triggers_off(c, d.qualified)
