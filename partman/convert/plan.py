@@ -17,6 +17,10 @@ from .capture import KeyColumn
 
 # A conservative copy rate for the estimate shown by --dry-run (rows/s, 2 cores, ~300 B rows).
 ESTIMATED_ROWS_PER_SECOND = 80_000
+# Throttled, a batch aims at copy.GENTLE_BATCH_MS (25 ms): ~2,000 rows at that rate; the pause
+# between batches grows up to MAX_PAUSE while the application's inserts are slow (throttle.py).
+GENTLE_BATCH_ROWS = 2_000
+MAX_PAUSE = 2.0
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Options:
     lock_timeout_ms: int = 500
     timezone: str = "UTC"
     drop_old_after: str | None = None
+    throttle: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -80,9 +85,24 @@ class ConversionPlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def throttled(self) -> bool:
+        return self.options.sleep > 0 and self.options.throttle
+
+    def _batches(self) -> int:
+        rows = min(self.options.batch_size, GENTLE_BATCH_ROWS) if self.throttled else self.options.batch_size
+        return max(1, self.rows_estimate // max(1, rows))
+
+    @property
     def expected_seconds(self) -> float:
-        batches = max(1, self.rows_estimate // max(1, self.options.batch_size))
-        return self.rows_estimate / ESTIMATED_ROWS_PER_SECOND + batches * self.options.sleep
+        """At the chosen pace, when the application does not slow down (the throttle idle)."""
+        return self.rows_estimate / ESTIMATED_ROWS_PER_SECOND + self._batches() * self.options.sleep
+
+    @property
+    def expected_seconds_max(self) -> float:
+        """When the throttle holds every pause at its longest (the application suffers throughout)."""
+        if not self.throttled:
+            return self.expected_seconds
+        return self.rows_estimate / ESTIMATED_ROWS_PER_SECOND + self._batches() * max(self.options.sleep, MAX_PAUSE)
 
     def statements(self) -> list[tuple[str, sql.Composable]]:
         """(phase, statement) in execution order, for the dry-run."""

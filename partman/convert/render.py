@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from .plan import ConversionPlan
+from .plan import MAX_PAUSE, ConversionPlan
 
 
 def _size(n: int) -> str:
@@ -26,6 +26,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _pace(p: ConversionPlan) -> str:
+    o = p.options
+    if o.sleep == 0:
+        return f"full speed (--sleep 0, no throttle), batches of up to {o.batch_size:,} rows: expected ~{_duration(p.expected_seconds)}"
+    if not p.throttled:
+        return f"batches of up to {o.batch_size:,} rows, {o.sleep}s apart: expected ~{_duration(p.expected_seconds)}"
+    return (f"gentle: short batches {o.sleep}s apart, each pause stretched (up to {MAX_PAUSE:.0f} s) while the "
+            f"application's inserts are slower than idle: expected ~{_duration(p.expected_seconds)} for the copy on "
+            f"an idle server, up to ~{_duration(p.expected_seconds_max)} on a busy one (--sleep 0: full speed)")
+
+
 def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "table": str(p.table),
@@ -40,6 +51,7 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "bytes_estimate": p.bytes_estimate,
         "disk_needed_bytes": p.bytes_estimate,
         "expected_seconds": round(p.expected_seconds, 1),
+        "expected_seconds_max": round(p.expected_seconds_max, 1),
         "key_range": [p.stats.min_key, p.stats.max_key],
         "null_keys": p.stats.null_keys,
         "partitions": [
@@ -65,7 +77,7 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
         f"-- rows: ~{p.rows_estimate:,} ({_size(p.bytes_estimate)} with indexes); the copy needs about "
         f"{_size(p.bytes_estimate)} of free disk until <table>_old is dropped",
         f"-- key range: {p.stats.min_key} .. {p.stats.max_key}; rows with a NULL key: {p.stats.null_keys}",
-        f"-- pace: batches of {o.batch_size:,} rows, {o.sleep}s apart: expected ~{_duration(p.expected_seconds)}",
+        f"-- pace: {_pace(p)}",
         f"-- partitions ({len(p.partitions)}, {o.premake} beyond the current {o.interval}) + default {p.default}:",
     ]
     for x in p.partitions:

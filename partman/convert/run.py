@@ -42,6 +42,7 @@ def options_from(settings: Settings, args: argparse.Namespace) -> planning.Optio
         lock_timeout_ms=settings.lock_timeout_ms,
         timezone=settings.timezone,
         drop_old_after=getattr(args, "drop_old_after", None),
+        throttle=settings.throttle,
     )
 
 

@@ -1,0 +1,74 @@
+"""The throttle's decision (pure: synthetic probe latencies, no server) and its probe on a real one."""
+
+from __future__ import annotations
+
+import pytest
+
+from partman.convert.throttle import MAX_PAUSE, Throttle
+from partman.settings import Settings
+
+pytestmark = pytest.mark.conversion
+
+
+def _throttle(**kw) -> Throttle:
+    t = Throttle(Settings(**kw), "work", 0.1, enabled=True)
+    t.baseline_ms = 2.0  # the idle p99: target 2.0 x 1.3 + 0.2 = 2.8 ms
+    return t
+
+
+def _probes(t: Throttle, latencies: list[float]) -> None:
+    t.samples = (t.samples + latencies)[-200:]
+    t.fresh, t.fresh_max = len(latencies), max(latencies)
+
+
+def test_the_pause_grows_while_the_tail_is_slow_and_decays_back_to_sleep():
+    t = _throttle()
+    _probes(t, [1.0] * 100)
+    assert t.decide() == pytest.approx(0.1)  # idle: the configured --sleep
+    _probes(t, [1.0] * 97 + [9.0] * 3)  # the median untouched, 3% of probes slow
+    first = t.decide()
+    assert first > 0.1
+    pauses = [first]
+    for _ in range(20):
+        _probes(t, [1.0] * 9 + [9.0])
+        pauses.append(t.decide())
+    assert pauses == sorted(pauses) and pauses[-1] == MAX_PAUSE  # grows, capped
+    for _ in range(200):
+        _probes(t, [1.0] * 10)
+        t.decide()
+    assert t.current == pytest.approx(0.1)  # back to --sleep once the slow probes are gone
+    assert t.slowdowns == 21
+
+
+def test_a_single_slow_probe_or_old_news_does_not_slow_down():
+    t = _throttle()
+    _probes(t, [1.0] * 199 + [50.0])  # 0.5% of the window: within the p99
+    assert t.decide() == pytest.approx(0.1)
+    _probes(t, [1.0] * 180 + [9.0] * 20)
+    t.fresh, t.fresh_max = 5, 1.0  # the slow ones are old: nothing slow since the last decision
+    assert t.decide() == pytest.approx(0.1)
+
+
+def test_replica_lag_slows_down_even_when_probes_are_fast():
+    t = _throttle(throttle_max_replica_lag=5)
+    _probes(t, [1.0] * 100)
+    t.replica_lag_s = 12.0
+    assert t.decide() > 0.1
+    t.replica_lag_s = 1.0
+    _probes(t, [1.0] * 10)
+    before = t.current
+    assert t.decide() < before
+
+
+def test_the_probe_measures_a_real_insert_and_leaves_its_table_in_the_work_schema(conn, env, capsys):
+    from partman import log
+
+    log.configure("json")  # onto this test's stderr
+    conn.execute("CREATE SCHEMA work_t")
+    settings = Settings()
+    with Throttle(settings, "work_t", 0.05, enabled=True) as t:
+        assert t.enabled and t.baseline_ms is not None and t.baseline_ms > 0
+        paused = t.pause()
+    assert paused >= 0.05
+    assert conn.execute("SELECT count(*) FROM work_t.partman_probe").fetchone()[0] >= 80
+    assert '"event": "throttle"' in capsys.readouterr().err  # its summary is logged
