@@ -137,6 +137,56 @@ def run_limit(conn: psycopg.Connection) -> dict:
     return out
 
 
+def pg_partman_available(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_partman'").fetchone()[0] > 0
+
+
+def run_pg_partman(conn: psycopg.Connection) -> dict:
+    """The anchor, when the server has pg_partman (Debian: postgresql-15-partman): its documented
+    offline method on a copy of the same data (partition_data_proc moves rows out of its source,
+    so it cannot run on the original). Untimed: the copy `bench_pgp.src` with the ledger's PK and
+    indexes. Timed: a partitioned table with the PK and the 3 indexes (present during the move,
+    as in pg_partman's how-to), create_parent (yearly from the first row's year), then
+    partition_data_proc in 1-year batches without its default 1 s wait between them, then
+    VACUUM ANALYZE."""
+    lo, _hi = years(conn)
+    conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()[0]
+    conn.execute("DROP SCHEMA IF EXISTS bench_pgp CASCADE")
+    conn.execute("CREATE SCHEMA bench_pgp")
+    conn.execute("CREATE TABLE bench_pgp.src (LIKE public.audit_log_ledger INCLUDING DEFAULTS INCLUDING INDEXES)")
+    conn.execute(f"INSERT INTO bench_pgp.src ({COLUMNS}) SELECT {COLUMNS} FROM public.audit_log_ledger")
+    conn.execute("VACUUM (ANALYZE) bench_pgp.src")
+    conn.execute("CHECKPOINT")
+    rows = conn.execute("SELECT count(*) FROM bench_pgp.src").fetchone()[0]
+    t0 = time.perf_counter()
+    conn.execute(
+        "CREATE TABLE bench_pgp.t (LIKE public.audit_log_ledger INCLUDING DEFAULTS) PARTITION BY RANGE (event_timestamp)"
+    )
+    conn.execute("ALTER TABLE bench_pgp.t ADD PRIMARY KEY (id, event_timestamp)")
+    conn.execute("CREATE INDEX ON bench_pgp.t (event_timestamp)")
+    conn.execute("CREATE INDEX ON bench_pgp.t (actor, event_timestamp)")
+    conn.execute("CREATE INDEX ON bench_pgp.t (action, event_timestamp)")
+    conn.execute(
+        "SELECT partman.create_parent('bench_pgp.t', 'event_timestamp', 'native', 'yearly', "
+        "p_start_partition := %s, p_jobmon := false)", (f"{lo}-01-01",)
+    )
+    t1 = time.perf_counter()
+    conn.execute("CALL partman.partition_data_proc('bench_pgp.t', p_interval := '1 year', p_wait := 0, "
+                 "p_source_table := 'bench_pgp.src', p_quiet := true)")
+    t2 = time.perf_counter()
+    conn.execute("VACUUM (ANALYZE) bench_pgp.t")
+    t3 = time.perf_counter()
+    moved = conn.execute("SELECT count(*) FROM bench_pgp.t").fetchone()[0]
+    left = conn.execute("SELECT count(*) FROM bench_pgp.src").fetchone()[0]
+    conn.execute("DROP SCHEMA bench_pgp CASCADE")
+    conn.execute("CHECKPOINT")
+    if moved != rows or left:
+        raise SystemExit(f"pg_partman moved {moved} of {rows} rows, {left} left in the source")
+    return {"version": version, "rows": moved, "seconds": t3 - t0, "setup": t1 - t0, "move": t2 - t1, "analyze": t3 - t2}
+
+
 class Writer:
     """One application connection inserting through the ledger's chain trigger."""
 
@@ -365,7 +415,7 @@ def main() -> None:
     server = TempServer(version=args.pg, fsync=args.fsync)
     with server:
         dsn = server.dsn()
-        data = limit = idle = pm = None
+        data = limit = idle = pm = anchor = None
         if not args.gentle_only:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 log(f"{server.server_version()}; seeding {args.rows:,} rows")
@@ -373,13 +423,16 @@ def main() -> None:
                 log(f"seeded in {data['seed_s']:.1f}s: {data['total_bytes'] / 2**20:.0f} MiB, ~{data['row_bytes']} B/row")
                 log("(a) the limit")
                 limit = run_limit(conn)
+                if pg_partman_available(conn):
+                    log(f"limit: {limit['seconds']:.1f}s; (a2) pg_partman's partition_data_proc on a copy")
+                    anchor = run_pg_partman(conn)
                 warm(conn)
             log(f"limit: {limit['seconds']:.1f}s; writer idle baseline")
             idle = idle_baseline(dsn, args.writer_pause, args.probe_seconds)
             log("(b) partman convert --sleep 0")
             pm = run_partman(server, dsn, args.writer_pause, args.partman_arg)
             log(f"partman: {pm['seconds']:.1f}s, status {pm['status']}, verify {pm['verify']}")
-            report(args, server, data, limit, idle, pm)
+            report(args, server, data, limit, idle, pm, anchor)
             if args.swap_burst:
                 log("(d) revert, then convert again with a burst before the swap")
                 undo(dsn)
@@ -399,7 +452,8 @@ def main() -> None:
             report_gentle(args, server, gdata, limit, gidle, gpm)
 
 
-def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict, idle: dict, pm: dict) -> None:
+def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict, idle: dict, pm: dict,
+           anchor: dict | None = None) -> None:
     rows = args.rows
     a, b = limit["seconds"], pm["seconds"]
     phases = " + ".join(f"{name} {sec:.1f}" for name, sec in pm["phases"])
@@ -415,6 +469,13 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
     print(f"| (a) limit: one `INSERT INTO <partitioned, unindexed> SELECT`, then indexes, then ANALYZE "
           f"({limit['copy']:.1f} copy + {limit['indexes']:.1f} indexes + {limit['analyze']:.1f} analyze) "
           f"| {a:.1f} | {rows / a:,.0f} | 1.00 |")
+    if anchor:
+        c = anchor["seconds"]
+        print(f"| (a2) pg_partman {anchor['version']} offline: create_parent + `partition_data_proc` (1-year batches, "
+              f"p_wait 0, indexes present) + VACUUM ANALYZE ({anchor['setup']:.1f} setup + {anchor['move']:.1f} move + "
+              f"{anchor['analyze']:.1f} vacuum analyze) | {c:.1f} | {rows / c:,.0f} | {c / a:.2f} |")
+    else:
+        print("| (a2) pg_partman | not installed on this server (Debian: postgresql-15-partman) | | |")
     print(f"| (b) `partman convert --sleep 0`, end to end ({phases}) | {b:.1f} | {rows / b:,.0f} | {b / a:.2f} |")
     print()
     w, i = pm["writer"], idle

@@ -62,16 +62,29 @@ def _cols(key: list[KeyColumn], prefix: str | None = None) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
 
 
-def create_log(log: QualifiedName, key: list[KeyColumn]) -> sql.Composed:
-    """The log table: a sequence number and the key of each changed row."""
-    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in key)
-    return sql.SQL("CREATE TABLE {} (seq bigserial PRIMARY KEY, {})").format(log.ident(), cols)
+PART_COL = "partman_partition_key"  # the log's copy of the row's partition key value
 
 
-def create_function(fn: QualifiedName, log: QualifiedName, key: list[KeyColumn]) -> sql.Composed:
-    """A SECURITY DEFINER trigger function, so application roles need no rights on the log."""
-    new_vals = _cols(key, "NEW")
-    old_vals = _cols(key, "OLD")
+def _logged(key: list[KeyColumn], part: KeyColumn | None) -> list[KeyColumn]:
+    return [*key, KeyColumn(PART_COL, part.type)] if part else key
+
+
+def create_log(log: QualifiedName, key: list[KeyColumn], part: KeyColumn | None = None) -> sql.Composed:
+    """The log table: a sequence number and the key of each changed row; with `part` (the target
+    is partitioned by that column) also the row's partition key value, so a replay looks the key
+    up in one partition instead of all of them."""
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in _logged(key, part))
+    return sql.SQL("CREATE TABLE {} (seq bigserial PRIMARY KEY, {}); CREATE INDEX ON {} ({})").format(
+        log.ident(), cols, log.ident(), _cols(key))
+
+
+def create_function(fn: QualifiedName, log: QualifiedName, key: list[KeyColumn], part: KeyColumn | None = None) -> sql.Composed:
+    """A SECURITY DEFINER trigger function, so application roles need no rights on the log. An
+    UPDATE logs the old version (key and partition key value) and, when either changed, the new
+    one: every version the target can hold is then logged by the change that replaced it."""
+    values = [*key, KeyColumn(part.name, part.type)] if part else key
+    new_vals = _cols(values, "NEW")
+    old_vals = _cols(values, "OLD")
     body = sql.SQL(
         """
 BEGIN
@@ -88,7 +101,7 @@ BEGIN
     RETURN NULL;
 END
 """
-    ).format(log=log.ident(), cols=_cols(key), new=new_vals, old=old_vals)
+    ).format(log=log.ident(), cols=_cols(_logged(key, part)), new=new_vals, old=old_vals)
     return sql.SQL(
         "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
         "SET search_path = pg_catalog, pg_temp AS $partman$"
@@ -122,48 +135,72 @@ def replay(
     *,
     overriding: bool,
     limit: int | None,
+    part: KeyColumn | None = None,
 ) -> int:
-    """One round, inside the caller's transaction: take up to `limit` logged keys (all when
-    None), delete those keys from target and insert the source's current rows for them.
+    """One round, inside the caller's transaction: take the keys of the oldest `limit` log
+    entries (all when None) with all their entries, delete those keys from target and insert the
+    source's current rows for them. `part`:
+    the log carries the partition key values (create_log with part), the target is partitioned.
     Returns the number of log entries consumed. Entries of uncommitted writers are invisible
     and stay for a later round (the final round runs with writers fenced)."""
+    logged = _logged(key, part)
+    temp = "partman_replay_parts" if part else "partman_replay_keys"  # one shape per temp table
     conn.execute(
         sql.SQL(
-            "CREATE TEMP TABLE IF NOT EXISTS partman_replay_keys ({}) ON COMMIT DELETE ROWS"
-        ).format(sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in key))
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
+        ).format(sql.Identifier(temp),
+                 sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in logged))
     )
-    conn.execute("TRUNCATE partman_replay_keys")
-    pick = sql.SQL("SELECT seq FROM {} ORDER BY seq").format(log.ident())
-    if limit is not None:
-        pick = pick + sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(temp)))
+    if limit is None:
+        taken = sql.SQL("DELETE FROM {} RETURNING {}").format(log.ident(), _cols(logged))
+    else:
+        # the keys of the oldest `limit` entries, with every entry logged for them so far: a key's
+        # partition key values are then all in one round (the version the target holds is among them)
+        taken = sql.SQL(
+            "DELETE FROM {log} l USING (SELECT DISTINCT {cols} FROM (SELECT {cols} FROM {log} ORDER BY seq LIMIT {n}) x) p "
+            "WHERE {match} RETURNING {lcols}"
+        ).format(log=log.ident(), cols=_cols(key), n=sql.Literal(limit), lcols=_cols(logged, "l"),
+                 match=sql.SQL(" AND ").join(sql.SQL("l.{0} = p.{0}").format(sql.Identifier(k.name)) for k in key))
     consumed = conn.execute(
-        sql.SQL(
-            "WITH taken AS (DELETE FROM {log} WHERE seq IN ({pick}) RETURNING {cols}) "
-            "INSERT INTO partman_replay_keys SELECT DISTINCT {cols} FROM taken"
-        ).format(log=log.ident(), pick=pick, cols=_cols(key))
+        sql.SQL("WITH taken AS ({taken}) INSERT INTO {temp} SELECT DISTINCT {cols} FROM taken").format(
+            taken=taken, cols=_cols(logged), temp=sql.Identifier(temp))
     ).rowcount
     if consumed == 0:
         return 0
-    conn.execute("ANALYZE partman_replay_keys")  # so the planner looks keys up instead of scanning the table
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(temp)))
+    # look each key up in the indexes: with thousands of keys the planner would rather hash them
+    # and scan the whole table (690 ms at 2M rows for 5,000 keys, inside the swap's lock)
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
     match_target = sql.SQL(" AND ").join(
         sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key
     )
-    conn.execute(
-        sql.SQL("DELETE FROM {} t USING partman_replay_keys k WHERE {}").format(target.ident(), match_target)
-    )
+    delete = sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(target.ident(), sql.Identifier(temp), match_target)
+    if part:
+        # by key and partition key value: the lookup prunes to one partition at run time (15 index
+        # probes per key otherwise); a NULL value (the default partition) is looked up everywhere
+        conn.execute(delete + sql.SQL(" AND t.{} = k.{}").format(sql.Identifier(part.name), sql.Identifier(PART_COL)))
+        conn.execute(delete + sql.SQL(" AND k.{} IS NULL").format(sql.Identifier(PART_COL)))
+    else:
+        conn.execute(delete)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     scols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns)
     match_source = sql.SQL(" AND ").join(sql.SQL("s.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key)
     conn.execute(
-        sql.SQL("INSERT INTO {} ({}) {} SELECT {} FROM {} s JOIN partman_replay_keys k ON {}").format(
+        sql.SQL("INSERT INTO {} ({}) {} SELECT {} FROM {} s JOIN (SELECT DISTINCT {} FROM {}) k ON {}").format(
             target.ident(),
             cols,
             sql.SQL("OVERRIDING SYSTEM VALUE") if overriding else sql.SQL(""),
             scols,
             source.ident(),
+            _cols(key),
+            sql.Identifier(temp),
             match_source,
         )
     )
+    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+    conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
     return consumed
 
 

@@ -85,6 +85,11 @@ class ConversionPlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def partition_key(self) -> KeyColumn | None:
+        """The partition column as the change log records it."""
+        return KeyColumn(self.options.column, self.key_type) if self.key_type else None
+
+    @property
     def throttled(self) -> bool:
         return self.options.sleep > 0 and self.options.throttle
 

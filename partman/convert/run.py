@@ -223,7 +223,7 @@ def _run_phases(
             failpoints.hit("convert.swap.before")  # the final catch-up window: rows written now wait for the lock
             stats = swap(
                 conn, settings, conversion_id=cid, source=qn, old=p.old, shadow=p.shadow, work=work, model=model,
-                index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding,
+                index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding, part=p.partition_key,
                 registration=_registration(p), lock_timeout_ms=p.options.lock_timeout_ms,
                 check=lambda c: check_unchanged(c, qn, model.oid, expected),
             )
@@ -275,8 +275,8 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(work.schema)))
         for stmt in p.shadow_ddl:
             conn.execute(stmt)
-        conn.execute(capture.create_log(work.convert_log, p.copy_key))
-        conn.execute(capture.create_function(work.convert_fn, work.convert_log, p.copy_key))
+        conn.execute(capture.create_log(work.convert_log, p.copy_key, p.partition_key))
+        conn.execute(capture.create_function(work.convert_fn, work.convert_log, p.copy_key, p.partition_key))
     failpoints.hit("convert.prepare.before_trigger")
 
     def install(c: psycopg.Connection) -> None:
@@ -316,7 +316,7 @@ def _catch_up(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
     for _ in range(CATCHUP_MAX_ROUNDS):
         with conn.transaction():
             n = capture.replay(conn, work.convert_log, p.table, p.shadow, p.copy_key, p.columns,
-                               overriding=p.overriding, limit=CATCHUP_ROUND)
+                               overriding=p.overriding, limit=CATCHUP_ROUND, part=p.partition_key)
         total += n
         failpoints.hit("convert.catchup.after_round")
         if n < CATCHUP_DONE_BELOW and capture.pending(conn, work.convert_log) < CATCHUP_DONE_BELOW:

@@ -91,6 +91,7 @@ def swap(
     key: list[KeyColumn],
     columns: list[str],
     overriding: bool,
+    part: KeyColumn | None = None,
     registration: dict[str, Any],
     lock_timeout_ms: int,
     check: Any = None,
@@ -107,7 +108,7 @@ def swap(
         if check is not None:
             check(c)  # the table is fenced: nobody can alter it between this check and the commit
         caught = capture.replay(
-            c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None
+            c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None, part=part
         )
         c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
         # the original keeps its data and triggers under <table>_old; its index names get _old
