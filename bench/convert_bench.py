@@ -301,13 +301,13 @@ class PhaseMonitor:
 def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True,
                 burst: int = 0) -> dict:
     """One `partman convert` with the writer running. With `burst`, partman is held for
-    BURST_WINDOW seconds between its last catch-up round and the swap (failpoint
-    convert.swap.before) while `burst` rows are written, so the swap replays them under its lock."""
+    BURST_WINDOW seconds between its last catch-up round and the swap's lock (failpoint
+    convert.swap.before_lock) while `burst` rows are written, so the swap replays them under its lock."""
     cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
            "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", dsn, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if burst:
-        env["PARTMAN_FAILPOINTS"] = f"convert.swap.before=1:sleep({BURST_WINDOW})"
+        env["PARTMAN_FAILPOINTS"] = f"convert.swap.before_lock=1:sleep({BURST_WINDOW})"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CHECKPOINT")
     mon = PhaseMonitor(dsn).start()

@@ -227,7 +227,7 @@ def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_l
                     "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
                     "SELECT 'burst', 'write', '', '' FROM generate_series(1, 50) RETURNING id").fetchall())
 
-    failpoints.arm("convert.swap.before", "sleep(2)")
+    failpoints.arm("convert.swap.before_lock", "sleep(2)")  # after the last replay without the lock
     t = threading.Thread(target=write_burst)
     t.start()
     try:

@@ -25,6 +25,7 @@ CRASH_POINTS = [
     "convert.indexes.after_index=1:kill",
     "convert.catchup.after_round=1:kill",
     "convert.swap.before=1:kill",
+    "convert.swap.before_lock=1:kill",
     "convert.swap.locked=1:kill",
     "convert.swap.before_commit=1:kill",
     "convert.swap.after_commit=1:kill",

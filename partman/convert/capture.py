@@ -1,8 +1,9 @@
 """Change capture for an online conversion (the pg-osc approach, made exact).
 
 While the bulk copy runs, an AFTER ROW trigger on the source logs the key of every row that is
-inserted, updated or deleted into a log table in partman's work schema, in the writer's own
-transaction. Replaying the log (delete the key from the target, insert the source's current row)
+inserted, updated or deleted (with its partition key value, old and new) into a log table in
+partman's work schema, in the writer's own transaction. Replaying the log (delete the key from
+the target, looked up in the partition its logged values name; insert the source's current row)
 makes the target equal to the source for those keys; every row that committed before the
 trigger existed is visible to the batched copy (CREATE TRIGGER waits for in-flight writers).
 Under the swap's ACCESS EXCLUSIVE lock no writer is in flight, so the final replay sees every

@@ -102,6 +102,9 @@ def swap(
     def attempt(c: psycopg.Connection) -> None:
         stats["attempts"] += 1
         lock_private_first(c, [shadow], lock_timeout_ms)  # the shadow and its partitions
+        # what was written while that lock was awaited, replayed before writers are fenced
+        capture.replay(c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None, part=part)
+        failpoints.hit("convert.swap.before_lock")
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
         locked_at = time.perf_counter()
         failpoints.hit("convert.swap.locked")
