@@ -13,13 +13,15 @@ What it does, in one throwaway server (partman.pgtemp.TempServer):
    methods start from the same warm cache.
 2. (a) the limit, offline: one `INSERT INTO <partitioned, unindexed> SELECT` (same yearly
    partitions + default as partman's plan), then the PK (id, event_timestamp) and the 3
-   secondary indexes, then ANALYZE. Timed per step, then dropped.
+   secondary indexes, then ANALYZE. Timed per step, then dropped. (a2) When the server has
+   pg_partman: its offline method on a copy of the table (run_pg_partman).
 3. An idle baseline of an application writer: one connection inserting through the chain
    trigger every `--writer-pause` seconds for `--probe-seconds`.
 4. (b) `python -m partman.cli convert public.audit_log_ledger --column event_timestamp
    --sleep 0 --yes` as a subprocess, with the same writer running throughout; a monitor polls
    partman_catalog.conversion.phase to split the wall time into phases. Afterwards it reads
    longest_batch_ms and swap_lock_ms from the catalog.
+5. (d) with --swap-burst N: revert, convert again, N rows written just before the swap's lock.
 
 It prints a markdown table: seconds, rows/s and time vs the limit (b/a, lower is better; the
 rows/s ratio is its inverse), the longest copy transaction, the swap's lock time, and the

@@ -122,3 +122,21 @@ class matrix_entry:
 
     def __exit__(self, *exc: object) -> None:
         CRASH_MATRIX.append((self.operation, self.point, self.outcome))
+
+
+def latest_phase(conn: psycopg.Connection) -> str | None:
+    """The phase of the latest conversion (None before partman made its catalog)."""
+    try:
+        row = conn.execute("SELECT phase FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return row[0] if row else None
+
+
+def wait_for_phase(conn: psycopg.Connection, phase: str, timeout: float = 30.0) -> None:
+    """Poll (autocommit `conn`) until the latest conversion reaches `phase`."""
+    deadline = time.monotonic() + timeout
+    while latest_phase(conn) != phase:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the conversion never reached its {phase} phase")
+        time.sleep(0.05)

@@ -10,7 +10,7 @@ import pytest
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
 
-from helpers import LEDGER, Writers, ids, is_partitioned, make_ledger, relations_in
+from helpers import LEDGER, Writers, ids, is_partitioned, latest_phase, make_ledger, relations_in, wait_for_phase
 
 pytestmark = pytest.mark.conversion
 
@@ -214,14 +214,7 @@ def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_l
 
     def write_burst() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
-            for _ in range(600):  # until the conversion reaches its swap phase
-                try:
-                    row = c.execute("SELECT phase FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1").fetchone()
-                except psycopg.errors.UndefinedTable:
-                    row = None  # partman has not made its catalog yet
-                if row and row[0] == "swap":
-                    break
-                threading.Event().wait(0.05)
+            wait_for_phase(c, "swap")
             for _ in range(10):
                 burst.extend(r[0] for r in c.execute(
                     "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
@@ -257,14 +250,7 @@ def test_a_lock_on_a_shadow_partition_delays_the_swap_without_blocking_the_appli
 
     def hold_a_partition() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
-            for _ in range(600):
-                try:
-                    row = c.execute("SELECT phase FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1").fetchone()
-                except psycopg.errors.UndefinedTable:
-                    row = None
-                if row and row[0] == "swap":
-                    break
-                threading.Event().wait(0.05)
+            wait_for_phase(c, "swap")
             part = c.execute(
                 "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname LIKE 'partman_catalog_w%' AND c.relname LIKE 'audit_log_ledger_p2020%'"
@@ -315,11 +301,7 @@ def test_updates_that_move_rows_between_partitions_deletes_and_inserts_during_th
         rnd = random.Random(7)
         with psycopg.connect(dsn, autocommit=True) as c:
             while True:
-                try:
-                    row = c.execute("SELECT phase FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1").fetchone()
-                except psycopg.errors.UndefinedTable:
-                    row = None
-                if row and row[0] in ("swap", "verify", "done") or done["ops"] > 20000:
+                if latest_phase(c) in ("swap", "verify", "done") or done["ops"] > 20000:
                     return
                 i = rnd.randint(1, 3700)
                 op = rnd.random()
