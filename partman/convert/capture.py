@@ -174,6 +174,9 @@ def replay(
     # and scan the whole table (690 ms at 2M rows for 5,000 keys, inside the swap's lock)
     conn.execute("SET LOCAL enable_hashjoin = off")
     conn.execute("SET LOCAL enable_mergejoin = off")
+    # and no JIT: that plan's cost estimate passes jit_above_cost, and compiling it took 36 ms of
+    # a 151 ms swap lock for 5,000 rows
+    conn.execute("SET LOCAL jit = off")
     match_target = sql.SQL(" AND ").join(
         sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key
     )
@@ -206,6 +209,7 @@ def replay(
     )
     conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
     conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
+    conn.execute("SET LOCAL jit TO DEFAULT")
     return consumed
 
 
