@@ -500,8 +500,11 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
 
 
 def undo(dsn: str) -> None:
-    """Put the original table back (partman revert) and drop the partitioned copy it keeps."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """Put the original table back (partman revert) and drop the partitioned copy it keeps.
+    Right after a large conversion autovacuum works on the new partitions; a lock timeout above
+    deadlock_timeout lets the server cancel it (writers may wait up to that long: not measured)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PARTMAN_LOCK_TIMEOUT_MS": "3000"}
     proc = subprocess.run([sys.executable, "-m", "partman.cli", "revert", str(TABLE), "--yes", "--dsn", dsn],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
