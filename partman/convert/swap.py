@@ -99,20 +99,22 @@ def swap(
     """Returns {"lock_ms": time the exclusive lock was held, "caught_up": rows, "attempts": n}."""
     stats: dict[str, float] = {"attempts": 0}
 
+    def replay_all(c: psycopg.Connection) -> int:
+        return capture.replay(c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None,
+                              part=part)
+
     def attempt(c: psycopg.Connection) -> None:
         stats["attempts"] += 1
         lock_private_first(c, [shadow], lock_timeout_ms)  # the shadow and its partitions
         # what was written while that lock was awaited, replayed before writers are fenced
-        capture.replay(c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None, part=part)
+        replay_all(c)
         failpoints.hit("convert.swap.before_lock")
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
         locked_at = time.perf_counter()
         failpoints.hit("convert.swap.locked")
         if check is not None:
             check(c)  # the table is fenced: nobody can alter it between this check and the commit
-        caught = capture.replay(
-            c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None, part=part
-        )
+        caught = replay_all(c)
         c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
         # the original keeps its data and triggers under <table>_old; its index names get _old
         c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(source.ident(), sql.Identifier(old.name)))
