@@ -6,7 +6,7 @@ not exist (DST gaps): the offset before the transition is used, as zoneinfo's fo
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -46,7 +46,16 @@ def floor(value: date | datetime, interval: str, tz: ZoneInfo) -> datetime:
     else:
         raise ValueError(f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
     # fold=0: a midnight inside a DST gap takes the offset before the transition, as PostgreSQL does
-    return datetime(d.year, d.month, d.day, tzinfo=tz)
+    start = datetime(d.year, d.month, d.day, tzinfo=tz)
+    # Where clocks fell back across midnight (St. John's until 2011: 00:01 -> 23:01), midnight
+    # comes twice and the bound is the first one; an instant in the repeated hour before the
+    # second midnight reads as the previous day but lies past that bound: it belongs to the range
+    # that starts there, as PostgreSQL routes it (compared in UTC: same-zone comparison ignores fold).
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        nxt = step(start, interval)
+        if value.astimezone(timezone.utc) >= nxt.astimezone(timezone.utc):
+            return nxt
+    return start
 
 
 def step(start: datetime, interval: str, n: int = 1) -> datetime:

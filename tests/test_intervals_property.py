@@ -138,10 +138,32 @@ def test_bounds_match_postgresql_date_trunc(pg, t, zone_name, interval):
     tz = intervals.zone(zone_name)
     ours = intervals.floor(t, interval, tz)
     theirs = pg.execute("SELECT date_trunc(%s, %s::timestamptz, %s)", (interval, t, zone_name)).fetchone()[0]
+    after = intervals.step(theirs.astimezone(tz), interval)
+    if t.timestamp() >= after.timestamp():
+        # the repeated hour before a second midnight (fall-back across midnight): date_trunc gives
+        # the previous day, whose range ends at the first midnight; the row goes to the next range
+        theirs = after
     assert ours.timestamp() == theirs.timestamp()  # not ==: PEP 495 makes gap times unequal to everything
     # and the literal partman writes into DDL means the same instant to PostgreSQL
     back = pg.execute("SELECT %s::timestamptz", (intervals.literal(ours, "timestamptz"),)).fetchone()[0]
     assert back.timestamp() == ours.timestamp()
+
+
+def test_the_repeated_hour_before_a_second_midnight_goes_where_postgresql_routes_it(pg):
+    """St. John's fell back at 00:01 (to 23:01) until 2011: Oct 27, 1996 began twice. 02:31 UTC
+    reads 23:01 Oct 26 (the second time), but the Oct 26 range ends at the first midnight."""
+    tz = intervals.zone("America/St_Johns")
+    t = datetime(1996, 10, 27, 2, 31, tzinfo=timezone.utc)
+    lo = intervals.floor(t, "day", tz)
+    hi = intervals.step(lo, "day")
+    assert lo.timestamp() <= t.timestamp() < hi.timestamp()
+    assert lo.date().isoformat() == "1996-10-27"
+    pg.execute("CREATE TABLE days (ts timestamptz) PARTITION BY RANGE (ts)")
+    for day in (lo, intervals.step(lo, "day", -1)):
+        pg.execute(f"CREATE TABLE days_{day:%d} PARTITION OF days FOR VALUES FROM "
+                   f"('{intervals.literal(day, 'timestamptz')}') TO ('{intervals.literal(intervals.step(day, 'day'), 'timestamptz')}')")
+    pg.execute("INSERT INTO days VALUES (%s)", (t,))
+    assert pg.execute("SELECT tableoid::regclass::text FROM days").fetchone()[0] == f"days_{lo:%d}"
 
 
 @pytest.mark.parametrize("zone_name, day", [
