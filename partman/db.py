@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from . import log
+from . import autovacuum, log
 from .errors import LockTimeoutGaveUp, PartmanError
 from .settings import Settings
 
@@ -155,27 +155,39 @@ def with_lock_retry(
     *,
     attempts: int | None = None,
     lock_timeout_ms: int | None = None,
+    tables: Sequence[QualifiedName] = (),
+    partitions_of: Sequence[QualifiedName] = (),
 ) -> T:
     """Run fn(conn) in its own transaction with a short lock_timeout, retrying with
-    exponential backoff and jitter when the lock is not granted; give up cleanly."""
+    exponential backoff and jitter when the lock is not granted; give up cleanly.
+
+    `tables`: the tables fn locks (a partitioned one with its partitions); `partitions_of`: parents
+    whose partitions fn creates, attaches or detaches (their default partition gets locked). An
+    autovacuum holding one of these is cancelled or waited out first (see partman.autovacuum)."""
     attempts = attempts or settings.lock_retries
     timeout = lock_timeout_ms or settings.lock_timeout_ms
+    vacuums = autovacuum.Clearance(tables, partitions_of)
     delay = 0.05
     for attempt in range(1, attempts + 1):
+        wait_ms = vacuums.before_attempt(conn, what, timeout)
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{timeout}ms")))
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_ms}ms")))
                 return fn(conn)
         except pgerrors.LockNotAvailable:
-            log.get().info("lock_wait", what=what, attempt=attempt, lock_timeout_ms=timeout)
+            log.get().info("lock_wait", what=what, attempt=attempt, lock_timeout_ms=wait_ms)
             if attempt == attempts:
                 break
             time.sleep(delay + random.uniform(0, delay))
             delay = min(delay * 2, 2.0)
+    held_by = ""
+    if vacuums.blocking:
+        held_by = (" At the last attempt " + "; ".join(h.describe() for h in vacuums.blocking) + " held it (partman "
+                   "cancels an ordinary autovacuum when its role may, never an anti-wraparound one or a manual VACUUM).")
     raise LockTimeoutGaveUp(
         f"Gave up on {what}: the lock was not granted within {timeout} ms in {attempts} attempts, "
-        "because other sessions hold the table (see pg_locks / pg_stat_activity for long transactions). "
-        "Nothing was changed by this step; run the command again later, or raise --lock-timeout."
+        "because other sessions hold the table (see pg_locks / pg_stat_activity for long transactions)."
+        f"{held_by} Nothing was changed by this step; run the command again later, or raise --lock-timeout."
     )
 
 
@@ -188,7 +200,9 @@ def lock_private_first(conn: psycopg.Connection, tables: list[QualifiedName], lo
     table). Waiting for them blocks no application session, so it may take up to
     QUIET_LOCK_TIMEOUT_MS: long enough for the server to cancel an autovacuum holding one (it does
     so once a lock request has waited deadlock_timeout, 1 s by default; freshly loaded partitions
-    attract autovacuum). Then the attempt's own short lock_timeout applies again."""
+    attract autovacuum; where partman's role may, it cancels an autovacuum at once). Then the
+    attempt's own short lock_timeout applies again."""
+    autovacuum.cancel(conn, "locking partman's own tables", tables)
     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{QUIET_LOCK_TIMEOUT_MS}ms")))
     for t in tables:
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident()))

@@ -32,14 +32,16 @@ def drop_old_if_due(conn: psycopg.Connection, settings: Settings, mt: ManagedTab
             return None
         failpoints.hit("finish.before_drop_old")
         with_lock_retry(conn, settings, f"dropping {old}",
-                        lambda c: c.execute(sql.SQL("DROP TABLE {}").format(old.ident())), attempts=3)
+                        lambda c: c.execute(sql.SQL("DROP TABLE {}").format(old.ident())), attempts=3,
+                        tables=[old])
         dropped = str(old)
         log.get().info("dropped_old_table", table=str(table), old=dropped)
     conv = catalog.latest_conversion(conn, settings, mt.schema_name, mt.table_name)
     work = (conv or {}).get("options", {}).get("work_schema")
     if relation_exists(conn, table) and capture.trigger_exists(conn, REVERT_TRIGGER, table):
         with_lock_retry(conn, settings, f"removing the revert capture from {table}",
-                        lambda c: c.execute(capture.drop_trigger(REVERT_TRIGGER, table)), attempts=3)
+                        lambda c: c.execute(capture.drop_trigger(REVERT_TRIGGER, table)), attempts=3,
+                        tables=[table])
     with conn.transaction():
         if work:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work)))

@@ -113,7 +113,8 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
         failpoints.hit("revert.swap.before_commit")
         stats["locked"] = locked
 
-    with_lock_retry(conn, settings, f"the revert swap of {qn}", attempt, lock_timeout_ms=lock_timeout_ms)
+    with_lock_retry(conn, settings, f"the revert swap of {qn}", attempt, lock_timeout_ms=lock_timeout_ms,
+                    tables=[qn])
     lock_ms = (time.perf_counter() - stats["locked"]) * 1000
     with conn.transaction():
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))

@@ -227,7 +227,8 @@ def _run_phases(
                 registration=_registration(p), lock_timeout_ms=p.options.lock_timeout_ms,
                 check=lambda c: check_unchanged(c, qn, model.oid, expected),
             )
-            logger.info("swapped", lock_ms=round(stats["lock_ms"], 1), caught_up=stats.get("caught_up"),
+            logger.info("swapped", lock_ms=round(stats["lock_ms"], 1), replay_ms=round(stats["replay_ms"], 1),
+                        commit_ms=round(stats["commit_ms"], 1), caught_up=stats.get("caught_up"),
                         attempts=stats["attempts"])
     running = catalog.running_conversion(conn, settings, qn.schema, qn.name) or running
     return _finish(conn, settings, running, json_out=json_out)
@@ -284,7 +285,7 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
         catalog.update_conversion(c, settings, cid, phase="copy", last_key=None, rows_copied=0)
 
     with_lock_retry(conn, settings, f"adding the change-capture trigger to {p.table}", install,
-                    lock_timeout_ms=p.options.lock_timeout_ms)
+                    lock_timeout_ms=p.options.lock_timeout_ms, tables=[p.table])
 
 
 def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, model: Any, cid: int) -> None:
@@ -390,7 +391,7 @@ def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
             # keep trying longer than a swap would: a long transaction must end before the table is clean
             with_lock_retry(conn, settings, f"removing the change-capture trigger from {p.table}",
                             lambda c: c.execute(capture.drop_trigger(CONVERT_TRIGGER, p.table)),
-                            attempts=max(settings.lock_retries, 40))
+                            attempts=max(settings.lock_retries, 40), tables=[p.table])
         with conn.transaction():
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
             catalog.update_conversion(conn, settings, cid, status="failed",

@@ -96,7 +96,8 @@ def swap(
     lock_timeout_ms: int,
     check: Any = None,
 ) -> dict[str, float]:
-    """Returns {"lock_ms": time the exclusive lock was held, "caught_up": rows, "attempts": n}."""
+    """Returns {"lock_ms": time the exclusive lock was held, of which "replay_ms" the final replay
+    and "commit_ms" the commit, "caught_up": rows, "attempts": n}."""
     stats: dict[str, float] = {"attempts": 0}
 
     def replay_all(c: psycopg.Connection) -> int:
@@ -114,7 +115,9 @@ def swap(
         failpoints.hit("convert.swap.locked")
         if check is not None:
             check(c)  # the table is fenced: nobody can alter it between this check and the commit
+        t_replay = time.perf_counter()
         caught = replay_all(c)
+        stats["replay_ms"] = (time.perf_counter() - t_replay) * 1000
         c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
         # the original keeps its data and triggers under <table>_old; its index names get _old
         c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(source.ident(), sql.Identifier(old.name)))
@@ -161,9 +164,13 @@ def swap(
         )
         stats["caught_up"] = caught
         stats["locked_at"] = locked_at
+        stats["committing_at"] = time.perf_counter()
 
-    with_lock_retry(conn, settings, f"the swap of {source}", attempt, lock_timeout_ms=lock_timeout_ms)
-    stats["lock_ms"] = (time.perf_counter() - stats.pop("locked_at")) * 1000
+    with_lock_retry(conn, settings, f"the swap of {source}", attempt, lock_timeout_ms=lock_timeout_ms,
+                    tables=[source])
+    done = time.perf_counter()
+    stats["lock_ms"] = (done - stats.pop("locked_at")) * 1000
+    stats["commit_ms"] = (done - stats.pop("committing_at")) * 1000
     with conn.transaction():
         catalog.update_conversion(conn, settings, conversion_id, swap_lock_ms=stats["lock_ms"])
     failpoints.hit("convert.swap.after_commit")

@@ -183,7 +183,7 @@ def _move_range(
         raise NotLeader()
     try:
         moved += with_lock_retry(conn, settings, f"attaching {name} (rows moved out of {d.name})", final,
-                                 attempts=ddl_attempts(settings))
+                                 attempts=ddl_attempts(settings), tables=[parent])
     except LockTimeoutGaveUp:
         _put_back(conn, settings, mt, d, name, cols)
         raise

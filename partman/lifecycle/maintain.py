@@ -91,7 +91,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         if changed:
             with_lock_retry(conn, settings, f"analyzing {parent}",
                             lambda c: c.execute(sql.SQL("ANALYZE {}").format(parent.ident())),
-                            attempts=premake.ddl_attempts(settings))
+                            attempts=premake.ddl_attempts(settings), tables=[parent])
             res["analyzed"] = True
     except NotLeader:
         res["skipped"] = "this instance lost leadership during the pass; the leader continues"

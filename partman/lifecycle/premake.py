@@ -58,7 +58,7 @@ def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: d
     stmt = create_partition_sql(parent, name, lo, hi, mt.key_type)
     failpoints.hit("maintain.premake.before_ddl")
     with_lock_retry(conn, settings, f"creating partition {name}", lambda c: c.execute(stmt),
-                    attempts=ddl_attempts(settings))
+                    attempts=ddl_attempts(settings), partitions_of=[parent])
     log.get().info("partition_created", table=mt.qualified, partition=name.name,
                    lower=intervals.literal(lo, mt.key_type), upper=intervals.literal(hi, mt.key_type))
     return name.name

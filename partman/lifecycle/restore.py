@@ -124,7 +124,8 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             parent.ident(), target.ident(), lo_sql, hi_sql)
         try:
-            with_lock_retry(conn, settings, f"attaching {target} to {parent}", lambda c: c.execute(stmt))
+            with_lock_retry(conn, settings, f"attaching {target} to {parent}", lambda c: c.execute(stmt),
+                            tables=[target], partitions_of=[parent])
         except psycopg.Error as exc:
             raise PartmanError(
                 f"{target} was restored ({n} rows, sha256 verified) as a plain table, but attaching it to {parent} "

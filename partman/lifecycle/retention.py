@@ -140,7 +140,8 @@ def remove(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, part:
 
     try:
         info = with_lock_retry(conn, settings, f"removing {part.qualified} ({action})", txn,
-                               attempts=ddl_attempts(settings))
+                               attempts=ddl_attempts(settings), tables=[part.qualified],
+                               partitions_of=[parent])
     except Held:
         return {"partition": part.name, "action": "held", "removed": False}
     log.get().info("partition_removed", table=mt.qualified, partition=part.name, action=action,
