@@ -14,6 +14,7 @@ The same mechanism on the partitioned table after the swap feeds `partman revert
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -137,13 +138,16 @@ def replay(
     overriding: bool,
     limit: int | None,
     part: KeyColumn | None = None,
+    consume: bool = True,
 ) -> int:
     """One round, inside the caller's transaction: take the keys of the oldest `limit` log
     entries (all when None) with all their entries, delete those keys from target and insert the
     source's current rows for them. `part`:
     the log carries the partition key values (create_log with part), the target is partitioned.
-    Returns the number of log entries consumed. Entries of uncommitted writers are invisible
-    and stay for a later round (the final round runs with writers fenced)."""
+    `consume=False` reads the entries without deleting them (the swap's last round: the log is
+    dropped with the work schema). Returns the number of log entries taken. Entries of
+    uncommitted writers are invisible and stay for a later round (the final round runs with
+    writers fenced)."""
     logged = _logged(key, part)
     temp = "partman_replay_parts" if part else "partman_replay_keys"  # one shape per temp table
     conn.execute(
@@ -153,7 +157,9 @@ def replay(
                  sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in logged))
     )
     conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(temp)))
-    if limit is None:
+    if limit is None and not consume:
+        taken = sql.SQL("SELECT {} FROM {}").format(_cols(logged), log.ident())
+    elif limit is None:
         taken = sql.SQL("DELETE FROM {} RETURNING {}").format(log.ident(), _cols(logged))
     else:
         # the keys of the oldest `limit` entries, with every entry logged for them so far: a key's
@@ -180,11 +186,23 @@ def replay(
     match_target = sql.SQL(" AND ").join(
         sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key
     )
-    delete = sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(target.ident(), sql.Identifier(temp), match_target)
-    if len(key) == 1:
-        # rows inserted since the last round mostly carry keys above any the target holds: skip
-        # their lookups (the swap's final round: 49 ms -> 1.5 ms for 5,000 new rows)
-        delete += sql.SQL(" AND k.{0} <= (SELECT max(m.{0}) FROM {1} m)").format(sql.Identifier(key[0].name), target.ident())
+    # Rows inserted since the last round mostly carry keys above any the target holds: their
+    # lookups are skipped (the swap's final round: 49 ms -> 1.5 ms for 5,000 new rows). With an
+    # integer key and no round limit, the target's highest key is read once: keys above it are not
+    # in the target, so the source's rows above it are inserted by one range scan instead of one
+    # probe per key (5,000 keys: 9.5 ms -> ~2 ms inside the swap's lock).
+    upper: Any = None
+    if single_integer(key) and limit is None:
+        upper = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+            sql.Identifier(key[0].name), target.ident())).fetchone()[0]
+    if upper is not None:
+        below = sql.SQL(" AND k.{} <= {}").format(sql.Identifier(key[0].name), sql.Literal(upper))
+    elif len(key) == 1:
+        below = sql.SQL(" AND k.{0} <= (SELECT max(m.{0}) FROM {1} m)").format(sql.Identifier(key[0].name), target.ident())
+    else:
+        below = sql.SQL("")
+    delete = sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
+        target.ident(), sql.Identifier(temp), match_target) + below
     if part:
         # by key and partition key value: the lookup prunes to one partition at run time (15 index
         # probes per key otherwise); a NULL value (the default partition) is looked up everywhere
@@ -195,18 +213,12 @@ def replay(
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     scols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns)
     match_source = sql.SQL(" AND ").join(sql.SQL("s.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key)
-    conn.execute(
-        sql.SQL("INSERT INTO {} ({}) {} SELECT {} FROM {} s JOIN (SELECT DISTINCT {} FROM {}) k ON {}").format(
-            target.ident(),
-            cols,
-            sql.SQL("OVERRIDING SYSTEM VALUE") if overriding else sql.SQL(""),
-            scols,
-            source.ident(),
-            _cols(key),
-            sql.Identifier(temp),
-            match_source,
-        )
-    )
+    insert = sql.SQL("INSERT INTO {} ({}) {} SELECT {} FROM {} s ").format(
+        target.ident(), cols, sql.SQL("OVERRIDING SYSTEM VALUE") if overriding else sql.SQL(""), scols, source.ident())
+    conn.execute(insert + sql.SQL("JOIN (SELECT DISTINCT {} FROM {} k WHERE true{}) k ON {}").format(
+        _cols(key), sql.Identifier(temp), below if upper is not None else sql.SQL(""), match_source))
+    if upper is not None:
+        conn.execute(insert + sql.SQL("WHERE s.{} > {}").format(sql.Identifier(key[0].name), sql.Literal(upper)))
     conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
     conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
     conn.execute("SET LOCAL jit TO DEFAULT")

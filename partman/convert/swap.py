@@ -100,9 +100,9 @@ def swap(
     and "commit_ms" the commit, "caught_up": rows, "attempts": n}."""
     stats: dict[str, float] = {"attempts": 0}
 
-    def replay_all(c: psycopg.Connection) -> int:
+    def replay_all(c: psycopg.Connection, consume: bool = True) -> int:
         return capture.replay(c, work.convert_log, source, shadow, key, columns, overriding=overriding, limit=None,
-                              part=part)
+                              part=part, consume=consume)
 
     def attempt(c: psycopg.Connection) -> None:
         stats["attempts"] += 1
@@ -116,7 +116,7 @@ def swap(
         if check is not None:
             check(c)  # the table is fenced: nobody can alter it between this check and the commit
         t_replay = time.perf_counter()
-        caught = replay_all(c)
+        caught = replay_all(c, consume=False)  # the log goes with the work schema
         stats["replay_ms"] = (time.perf_counter() - t_replay) * 1000
         c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
         # the original keeps its data and triggers under <table>_old; its index names get _old
