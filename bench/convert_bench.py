@@ -33,6 +33,7 @@ Keep runs small while developing (--rows 200000); the machine has 2 cores.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -343,7 +344,19 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "writer_by_phase": _by_phase(w, mon, t0, t1),
         "throttle": [ln for ln in proc.stderr.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
         "burst": burster.figures() if burster else None,
+        "swapped": _swapped(proc.stderr),
     }
+
+
+def _swapped(stderr: str) -> dict:
+    """partman's own account of its swap (the "swapped" log line): lock, replay and commit ms."""
+    for line in stderr.splitlines():
+        if '"swapped"' in line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    return {}
 
 
 BURST_WINDOW = 3.0  # seconds partman waits before its swap in a burst run
@@ -501,10 +514,9 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
 
 def undo(dsn: str) -> None:
     """Put the original table back (partman revert) and drop the partitioned copy it keeps.
-    Right after a large conversion autovacuum works on the new partitions; a lock timeout above
-    deadlock_timeout lets the server cancel it (writers may wait up to that long: not measured)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "PARTMAN_LOCK_TIMEOUT_MS": "3000"}
+    Right after a large conversion autovacuum works on the new partitions: partman (a superuser
+    here) cancels it before locking."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "partman.cli", "revert", str(TABLE), "--yes", "--dsn", dsn],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
@@ -527,6 +539,9 @@ def report_burst(pm: dict) -> None:
     print(f"| rows written in the window (100 per INSERT) | {b['rows']:,} in {b['seconds']:.2f} s |")
     print(f"| rows replayed by the swap (rows_caught_up) | {pm['rows_caught_up']:,} |")
     print(f"| **swap's exclusive lock** (target <= 100 ms) | {pm['swap_lock_ms']:.0f} ms, {pm['swap_attempts']} attempt(s) |")
+    sw = pm.get("swapped") or {}
+    if "replay_ms" in sw:
+        print(f"| of which the final replay; the commit | {sw['replay_ms']:.0f} ms; {sw['commit_ms']:.0f} ms |")
     swap = [f for name, f in pm["writer_by_phase"] if name == "swap" and f["n"]]
     if swap:
         print(f"| application writer during the swap phase: p99 / max | {swap[0]['p99']:.1f} / {swap[0]['max']:.1f} ms |")
