@@ -87,11 +87,14 @@ def _already_converted(conn: psycopg.Connection, settings: Settings, qn: Qualifi
 
 
 def key_stats(conn: psycopg.Connection, table: QualifiedName, column: str) -> planning.KeyStats:
+    # each a short index scan when the column is indexed: `NOT isfinite(c)` read the whole index
+    # (90 ms at 2M rows, freshly vacuumed; the whole table otherwise); the infinities are the only
+    # values it is false for
     row = conn.execute(
         sql.SQL(
             "SELECT (SELECT min({c}) FROM {t} WHERE isfinite({c})), (SELECT max({c}) FROM {t} WHERE isfinite({c})), "
             "(SELECT count(*) FROM {t} WHERE {c} IS NULL), now(), "
-            "(SELECT count(*) FROM {t} WHERE NOT isfinite({c}))"
+            "(SELECT count(*) FROM {t} WHERE {c} IN ('infinity', '-infinity'))"
         ).format(c=sql.Identifier(column), t=table.ident())
     ).fetchone()
     return planning.KeyStats(row[0], row[1], row[2], row[3], row[4])
