@@ -18,7 +18,7 @@ from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..settings import Settings
 from . import capture, ddl, triggers
-from .swap import REVERT_TRIGGER, WorkNames, index_names, relation_exists
+from .swap import REVERT_TRIGGER, WorkNames, hand_over_identity_names, index_names, relation_exists
 
 ROUND = 10_000
 
@@ -108,6 +108,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
                     sql.Identifier(qn.schema, renamed), sql.Identifier(original)))
         for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:
             c.execute(stmt)
+        hand_over_identity_names(c, new_model, partitioned, qn, "_partitioned", undoing="_old")
         catalog.delete_managed(c, settings, qn.schema, qn.name)
         catalog.update_conversion(c, settings, conv["id"], status="reverted", phase="reverted")
         failpoints.hit("revert.swap.before_commit")

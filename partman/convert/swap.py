@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog, failpoints, naming
+from .. import catalog, failpoints, log, naming
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..settings import Settings
 from . import capture, ddl
@@ -47,6 +47,40 @@ class WorkNames:
 
 def relation_exists(conn: psycopg.Connection, qn: QualifiedName) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qn.literal,)).fetchone()[0]
+
+
+def identity_sequence(conn: psycopg.Connection, table: QualifiedName, column: str) -> QualifiedName | None:
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
+        (table.literal, column),
+    ).fetchone()
+    return QualifiedName(row[0], row[1]) if row else None
+
+
+def hand_over_identity_names(conn: psycopg.Connection, model: Any, giver: QualifiedName, taker: QualifiedName,
+                             suffix: str, undoing: str | None = None) -> None:
+    """Inside a swap, after both tables have their new names: the IDENTITY sequence of `giver`
+    (the table that was live) becomes `<its name><suffix>` and `taker`'s takes its name, so the
+    live table's sequence keeps the name the application and its DBA know. `undoing` (revert):
+    only when taker's sequence is named `<giver's><undoing>`, as the convert left it. Cosmetic:
+    skipped (with a warning) when a name is taken, never a reason to fail a swap."""
+    for s in model.owned_sequences:
+        if not s.identity:
+            continue
+        given = identity_sequence(conn, giver, s.column)
+        taken = identity_sequence(conn, taker, s.column)
+        if given is None or taken is None or taken.name == given.name:
+            continue
+        if undoing is not None and taken.name != naming.derived(given.name, undoing):
+            continue  # converted by a partman that left the names as they were
+        spare = QualifiedName(given.schema, naming.derived(given.name, suffix))
+        if relation_exists(conn, spare) or given.schema != taken.schema:
+            log.get().warning("identity_sequence_name_kept", table=str(taker), column=s.column, sequence=str(taken),
+                              reason=f"{spare} exists" if given.schema == taken.schema else "another schema")
+            continue
+        conn.execute(sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(given.ident(), sql.Identifier(spare.name)))
+        conn.execute(sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(taken.ident(), sql.Identifier(given.name)))
 
 
 def index_names(conn: psycopg.Connection, table: QualifiedName) -> list[str]:
@@ -154,6 +188,8 @@ def swap(
             *ddl.swap_publications(model, source),
         ]:
             c.execute(stmt)
+        # after swap_sequences, which reads the old sequence by its name
+        hand_over_identity_names(c, model, old, source, "_old")
         install_revert_capture(c, work, source, key)
         failpoints.hit("convert.swap.before_commit")
         swapped_at = c.execute("SELECT now()").fetchone()[0]
