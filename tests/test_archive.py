@@ -188,6 +188,49 @@ def test_corrupted_object_fails_restore(conn, partman, s3):
     assert conn.execute("SELECT to_regclass('public.audit_log_ledger_p20120101')").fetchone()[0] is None
 
 
+def orders_with_a_generated_column_archived(conn: psycopg.Connection, partman) -> list[str]:
+    """orders (total = qty * price, stored) with its 2012 partition archived; returns its rows as text."""
+    conn.execute(
+        """
+        CREATE TABLE orders (id bigint NOT NULL, ts timestamptz NOT NULL, qty int NOT NULL, price numeric NOT NULL,
+            total numeric GENERATED ALWAYS AS (qty * price) STORED, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts);
+        CREATE TABLE orders_p20120101 PARTITION OF orders FOR VALUES FROM ('2012-01-01 00:00+00') TO ('2013-01-01 00:00+00');
+        CREATE TABLE orders_default PARTITION OF orders DEFAULT;
+        INSERT INTO orders (id, ts, qty, price)
+            SELECT g, timestamptz '2012-01-01' + g * interval '1 hour', g % 7, g / 3.0 FROM generate_series(1, 500) g;
+        """
+    )
+    before = conn.execute("SELECT array_agg(o::text ORDER BY id) FROM orders o").fetchone()[0]
+    r = partman("register", "orders", "--column", "ts", "--interval", "year", "--retention", "10 years",
+                "--retention-action", "archive")
+    assert r.code == 0, r.err
+    assert partman("maintain").code == 0
+    assert "orders_p20120101" not in partitions(conn, "orders")
+    return before
+
+
+def test_a_partition_with_generated_columns_is_restored_and_attached(conn, partman, s3):
+    """A stored generated column cannot be written by COPY: the archive is loaded beside the new
+    partition, and the values PostgreSQL computes must equal the archived ones."""
+    before = orders_with_a_generated_column_archived(conn, partman)
+    r = partman("restore", "orders", "orders_p20120101", "--attach")
+    assert r.code == 0, r.err
+    assert "orders_p20120101" in partitions(conn, "orders")
+    assert conn.execute("SELECT attgenerated FROM pg_attribute WHERE attrelid = 'orders_p20120101'::regclass "
+                        "AND attname = 'total'").fetchone()[0] == "s"
+    assert conn.execute("SELECT array_agg(o::text ORDER BY id) FROM orders o").fetchone()[0] == before
+
+
+def test_a_generated_column_that_computes_other_values_now_is_refused(conn, partman, s3):
+    orders_with_a_generated_column_archived(conn, partman)
+    conn.execute("ALTER TABLE orders DROP COLUMN total")
+    conn.execute("ALTER TABLE orders ADD COLUMN total numeric GENERATED ALWAYS AS (qty * price * 2) STORED")
+    r = partman("restore", "orders", "orders_p20120101")
+    assert r.code == 1 and "expressions changed" in r.err and "Nothing was restored" in r.err, r.err
+    assert "Traceback" not in r.err
+    assert conn.execute("SELECT to_regclass('public.orders_p20120101')").fetchone()[0] is None
+
+
 def test_archive_memory_is_bounded_by_the_part_size(conn, dsn, s3):
     conn.execute("CREATE TABLE big (id bigserial, ts timestamptz NOT NULL, blob text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
     conn.execute("CREATE TABLE big_p20100101 PARTITION OF big FOR VALUES FROM ('2010-01-01 00:00+00') TO ('2011-01-01 00:00+00')")

@@ -35,6 +35,20 @@ def _removal_record(conn: psycopg.Connection, settings: Settings, parent: Qualif
         ).fetchone()
 
 
+def _copy_in(conn: psycopg.Connection, table: QualifiedName, cols: list[str], gzipped: Any) -> None:
+    """Stream the gzipped CSV archive into table, a MiB at a time."""
+    gz = zlib.decompressobj(31)
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER)").format(
+        table.ident(), sql.SQL(", ").join(map(sql.Identifier, cols)))
+    with conn.cursor() as cur, cur.copy(copy_sql) as cp:
+        while True:
+            data = gzipped.read(CHUNK)
+            if not data:
+                break
+            cp.write(gz.decompress(data))
+        cp.write(gz.flush())
+
+
 def restore(conn: psycopg.Connection, settings: Settings, table: str, partition: str, attach: bool = False) -> dict[str, Any]:
     parent = resolve_table(conn, table)
     parts = split_name(partition)
@@ -88,27 +102,40 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         tmp.seek(0)
         cols = [c["name"] for c in manifest["columns"]]
         with conn.transaction():
-            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+            conn.execute(sql.SQL(
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)").format(
                 target.ident(), parent.ident()))
-            have = {r[0] for r in conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-                (target.literal,))}
+            have = dict(conn.execute(
+                "SELECT attname, attgenerated <> '' FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped", (target.literal,)).fetchall())
             missing = [c for c in cols if c not in have]
             if missing:
                 raise PartmanError(
                     f"{parent} no longer has the archived columns {', '.join(missing)}; restore by hand from {uri} "
                     "using the DDL in its manifest."
                 )
-            gz = zlib.decompressobj(31)
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER)").format(
-                target.ident(), sql.SQL(", ").join(map(sql.Identifier, cols)))
-            with conn.cursor() as cur, cur.copy(copy_sql) as cp:
-                while True:
-                    data = tmp.read(CHUNK)
-                    if not data:
-                        break
-                    cp.write(gz.decompress(data))
-                cp.write(gz.flush())
+            generated = [c for c in cols if have[c]]
+            # a generated column cannot be written: the archive is loaded into a temporary table
+            # with plain columns, the rest copied over, and the values PostgreSQL computes checked
+            # against the archived ones (an expression changed since would give other values)
+            load = QualifiedName("pg_temp", "partman_restore") if generated else target
+            if generated:
+                conn.execute(sql.SQL("CREATE TEMP TABLE partman_restore (LIKE {}) ON COMMIT DROP").format(parent.ident()))
+            _copy_in(conn, load, cols, tmp)
+            if generated:
+                plain = sql.SQL(", ").join(sql.Identifier(c) for c in cols if not have[c])
+                conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM pg_temp.partman_restore").format(
+                    target.ident(), plain, plain))
+                every = sql.SQL(", ").join(map(sql.Identifier, cols))
+                other = conn.execute(sql.SQL(
+                    "SELECT count(*) FROM (SELECT ROW({c})::text FROM pg_temp.partman_restore "
+                    "EXCEPT ALL SELECT ROW({c})::text FROM {t}) x").format(c=every, t=target.ident())).fetchone()[0]
+                if other:
+                    raise PartmanError(
+                        f"{other} archived row(s) of {uri} differ from what {parent}'s generated column(s) "
+                        f"{', '.join(generated)} compute now: their expressions changed since the archive. "
+                        "Nothing was restored; restore by hand using the DDL in its manifest."
+                    )
             n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident())).fetchone()[0]
             if n != manifest["row_count"]:
                 raise PartmanError(
