@@ -43,11 +43,6 @@ from ..settings import Settings
 from .capture import KeyColumn, single_integer
 from .throttle import Throttle
 
-# The copy's sessions ask the kernel to start writing their dirty pages back every 512 kB instead
-# of letting gigabytes pile up until a checkpoint's fsync or the kernel's dirty limit stalls the
-# next batch (10M rows, five A/B pairs on one server: longest batch 49-543 ms, median 134, against
-# 221-1,671 ms, median 237, at the same throughput).
-FLUSH_AFTER = "512kB"
 TARGET_BATCH_MS = 150.0  # well under the 250 ms a copy transaction may take
 GENTLE_BATCH_MS = 25.0  # throttled: short batches, so an application insert seldom meets one
 GENTLE_FIRST_BATCH = 1000
@@ -207,44 +202,37 @@ def _copy(
     """Batches from `after` to `upto` (inclusive; None: to the end). `record(n, last)` gives the
     catalog values a batch commits (default: this batch's cursor and running total);
     `committed(n, last)` runs after each commit. Returns (rows, longest batch ms, last key)."""
-    conn.execute(sql.SQL("SET backend_flush_after = {}").format(sql.Literal(FLUSH_AFTER)))
-    try:
-        longest = 0.0
-        size = first or batch_size
-        while stop is None or not stop.is_set():
-            stmt, params = batch_statement(
-                source, target, key, columns, overriding=overriding, after=after, limit=size, upto=upto
-            )
-            t0 = time.perf_counter()
-            with conn.transaction():
-                # the batch and its cursor commit together, so losing the last few to a crash (what an
-                # asynchronous commit risks) only means copying them again: no wait for the WAL flush
-                conn.execute("SET LOCAL synchronous_commit = off")
-                n, last = conn.execute(stmt, params).fetchone()
-                if n:
-                    values = record(n, last) if record else {"last_key": last, "rows_copied": rows_done + n}
-                    if values:
-                        catalog.update_conversion(conn, settings, conversion_id, **values)
-            ms = (time.perf_counter() - t0) * 1000
-            longest = max(longest, ms)
-            if not n:
-                break
-            rows_done += n
-            after = last
-            if committed:
-                committed(n, last)
-            else:
-                on_progress(rows_done, ms)
-            failpoints.hit("convert.copy.after_batch")
-            if n < size:
-                break
-            size = next_batch_size(size, batch_size, ms, target_ms)
-            pause()
-    finally:
-        try:
-            conn.execute("RESET backend_flush_after")
-        except psycopg.Error:
-            pass  # the connection is gone: the error that ended the copy is the one to report
+    longest = 0.0
+    size = first or batch_size
+    while stop is None or not stop.is_set():
+        stmt, params = batch_statement(
+            source, target, key, columns, overriding=overriding, after=after, limit=size, upto=upto
+        )
+        t0 = time.perf_counter()
+        with conn.transaction():
+            # the batch and its cursor commit together, so losing the last few to a crash (what an
+            # asynchronous commit risks) only means copying them again: no wait for the WAL flush
+            conn.execute("SET LOCAL synchronous_commit = off")
+            n, last = conn.execute(stmt, params).fetchone()
+            if n:
+                values = record(n, last) if record else {"last_key": last, "rows_copied": rows_done + n}
+                if values:
+                    catalog.update_conversion(conn, settings, conversion_id, **values)
+        ms = (time.perf_counter() - t0) * 1000
+        longest = max(longest, ms)
+        if not n:
+            break
+        rows_done += n
+        after = last
+        if committed:
+            committed(n, last)
+        else:
+            on_progress(rows_done, ms)
+        failpoints.hit("convert.copy.after_batch")
+        if n < size:
+            break
+        size = next_batch_size(size, batch_size, ms, target_ms)
+        pause()
     return rows_done, longest, after
 
 
