@@ -97,7 +97,10 @@ def test_literals_read_back_exactly(t, zone_name, interval, key_type):
     lo = intervals.floor(t, interval, tz)
     text = intervals.literal(lo, key_type)
     if key_type == "timestamptz":
-        assert datetime.fromisoformat(text) == lo
+        # the same instant (compared as instants: a lower bound at a local midnight that a
+        # spring-forward skips, America/Havana 2001-04-01, is a wall time in the gap, and PEP 495
+        # makes such a datetime unequal to every datetime of another zone)
+        assert datetime.fromisoformat(text).timestamp() == lo.timestamp()
     elif key_type == "timestamp":
         assert datetime.fromisoformat(text) == lo.replace(tzinfo=None)
     else:
