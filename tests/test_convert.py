@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg
 import pytest
@@ -215,12 +216,15 @@ def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_l
     def write_burst() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
             wait_for_phase(c, "swap")
+            # into the failpoint's sleep, past the swap's replay before the lock (which would take
+            # rows written right at the phase change: they must wait for the lock to count here)
+            time.sleep(1.0)
             for _ in range(10):
                 burst.extend(r[0] for r in c.execute(
                     "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
                     "SELECT 'burst', 'write', '', '' FROM generate_series(1, 50) RETURNING id").fetchall())
 
-    failpoints.arm("convert.swap.before_lock", "sleep(2)")  # after the last replay without the lock
+    failpoints.arm("convert.swap.before_lock", "sleep(3)")  # after the last replay without the lock
     t = threading.Thread(target=write_burst)
     t.start()
     try:
