@@ -60,6 +60,49 @@ def test_ledger_converts_under_live_writers_losing_nothing(conn, dsn, partman):
     assert "event_timestamp" in pk and "id" in pk
 
 
+SHADOW_PARTITION_INDEXES = (
+    "SELECT count(*) FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid "
+    "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname LIKE 'partman_catalog_w%' AND t.relispartition"
+)
+
+
+@pytest.mark.parametrize("sleep, before_copy", [("0.01", True), ("0", False)], ids=["paced", "full-speed"])
+def test_paced_conversion_indexes_the_empty_partitions_before_the_copy(conn, partman, partman_proc, sleep, before_copy):
+    """Paced (--sleep > 0), the partitions get their indexes while empty and the copy keeps them
+    up to date, so no index build runs after the copy; at --sleep 0 they are built after it. Either
+    way the new table has each of the original's indexes once, on every partition."""
+    make_ledger(conn, 2000)
+    wanted = sorted(r[0] for r in conn.execute(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'audit_log_ledger'::regclass"))
+    killed = partman_proc(*CONVERT, "--batch-size", "200", "--sleep", sleep,
+                          extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=2:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    assert latest_phase(conn) == "copy"
+    partitions = conn.execute(
+        "SELECT count(*) FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE n.nspname LIKE 'partman_catalog_w%' AND t.relispartition AND t.relkind = 'r'"
+    ).fetchone()[0]
+    assert partitions > 10
+    during_copy = conn.execute(SHADOW_PARTITION_INDEXES).fetchone()[0]
+    assert during_copy == (partitions * len(wanted) if before_copy else 0)
+
+    r = partman(*CONVERT, "--batch-size", "200", "--sleep", sleep)
+    assert r.code == 0, r.err
+    assert len(ids(conn, LEDGER)) == 2000
+    per_partition = conn.execute(
+        "SELECT count(DISTINCT i.inhrelid), min(n), max(n) FROM pg_inherits i "
+        "CROSS JOIN LATERAL (SELECT count(*) AS n FROM pg_index x WHERE x.indrelid = i.inhrelid) c "
+        "WHERE i.inhparent = 'audit_log_ledger'::regclass"
+    ).fetchone()
+    assert per_partition == (partitions, len(wanted), len(wanted))
+    names = sorted(r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = 'audit_log_ledger'::regclass"))
+    old_names = sorted(r[0] for r in conn.execute(
+        "SELECT replace(c.relname, '_old', '') FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+        "WHERE x.indrelid = 'audit_log_ledger_old'::regclass"))
+    assert names == old_names
+
+
 def test_out_of_order_commits_are_not_lost(conn, dsn, partman):
     conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, note text)")
     conn.execute(
@@ -90,6 +133,11 @@ def test_dry_run_prints_the_plan_and_changes_nothing(conn, partman):
     plan = json.loads(r2.out)
     assert plan["widened_keys"] and plan["partitions"][0]["name"] == "audit_log_ledger_p20140101"
     assert plan["rows_estimate"] >= 0 and plan["disk_needed_bytes"] > 0
+    # paced by default: the indexes come before the copy, and the plan says when they are made
+    assert plan["indexes_before_copy"] is True and "-- indexes: on the empty partitions, before the copy" in r.out
+    fast = partman(*CONVERT, "--dry-run", "--sleep", "0")
+    assert "-- indexes: built after the copy" in fast.out
+    assert json.loads(partman(*CONVERT, "--dry-run", "--json", "--sleep", "0").out)["indexes_before_copy"] is False
     assert relations_in(conn, "public") == before
     assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman%'").fetchone()[0] == 0
 

@@ -13,9 +13,13 @@ parent's own statement runs: PostgreSQL finds the matching index (and constraint
 partition and attaches it instead of building it, which takes milliseconds. A partition index
 that did not get attached (a definition that did not match) is dropped, so nothing is left twice.
 
-Gentle mode (one worker, the throttle on): the same partition-by-partition builds, one after
-another on one connection, without parallel maintenance workers (a core stays free for the
-application), the ANALYZE first, and the throttle's pause after each unit.
+Paced (--sleep > 0) the indexes were created on the empty partitions before the copy
+(plan.ConversionPlan.indexes_first), so only the ANALYZE is left here; should some be missing
+(a conversion prepared by an older build), gentle mode (one worker, the throttle on) builds them
+partition by partition, one after another on one connection, without parallel maintenance
+workers (a core stays free for the application), the ANALYZE first, and the throttle's pause
+after each unit. The failpoint convert.indexes.after_index follows each unit (the ANALYZE, a
+partition's build) and each parent statement.
 
 Without a shadow to split, or with the throttle off at --sleep > 0, the parent statements run
 as before (constraints alone, plain indexes on up to `workers` connections).
@@ -208,8 +212,13 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
     jobs += [_statement(st) for st, *_ in items]
     # one process per build: the connections already keep the cores busy, and a partition's
     # build with parallel workers on top of them only adds their start-up and merge cost
+    def after_each() -> None:
+        failpoints.hit("convert.indexes.after_index")
+        if pause is not None:
+            pause()
+
     _on_connections(conn, settings, workers, jobs,
-                    prepare=lambda c: c.execute("SET max_parallel_maintenance_workers = 0"), after_each=pause)
+                    prepare=lambda c: c.execute("SET max_parallel_maintenance_workers = 0"), after_each=after_each)
     conn.execute("RESET max_parallel_maintenance_workers")
     # the parents: attach what was built (a whole-parent build for shapes not known here)
     for idx in todo:

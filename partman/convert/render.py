@@ -52,6 +52,7 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "disk_needed_bytes": p.bytes_estimate,
         "expected_seconds": round(p.expected_seconds, 1),
         "expected_seconds_max": round(p.expected_seconds_max, 1),
+        "indexes_before_copy": p.indexes_first,
         "key_range": [p.stats.min_key, p.stats.max_key],
         "null_keys": p.stats.null_keys,
         "partitions": [
@@ -67,6 +68,12 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "refusals": p.refusals,
         "sql": [{"phase": phase, "sql": stmt.as_string(conn)} for phase, stmt in p.statements()],
     }
+
+
+_INDEXES_WHEN = {
+    True: ": on the empty partitions, before the copy (which keeps them up to date)",
+    False: ": built after the copy, partition by partition, then attached by these statements",
+}
 
 
 def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
@@ -100,7 +107,7 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
         phase = None
         for ph, stmt in p.statements():
             if ph != phase:
-                lines.append(f"\n-- {ph}")
+                lines.append(f"\n-- {ph}{_INDEXES_WHEN[p.indexes_first] if ph == 'indexes' else ''}")
                 phase = ph
             lines.append(stmt.as_string(conn) + ";")
         lines.append("\n-- copy: batched INSERT ... SELECT by primary-key ranges, change capture trigger on the source")

@@ -272,8 +272,8 @@ def _pg_interval(text: str | None) -> str | None:
 
 
 def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, work: WorkNames, cid: int) -> None:
-    """Work schema, shadow table and partitions, the change log; then the capture trigger on
-    the source and the phase change in one transaction."""
+    """Work schema, shadow table and partitions (paced: with their indexes), the change log; then
+    the capture trigger on the source and the phase change in one transaction."""
     with conn.transaction():
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(work.schema)))
@@ -281,6 +281,9 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
             conn.execute(stmt)
         conn.execute(capture.create_log(work.convert_log, p.copy_key, p.partition_key))
         conn.execute(capture.create_function(work.convert_fn, work.convert_log, p.copy_key, p.partition_key))
+        if p.indexes_first:  # paced: the copy keeps them up to date (plan.ConversionPlan.indexes_first)
+            for idx in p.index_ddl:
+                conn.execute(idx.statement)
     failpoints.hit("convert.prepare.before_trigger")
 
     def install(c: psycopg.Connection) -> None:
@@ -294,7 +297,8 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
 def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, model: Any, cid: int) -> None:
     """Indexes after the bulk copy (much faster than maintaining them row by row), on two
     connections at full speed (indexes.py), then grants, comments, policies, owner, replica
-    identity. Resumable: existing ones are kept."""
+    identity. Resumable: existing ones are kept. Paced, the indexes were made before the copy
+    (_prepare): only the ANALYZE is left."""
     from . import indexes
     from .throttle import Throttle
 
