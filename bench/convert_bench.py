@@ -302,10 +302,12 @@ class PhaseMonitor:
 
 
 def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True,
-                burst: int = 0) -> dict:
+                burst: int = 0, after: float = 0.0) -> dict:
     """One `partman convert` with the writer running. With `burst`, partman is held for
     BURST_WINDOW seconds between its last catch-up round and the swap's lock (failpoint
-    convert.swap.before_lock) while `burst` rows are written, so the swap replays them under its lock."""
+    convert.swap.before_lock) while `burst` rows are written, so the swap replays them under its lock.
+    With `after`, the writer goes on alone for that many seconds once partman has exited: its
+    latency on the partitioned table (with partman's revert capture installed), partman idle."""
     cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
            "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", dsn, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -320,7 +322,7 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         t1 = time.perf_counter()
-        time.sleep(0.2)
+        time.sleep(0.2 + after)
     mon.stop()
     if burster:
         burster.join()
@@ -340,12 +342,22 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "busy": sorted(mon.busy.items(), key=lambda kv: -kv[1]),
         "rows_copied": row[0], "rows_caught_up": row[1], "longest_batch_ms": row[2], "swap_lock_ms": row[3],
         "swap_attempts": row[4], "verify": row[5], "status": row[6], "rows_after": total,
-        "writer": w.figures(), "writer_errors": w.errors[:3],
+        "writer": w.figures(t0, t1), "writer_errors": w.errors[:3],
+        "writer_after": w.figures(t1 + 0.2, None) if after else None,
+        # before the swap the application writes to its plain table, after it to the partitioned
+        # one, whose own cost differs (partition routing; a trigger that reads the latest row
+        # plans over every partition): each part, and its idle reference, apart
+        "writer_before_swap": w.figures(t0, _seen(mon, "swap", t1)),
+        "writer_after_swap": w.figures(_seen(mon, "verify", t1), t1),
         "writer_by_phase": _by_phase(w, mon, t0, t1),
         "throttle": [ln for ln in proc.stderr.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
         "burst": burster.figures() if burster else None,
         "swapped": _swapped(proc.stderr),
     }
+
+
+def _seen(mon: PhaseMonitor, phase: str, default: float) -> float:
+    return next((t for name, t in mon.seen if name == phase), default)
 
 
 def _swapped(stderr: str) -> dict:
@@ -425,9 +437,12 @@ def main() -> None:
     ap.add_argument("--swap-burst", type=int, default=0, metavar="N",
                     help="also (d): revert (b), convert again at --sleep 0 with N rows written in the final "
                          "catch-up window (partman held 3 s before its swap), and report the swap's lock")
+    ap.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a server setting for this run (e.g. shared_buffers=6GB); repeatable")
     args = ap.parse_args()
 
-    server = TempServer(version=args.pg, fsync=args.fsync)
+    server = TempServer(version=args.pg, fsync=args.fsync,
+                        settings=dict(s.split("=", 1) for s in args.pg_setting))
     with server:
         dsn = server.dsn()
         data = limit = idle = pm = anchor = None
@@ -462,7 +477,8 @@ def main() -> None:
                 gdata = setup(conn, args.rows)
             gidle = idle_baseline(gdsn, args.writer_pause, args.probe_seconds)
             log("(c) partman convert with default settings")
-            gpm = run_partman(server, gdsn, args.writer_pause, args.partman_arg, full_speed=False)
+            gpm = run_partman(server, gdsn, args.writer_pause, args.partman_arg, full_speed=False,
+                              after=args.probe_seconds)
             log(f"partman (default settings): {gpm['seconds']:.1f}s, status {gpm['status']}")
             report_gentle(args, server, gdata, limit, gidle, gpm)
 
@@ -474,7 +490,8 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
     phases = " + ".join(f"{name} {sec:.1f}" for name, sec in pm["phases"])
     print()
     print(f"### partman convert vs the limit: {rows:,} rows, {server.server_version()}, "
-          f"fsync {'on' if args.fsync else 'off'}, {os.cpu_count()} CPUs")
+          f"fsync {'on' if args.fsync else 'off'}, {os.cpu_count()} CPUs"
+          + "".join(f", {s}" for s in args.pg_setting))
     print()
     print(f"Data: {data['total_bytes'] / 2**20:.0f} MiB with indexes, ~{data['row_bytes']} B/row, "
           "PK + 3 secondary indexes, yearly partitions 2016..now+3.")
@@ -564,6 +581,15 @@ def report_gentle(args: argparse.Namespace, server: TempServer, data: dict, limi
     print(f"| writer insert latency, idle: p50 / p99 / max | {i['p50']:.2f} / {i['p99']:.2f} / {i['max']:.1f} ms |")
     print(f"| writer insert latency, during (c): p50 / p99 / max | {w['p50']:.2f} / {w['p99']:.2f} / {w['max']:.1f} ms |")
     print(f"| **p99 during / idle** (target <= 1.5x) | {w['p99'] / i['p99']:.2f}x |")
+    a = pm.get("writer_after")
+    if a and a["n"]:
+        print(f"| writer alone after (c), on the partitioned table (revert capture on): p50 / p99 / max | "
+              f"{a['p50']:.2f} / {a['p99']:.2f} / {a['max']:.1f} ms |")
+        b, c = pm["writer_before_swap"], pm["writer_after_swap"]
+        if b["n"] and c["n"]:
+            print(f"| p99 before the swap (plain table) / idle before; after the swap (partitioned) / alone after | "
+                  f"{b['p99']:.2f} / {i['p99']:.2f} ms = {b['p99'] / i['p99']:.2f}x; "
+                  f"{c['p99']:.2f} / {a['p99']:.2f} ms = {c['p99'] / a['p99']:.2f}x |")
     print(f"| **longest stall beyond the idle p99** (target <= 100 ms) | {max(0.0, w['max'] - i['p99']):.0f} ms |")
     print(f"| longest copy transaction; swap lock | {pm['longest_batch_ms']:.0f} ms; {pm['swap_lock_ms']:.0f} ms |")
     print(f"| writer errors; inserts during (c) | {w['errors']}; {w['n']:,} |")

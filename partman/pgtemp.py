@@ -118,6 +118,7 @@ class TempServer:
     password: str = "partman-test-secret-0xC0FFEE"
     fsync: bool = False
     port: int = 0
+    settings: dict[str, str] = field(default_factory=dict)  # more postgresql.conf lines, after ours
     bindir: Path = field(init=False)
     root: Path = field(init=False)
     started: bool = field(default=False, init=False)
@@ -168,6 +169,7 @@ class TempServer:
             "max_wal_size = 4GB",
             "logging_collector = off",
             "max_locks_per_transaction = 256",
+            *(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in self.settings.items()),
         ]
         with open(self.data / "postgresql.auto.conf", "a") as f:
             f.write("\n".join(conf) + "\n")
