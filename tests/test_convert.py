@@ -72,8 +72,7 @@ def test_paced_conversion_indexes_the_empty_partitions_before_the_copy(conn, par
     up to date, so no index build runs after the copy; at --sleep 0 they are built after it. Either
     way the new table has each of the original's indexes once, on every partition."""
     make_ledger(conn, 2000)
-    wanted = sorted(r[0] for r in conn.execute(
-        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'audit_log_ledger'::regclass"))
+    indexes = conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'audit_log_ledger'::regclass").fetchone()[0]
     killed = partman_proc(*CONVERT, "--batch-size", "200", "--sleep", sleep,
                           extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=2:kill"})
     assert killed.code == -9, killed.err[-500:]
@@ -84,7 +83,7 @@ def test_paced_conversion_indexes_the_empty_partitions_before_the_copy(conn, par
     ).fetchone()[0]
     assert partitions > 10
     during_copy = conn.execute(SHADOW_PARTITION_INDEXES).fetchone()[0]
-    assert during_copy == (partitions * len(wanted) if before_copy else 0)
+    assert during_copy == (partitions * indexes if before_copy else 0)
 
     r = partman(*CONVERT, "--batch-size", "200", "--sleep", sleep)
     assert r.code == 0, r.err
@@ -94,7 +93,7 @@ def test_paced_conversion_indexes_the_empty_partitions_before_the_copy(conn, par
         "CROSS JOIN LATERAL (SELECT count(*) AS n FROM pg_index x WHERE x.indrelid = i.inhrelid) c "
         "WHERE i.inhparent = 'audit_log_ledger'::regclass"
     ).fetchone()
-    assert per_partition == (partitions, len(wanted), len(wanted))
+    assert per_partition == (partitions, indexes, indexes)
     names = sorted(r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = 'audit_log_ledger'::regclass"))
     old_names = sorted(r[0] for r in conn.execute(
