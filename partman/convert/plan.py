@@ -107,12 +107,16 @@ class ConversionPlan:
         in total, so --sleep 0 keeps them there."""
         return self.options.sleep > 0
 
+    def _index_cost(self) -> int:
+        """How many times a copied row costs its plain insert: 1 + the indexes the copy maintains."""
+        return 1 + (len(self.index_ddl) if self.indexes_first else 0)
+
     def _copy_rate(self) -> float:
-        return ESTIMATED_ROWS_PER_SECOND / (1 + len(self.index_ddl)) if self.indexes_first else ESTIMATED_ROWS_PER_SECOND
+        return ESTIMATED_ROWS_PER_SECOND / self._index_cost()
 
     def _batches(self) -> int:
         if self.throttled:
-            rows = min(self.options.batch_size, GENTLE_BATCH_ROWS // (1 + (len(self.index_ddl) if self.indexes_first else 0)))
+            rows = min(self.options.batch_size, GENTLE_BATCH_ROWS // self._index_cost())
         else:
             rows = self.options.batch_size
         return max(1, self.rows_estimate // max(1, rows))
