@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from . import __version__, log
+from . import __version__, db, log
 from .errors import PartmanError
 from .intervals import INTERVALS
 from .settings import load_settings
@@ -39,6 +39,10 @@ SETTING_FLAGS = {
     "sleep": "sleep",
     "premake": "premake",
     "timezone": "timezone",
+    "interval": "interval",
+    "retention": "retention",
+    "retention_action": "retention_action",
+    "drop_old_after": "drop_old_after",
 }
 
 
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="turn a live table into range partitions, online")
     p.add_argument("table")
     p.add_argument("--column", required=True, help="partition key: a timestamptz, timestamp or date column")
-    p.add_argument("--interval", choices=INTERVALS, default="year")
+    p.add_argument("--interval", choices=INTERVALS, help="partition interval (default year)")
     p.add_argument("--batch-size", type=int, help="rows per copy batch (default 10000)")
     p.add_argument("--sleep", type=float, help="seconds between copy batches (default 0.1)")
     p.add_argument("--premake", type=int, help="future partitions beyond the current one (default 3)")
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             cli_values["debug"] = True
         settings = load_settings(cli_values, getattr(args, "config", None))
         debug = settings.debug
-        log.add_secret(_password(settings.dsn))
+        db.check_dsn(settings.dsn)
         log.configure(settings.log_format, "debug" if debug else settings.log_level)
         module, func = COMMANDS[args.command]
         return int(getattr(importlib.import_module(module), func)(settings, args) or 0)
@@ -168,13 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         _fail(f"Unexpected error: {type(exc).__name__}: {exc}. Run again with --debug for the traceback, and report it.", debug)
         return 1
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    except Exception:
-        return None
 
 
 def _fail(message: str, debug: bool) -> None:

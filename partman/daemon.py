@@ -1,7 +1,8 @@
 """`partman run`: the daemon beside the application.
 
 - One main loop (the main thread): heartbeat for /livez, leadership, the `schedule` scheduler.
-- Leadership: a session advisory lock held on a dedicated connection. A standby tries to take it
+- Leadership: a session advisory lock held on a dedicated connection (never taken on a hot standby
+  server, where advisory locks are the standby's own). A standby instance tries to take it
   every check interval (at most 5 s), so it takes over within one check interval after the leader
   dies. The leader watches its lock connection (a readable socket while idle means the server
   sent something, e.g. the FATAL of pg_terminate_backend) and re-checks the lock before every
@@ -45,13 +46,6 @@ STOP_BUDGET = 8.0  # seconds the shutdown may spend (the contract allows 10)
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT_MS = 10_000
 QUERY_FAILED = "query failed: "
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    except Exception:
-        return None
 
 
 def _err(exc: BaseException) -> str:
@@ -114,6 +108,7 @@ class Daemon:
         self.stop_signal: int | None = None
         self.heartbeat = time.monotonic()
         self.is_leader = False
+        self.server_is_standby = False
         self.db_error: str | None = None
         self.last_pass_failed = False
         self.missed_pass = False
@@ -133,7 +128,7 @@ class Daemon:
         self.scheduler.every(self.interval).seconds.do(self._scheduled)
         self.http: HttpServer | None = None
         self._stopping_since: float | None = None
-        log.add_secret(_password(settings.dsn))
+        log.add_dsn_secret(settings.dsn)
 
     # ------------------------------------------------------------ connections
 
@@ -213,7 +208,10 @@ class Daemon:
         self._next_check = now + self.check_interval
         try:
             with self._lock_mutex:
-                got = self._lock_conn is not None and db.try_advisory_lock(self._lock_conn, self.key)
+                # on a hot standby server the lock would be the standby's own (advisory locks are not
+                # replicated) and a pass could change nothing: an instance there never leads
+                got = (self._lock_conn is not None and not self._on_standby_server(self._lock_conn)
+                       and db.try_advisory_lock(self._lock_conn, self.key))
         except psycopg.Error as exc:
             self.db_error = _err(exc)
             self.log.warning("leader_lock_connection_lost", error=self.db_error)
@@ -221,6 +219,14 @@ class Daemon:
             return
         if got:
             self._become_leader()
+
+    def _on_standby_server(self, conn: psycopg.Connection) -> bool:
+        standby = db.is_standby(conn)
+        if standby != self.server_is_standby:
+            self.server_is_standby = standby
+            if standby:
+                self.log.info("standby_server", note="the database is a hot standby: this instance will not lead")
+        return standby
 
     def _socket_readable(self) -> bool:
         conn = self._lock_conn

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from . import autovacuum, log
-from .errors import LockTimeoutGaveUp, PartmanError
+from .errors import LockTimeoutGaveUp, PartmanError, UsageError
 from .settings import Settings
 
 T = TypeVar("T")
@@ -46,9 +46,23 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def check_dsn(dsn: str) -> None:
+    """A connection string libpq cannot parse is a usage error, reported before any work."""
+    log.add_dsn_secret(dsn)
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise UsageError(
+            "The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: "
+            + log.redact(str(exc).strip().replace("\n", " "))
+            + ". Use a libpq URI (postgresql://user@host:5432/db, with special characters in the password "
+            "percent-encoded: '%' as %25) or a key=value string (host=... dbname=...)."
+        ) from None
+
+
 def connect(settings: Settings, application_name: str = "partman", autocommit: bool = True) -> psycopg.Connection:
     """Open a connection with partman's session settings; turn failures into a clear error."""
-    log.add_secret(_password_of(settings.dsn))
+    log.add_dsn_secret(settings.dsn)
     try:
         conn = psycopg.connect(
             settings.dsn,
@@ -56,7 +70,7 @@ def connect(settings: Settings, application_name: str = "partman", autocommit: b
             application_name=application_name,
             connect_timeout=10,
         )
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise PartmanError(
             "Could not connect to PostgreSQL: "
             + log.redact(str(exc).strip().replace("\n", " "))
@@ -77,13 +91,6 @@ def connect(settings: Settings, application_name: str = "partman", autocommit: b
     conn.execute("SET statement_timeout = 0")
     conn.execute("SET idle_in_transaction_session_timeout = 0")
     return conn
-
-
-def _password_of(dsn: str) -> str | None:
-    try:
-        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    except Exception:
-        return None
 
 
 def resolve_table(conn: psycopg.Connection, name: str) -> QualifiedName:

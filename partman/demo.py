@@ -132,7 +132,7 @@ def cli_demo(settings: object, args: argparse.Namespace) -> int:
         if getattr(args, "keep", False):
             _say("the server keeps running (--keep)")
             print(f"connect with: psql 'host={server.root} port={server.port} user=postgres dbname=postgres'")
-            print(f"stop it with: {server.bindir / 'pg_ctl'} -D {server.data} stop")
+            print(f"stop it with: {server.stop_command()}")
         return 0 if ok else 1
     finally:
         if not getattr(args, "keep", False):

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 _secrets: set[str] = set()
 _URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]+)(@)")
@@ -20,6 +21,21 @@ def add_secret(value: str | None) -> None:
     """Register a value that must never be printed."""
     if value and len(value) >= 3:
         _secrets.add(value)
+
+
+def add_dsn_secret(dsn: str | None) -> None:
+    """Register a connection string's password, as libpq reads it and as written: libpq quotes
+    the written form in its error for a DSN it cannot parse (a '%' that starts no escape)."""
+    if not dsn:
+        return
+    try:
+        add_secret(conninfo_to_dict(dsn).get("password"))  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - not parseable: the written forms below still count
+        pass
+    for m in _URI_PASSWORD.finditer(dsn):
+        add_secret(m.group(2))
+    for m in _KV_PASSWORD.finditer(dsn):
+        add_secret(m.group(2).strip("'"))
 
 
 def register_env_secrets() -> None:

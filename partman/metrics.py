@@ -45,12 +45,18 @@ class _CatalogCollector(Collector):
         up = GaugeMetricFamily("partman_up", "1 when the database answers")
         up.add_metric([], 0.0 if error else 1.0)
         yield up
+        healthy = GaugeMetricFamily("partman_healthy", "1 when /health would answer 200")
+        read = not error and facts is not None and "scrape_error" not in facts
+        # /health is 503 when the database or its catalog cannot be read: say 0 then, never nothing,
+        # so an alert on partman_healthy == 0 fires during an outage too
+        healthy.add_metric([], 1.0 if read and facts["health"]["status"] == "ok" else 0.0)  # type: ignore[index]
+        yield healthy
         if error or facts is None:
             return
         ok = GaugeMetricFamily("partman_catalog_scrape_ok", "1 when the catalog was read for this scrape")
-        ok.add_metric([], 0.0 if "scrape_error" in facts else 1.0)
+        ok.add_metric([], 1.0 if read else 0.0)
         yield ok
-        if "scrape_error" not in facts:
+        if read:
             yield from self._families(facts)
 
     def _facts(self, conn: psycopg.Connection) -> dict[str, Any]:
@@ -69,9 +75,6 @@ class _CatalogCollector(Collector):
         return doc
 
     def _families(self, doc: dict[str, Any]):  # noqa: C901 - a flat list of metrics
-        healthy = GaugeMetricFamily("partman_healthy", "1 when /health would answer 200")
-        healthy.add_metric([], 1.0 if doc["health"]["status"] == "ok" else 0.0)
-        yield healthy
         last_ok = doc.get("last_successful_maintenance")
         last = doc.get("last_maintenance")
         g = GaugeMetricFamily(

@@ -9,6 +9,7 @@ tests can check that a password never leaks), and fast/immediate restarts for fa
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -183,6 +184,12 @@ class TempServer:
         )
         self.started = True
         return self
+
+    def stop_command(self) -> str:
+        """The shell command a person runs to stop this server (as its own user when root started it)."""
+        cmd = f"{shlex.quote(str(self.bindir / 'pg_ctl'))} -D {shlex.quote(str(self.data))} stop"
+        user, _ = _run_as()
+        return f"runuser -u {user} -- {cmd}" if user else cmd
 
     def stop(self, mode: str = "fast") -> None:
         _user, kw = _run_as()

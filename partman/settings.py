@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +40,14 @@ class Settings(BaseSettings):
     throttle: bool = Field(True, description="adaptive throttle between copy batches when --sleep > 0 (convert)")
     throttle_ratio: float = Field(1.3, gt=1, description="throttle: slow down when over 1% of probe inserts take longer than this x their idle p99")
     throttle_max_replica_lag: float = Field(10.0, gt=0, description="throttle: slow down when a replica's replay_lag exceeds these seconds")
-    convert_workers: int = Field(0, ge=0, le=8, description="connections a conversion builds indexes on (the copy and the verification use at most 2); 0: 2 at --sleep 0, else 1")
+    convert_workers: int = Field(0, ge=0, le=8, description="connections a conversion at --sleep 0 builds indexes on after the copy (a paced one creates them before it); the copy and the verification use at most 2; 0: 2 at --sleep 0, else 1")
     premake: int = Field(3, ge=0, description="future partitions kept beyond the current one")
+    interval: Literal["year", "quarter", "month", "week", "day"] = Field(
+        "year", description="partition interval of a conversion (convert; register takes --interval)"
+    )
+    retention: str | None = Field(None, description="retention a conversion or a registration records, a PostgreSQL interval such as '10 years'; unset: keep forever (convert, register)")
+    retention_action: Literal["drop", "detach", "archive"] | None = Field(None, description="what retention does: drop, detach or archive; unset: drop (convert, register)")
+    drop_old_after: str | None = Field(None, description="the daemon drops <table>_old this long after a verified swap, e.g. 7d; unset: never (convert)")
     maintenance_interval: timedelta = Field(timedelta(hours=1), description="time between maintenance passes")
     health_host: str = Field("0.0.0.0", description="address the daemon's HTTP server binds")
     health_port: int = Field(8080, ge=0, le=65535, description="port of /health, /livez, /metrics")
@@ -92,12 +99,28 @@ def load_settings(cli: dict[str, Any] | None = None, config_file: str | None = N
     if path is not None and not Path(path).is_file():
         raise UsageError(f"The config file {path!r} does not exist. Pass an existing TOML file to --config or PARTMAN_CONFIG.")
     _config_file = Path(path) if path else None
+    if _config_file is not None:
+        _check_config_keys(_config_file)
     try:
         return Settings(**{k: v for k, v in (cli or {}).items() if v is not None})
     except Exception as exc:  # pydantic ValidationError or TOML error
         raise UsageError(f"Invalid setting: {_short_validation(exc)}. Check the flag, the PARTMAN_* variable or the config file.") from None
     finally:
         _config_file = None
+
+
+def _check_config_keys(path: Path) -> None:
+    """A key the settings do not know (a typo) is an error, not silently ignored."""
+    try:
+        keys = set(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"The config file {str(path)!r} is not valid TOML: {exc}. Fix it or pass another file.") from None
+    unknown = sorted(keys - set(Settings.model_fields))
+    if unknown:
+        raise UsageError(
+            f"The config file {str(path)!r} has unknown setting(s): {', '.join(unknown)}. The keys are the "
+            "README's settings table's TOML keys (the PARTMAN_* names in lower case, without the prefix)."
+        )
 
 
 def _short_validation(exc: Exception) -> str:

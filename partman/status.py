@@ -216,8 +216,10 @@ def _resolve_managed(conn: psycopg.Connection, settings: Settings, table: str, m
         parts = db.split_name(table)
         if parts is None:
             raise
-        schema, name = parts
-        hits = [m for m in managed if m.table_name == name and (schema is None or m.schema_name == schema)]
+        schema, name = parts  # a registered table that no longer exists: its record, found as psql would
+        path = [schema] if schema is not None else conn.execute("SELECT current_schemas(false)").fetchone()[0]
+        hits = sorted((m for m in managed if m.table_name == name and m.schema_name in path),
+                      key=lambda m: path.index(m.schema_name))
         if not hits:
             raise
         qn = QualifiedName(hits[0].schema_name, hits[0].table_name)

@@ -218,6 +218,50 @@ def test_wrong_password_is_reported_without_the_password(dsn, partman, pg_server
     assert "Traceback" not in r.err
 
 
+@pytest.mark.parametrize("command", [("status",), ("convert", "t", "--column", "ts", "--dry-run"), ("run",)])
+def test_a_connection_string_libpq_cannot_parse_is_a_usage_error_without_the_password(partman, command):
+    # libpq quotes an invalid percent-escape (here the whole password) in its error message
+    r = partman(*command, "--dsn", "postgresql://postgres:Sec%ret-xyz@127.0.0.1:1/db")
+    assert r.code == 2 and "is not valid" in r.err and "%25" in r.err
+    assert "Sec%ret" not in r.err + r.out and "Traceback" not in r.err
+    if command != ("run",):  # a key=value string that parses: a connection failure, still without the password
+        r = partman(*command, "--dsn", "host=127.0.0.1 port=1 password='Sec%ret-xyz' connect_timeout=2")
+        assert r.code == 1 and "Could not connect" in r.err
+        assert "Sec%ret" not in r.err + r.out and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("flag, value, words", [("--retention", "bogus", "not a PostgreSQL interval"),
+                                                ("--retention", "-1 year", "positive"),
+                                                ("--drop-old-after", "bogus", "not a positive duration"),
+                                                ("--drop-old-after", "0s", "not a positive duration")])
+def test_a_bad_retention_or_drop_old_after_is_a_usage_error_before_anything_is_made(conn, partman, flag, value, words):
+    make_ledger(conn, 50)
+    before = relations_in(conn, "public")
+    for extra in (["--dry-run"], ["--yes"]):
+        r = partman(*CONVERT, flag, value, *extra)
+        assert r.code == 2 and words in r.err and value in r.err, r.err
+        assert r.out == "" and "Traceback" not in r.err
+    assert relations_in(conn, "public") == before
+    assert partman(*CONVERT, flag, {"--retention": "10 years", "--drop-old-after": "7d"}[flag], "--dry-run").code == 0
+
+
+def test_conversion_flags_have_env_vars_and_a_flag_wins(conn, partman, monkeypatch):
+    make_ledger(conn, 50)
+    monkeypatch.setenv("PARTMAN_INTERVAL", "month")
+    monkeypatch.setenv("PARTMAN_RETENTION", "5 years")
+    monkeypatch.setenv("PARTMAN_RETENTION_ACTION", "detach")
+    monkeypatch.setenv("PARTMAN_DROP_OLD_AFTER", "7d")
+    base = ["convert", "public.audit_log_ledger", "--column", "event_timestamp", "--dry-run", "--json"]
+    plan = json.loads(partman(*base).out)
+    assert (plan["interval"], plan["retention"], plan["retention_action"], plan["drop_old_after"]) == (
+        "month", "5 years", "detach", "7d")
+    plan = json.loads(partman(*base, "--interval", "quarter", "--retention", "10 years", "--drop-old-after", "1d").out)
+    assert (plan["interval"], plan["retention"], plan["drop_old_after"]) == ("quarter", "10 years", "1d")
+    monkeypatch.setenv("PARTMAN_DROP_OLD_AFTER", "bogus")
+    r = partman(*base)
+    assert r.code == 2 and "PARTMAN_DROP_OLD_AFTER) 'bogus'" in r.err
+
+
 def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
     make_ledger(conn, 1000)
     assert partman(*CONVERT, "--sleep", "0").code == 0
@@ -248,6 +292,11 @@ def test_rerun_after_success_is_a_no_op(conn, partman):
     r = partman(*CONVERT, "--sleep", "0")
     assert r.code == 0, r.err
     assert "already" in r.out
+    for extra in ([], ["--dry-run"]):  # --json answers in JSON here too, with the conversion's figures
+        r = partman(*CONVERT, "--json", *extra)
+        assert r.code == 0, r.err
+        doc = json.loads(r.out)
+        assert doc["already_converted"] is True and doc["status"] == "done" and doc["rows_copied"] == 300
 
 
 def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_lock(conn, dsn, partman):

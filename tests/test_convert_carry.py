@@ -88,7 +88,9 @@ def test_null_keys_are_refused_and_nothing_is_left(conn, partman):
     assert r.code == 1 and "NULL" in r.err and "Traceback" not in r.err
     assert relations_in(conn, "public") == before
     dry = partman("convert", "t", "--column", "ts", "--dry-run")
-    assert dry.code == 0 and "nullable" in dry.out and "REFUSED" in dry.out
+    # the plan shows why, and the dry-run fails as the conversion would
+    assert dry.code == 1 and "nullable" in dry.out and "REFUSED" in dry.out and "NULL" in dry.err
+    assert relations_in(conn, "public") == before
 
 
 def test_not_the_owner_is_refused(conn, pg_server, dsn, partman):

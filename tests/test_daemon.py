@@ -322,6 +322,7 @@ def test_database_outage_503_then_back_and_pass_at_once(conn, dsn, partman, daem
         assert d.get("/livez")[0] == 200  # alive: the orchestrator must not restart it
         code, metrics = d.get("/metrics")
         assert code == 200 and "partman_up 0.0" in metrics
+        assert "partman_healthy 0.0" in metrics  # the README's PartmanUnhealthy alert fires in an outage too
         time.sleep(4)  # a scheduled pass falls due while the database is away
         assert d.proc.poll() is None
     finally:
@@ -400,3 +401,33 @@ def test_leader_killed_at_hand_over_or_mid_pass_the_other_takes_over(conn, dsn, 
         wait_for(lambda: [r for r in runs(dsn, ok=True) if r[1] == "test-b"], 10, "its pass is recorded as a success")
         assert b.stop()[0] == 0
         entry.outcome = "ok: the other instance took over, ran the pass, /health 200"
+
+
+def test_an_instance_on_a_hot_standby_server_never_leads(pg_server, daemons):
+    """Advisory locks are a server's own: on a standby the leader lock is free, yet a pass there
+    could change nothing. A fresh server started with standby.signal stays in recovery."""
+    import shutil
+
+    from partman.pgtemp import TempServer
+
+    if pg_server.temp is None:
+        pytest.skip("needs the throwaway server binaries")
+    standby = TempServer(version=os.environ.get("PARTMAN_TEST_PG", "18"), password=pg_server.password)
+    standby.init()
+    (standby.data / "standby.signal").write_text("")
+    st = standby.data.stat()
+    try:
+        shutil.chown(standby.data / "standby.signal", st.st_uid, st.st_gid)
+    except PermissionError:
+        pass
+    standby.start()
+    try:
+        d = daemons("on-standby", interval="1s", extra={"PARTMAN_DATABASE_URL": standby.dsn()})
+        wait_for(lambda: any(e.get("event") == "standby_server" for e in d.events()), 20, "the standby_server event")
+        time.sleep(2)  # several lock checks (every 0.5 s at this interval)
+        code, body = d.health()
+        assert body["leader"] is False, body
+        assert not any(e.get("event") == "leader_acquired" for e in d.events())
+        assert d.stop()[0] == 0
+    finally:
+        standby.cleanup()

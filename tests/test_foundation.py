@@ -40,6 +40,19 @@ def test_bad_setting_is_a_usage_error(monkeypatch):
         load_settings({}, None)
 
 
+def test_a_config_file_key_the_settings_do_not_know_is_a_usage_error(tmp_path):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('premake = 5\nretenton = "10 years"\n')  # a typo must not pass silently
+    with pytest.raises(UsageError, match="unknown setting.*retenton"):
+        load_settings({}, str(cfg))
+    cfg.write_text('premake = 5\nretention = "10 years"\ninterval = "month"\n')
+    s = load_settings({}, str(cfg))
+    assert (s.premake, s.retention, s.interval) == (5, "10 years", "month")
+    cfg.write_text("premake = \n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_settings({}, str(cfg))
+
+
 def test_names_shorten_the_table_never_the_suffix():
     long = "x" * 80
     name = naming.partition_name(long, datetime(2024, 1, 1))

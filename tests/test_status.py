@@ -81,3 +81,20 @@ def test_status_after_a_conversion_shows_progress_and_old_table(ledger, partman)
     assert "audit_log_ledger_p20140101" in years and t["partitions_ahead"] >= 2
     r = partman("status", "audit_log_ledger")
     assert r.code == 0 and "conversion: done" in r.out and "audit_log_ledger_old" in r.out, r.out
+
+
+def test_an_unqualified_name_is_resolved_through_search_path_as_psql_does(conn, dsn, partman):
+    conn.execute("CREATE SCHEMA s1")
+    conn.execute("CREATE TABLE s1.events (id bigserial, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
+    assert partman("register", "s1.events", "--column", "ts", "--interval", "year").code == 0
+    r = partman("status", "events")  # search_path "$user", public: psql would not find it
+    assert r.code == 1 and "does not exist" in r.err
+    assert partman("status", "s1.events").code == 0
+    on_path = psycopg.conninfo.make_conninfo(dsn, options="-c search_path=s1,public")
+    r = partman("status", "events", "--json", "--dsn", on_path)
+    assert r.code == 0 and [t["table"] for t in json.loads(r.out)["tables"]] == ["s1.events"]
+    # a registered table dropped behind partman's back keeps its record, found the same way
+    conn.execute("DROP TABLE s1.events")
+    assert partman("status", "events").code == 1
+    r = partman("status", "events", "--json", "--dsn", on_path)
+    assert r.code == 0 and [t["table"] for t in json.loads(r.out)["tables"]] == ["s1.events"]

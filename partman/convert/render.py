@@ -47,6 +47,7 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "premake": p.options.premake,
         "retention": p.options.retention,
         "retention_action": p.options.retention_action,
+        "drop_old_after": p.options.drop_old_after,
         "rows_estimate": p.rows_estimate,
         "bytes_estimate": p.bytes_estimate,
         "disk_needed_bytes": p.bytes_estimate,

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from .. import catalog, db, failpoints, log
 from ..db import QualifiedName, with_lock_retry
-from ..errors import PartmanError
+from ..errors import PartmanError, UsageError
 from ..settings import Settings
 from . import capture, ddl, plan as planning, render
 from .copy import run_copy
@@ -33,15 +33,15 @@ VERIFY_CHUNK = 20_000  # rows per verification statement under default settings
 def options_from(settings: Settings, args: argparse.Namespace) -> planning.Options:
     return planning.Options(
         column=args.column,
-        interval=args.interval,
+        interval=settings.interval,
         batch_size=settings.batch_size,
         sleep=settings.sleep,
         premake=settings.premake,
-        retention=args.retention,
-        retention_action=args.retention_action,
+        retention=settings.retention,
+        retention_action=settings.retention_action,
         lock_timeout_ms=settings.lock_timeout_ms,
         timezone=settings.timezone,
-        drop_old_after=getattr(args, "drop_old_after", None),
+        drop_old_after=settings.drop_old_after,
         throttle=settings.throttle,
     )
 
@@ -52,22 +52,27 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
     opts = options_from(settings, args)
     conn = db.connect(settings, "partman convert")
     try:
+        _check_durations(conn, opts)
         qn = db.resolve_table(conn, args.table)
         running = catalog.running_conversion(conn, settings, qn.schema, qn.name) if catalog.exists(conn, settings) else None
         if running and running["phase"] in ("verify", "analyze"):
             if args.dry_run:
-                print(f"{qn} is swapped; the conversion resumes at its {running['phase']} phase.")
+                _say(args, f"{qn} is swapped; the conversion resumes at its {running['phase']} phase.",
+                     table=str(qn), resumes_at=running["phase"])
                 return 0
             return _finish(conn, settings, running)
         p, model = make_plan(conn, settings, qn, opts)
+        if p.refusals and not running and _already_converted(conn, settings, qn):
+            last = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
+            _say(args, f"{qn} is already converted and registered; nothing to do.", already_converted=True,
+                 **render.result_summary(last, catalog.get_managed(conn, settings, qn.schema, qn.name)))
+            return 0
         if args.dry_run:
             print(json.dumps(render.plan_json(p, conn), indent=2, default=str) if args.json else render.plan_text(p, conn))
-            return 0
-        if p.refusals:
-            if _already_converted(conn, settings, qn) and not running:
-                print(f"{qn} is already converted and registered; nothing to do.")
-                return 0
+        if p.refusals:  # a refused dry-run fails as the conversion would, after showing why
             raise PartmanError(f"Cannot convert {qn}: " + " ".join(p.refusals))
+        if args.dry_run:
+            return 0
         for w in p.warnings:
             log.get().warning("plan_warning", table=str(qn), warning=w)
         for w in p.widened:
@@ -79,6 +84,29 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
         return execute(conn, settings, p, model, running, json_out=args.json)
     finally:
         conn.close()
+
+
+def _check_durations(conn: psycopg.Connection, opts: planning.Options) -> None:
+    """--retention and --drop-old-after that are no duration are usage errors, found before
+    anything is planned (a dry-run included)."""
+    from ..lifecycle.registry import check_retention
+
+    check_retention(conn, opts.retention)
+    text = opts.drop_old_after
+    if text is None:
+        return
+    try:
+        with conn.transaction():
+            positive = conn.execute("SELECT %s::interval > interval '0'", (_pg_interval(text) or "",)).fetchone()[0]
+    except psycopg.Error:
+        positive = None
+    if not positive:
+        raise UsageError(f"--drop-old-after (PARTMAN_DROP_OLD_AFTER) {text!r} is not a positive duration. Give one such as 7d, 36h or '7 days'.")
+
+
+def _say(args: argparse.Namespace, text: str, **doc: Any) -> None:
+    """A one-line answer on stdout, or with --json one JSON document of its figures."""
+    print(json.dumps({**doc, "message": text}, indent=2, default=str) if args.json else text)
 
 
 def _already_converted(conn: psycopg.Connection, settings: Settings, qn: QualifiedName) -> bool:

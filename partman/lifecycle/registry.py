@@ -42,10 +42,10 @@ def check_retention(conn: psycopg.Connection, retention: str | None) -> str | No
             ).fetchone()
     except psycopg.Error:
         raise UsageError(
-            f"--retention {retention!r} is not a PostgreSQL interval. Give one such as '10 years' or '18 months'."
+            f"--retention (PARTMAN_RETENTION) {retention!r} is not a PostgreSQL interval. Give one such as '10 years' or '18 months'."
         ) from None
     if not row[1]:
-        raise UsageError(f"--retention {retention!r} must be a positive interval, such as '10 years'.")
+        raise UsageError(f"--retention (PARTMAN_RETENTION) {retention!r} must be a positive interval, such as '10 years'.")
     return row[0]
 
 
@@ -140,7 +140,7 @@ def cli_register(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings) as conn:
         mt = register(
             conn, settings, args.table, column=args.column, interval=args.interval,
-            premake=args.premake, retention=args.retention, retention_action=args.retention_action,
+            premake=args.premake, retention=settings.retention, retention_action=settings.retention_action,
             retention_schema=getattr(args, "retention_schema", None), timezone=getattr(args, "timezone", None),
         )
     keep = f", retention {mt.retention} ({mt.retention_action})" if mt.retention else ", no retention"
