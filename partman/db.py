@@ -46,6 +46,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _one_line(exc: BaseException) -> str:
+    """libpq's message on one line, without any password."""
+    return log.redact(str(exc).strip().replace("\n", " "))
+
+
 def check_dsn(dsn: str) -> None:
     """A connection string libpq cannot parse is a usage error, reported before any work."""
     log.add_dsn_secret(dsn)
@@ -53,9 +58,8 @@ def check_dsn(dsn: str) -> None:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
         raise UsageError(
-            "The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: "
-            + log.redact(str(exc).strip().replace("\n", " "))
-            + ". Use a libpq URI (postgresql://user@host:5432/db, with special characters in the password "
+            f"The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: {_one_line(exc)}. Use"
+            " a libpq URI (postgresql://user@host:5432/db, with special characters in the password "
             "percent-encoded: '%' as %25) or a key=value string (host=... dbname=...)."
         ) from None
 
@@ -72,9 +76,8 @@ def connect(settings: Settings, application_name: str = "partman", autocommit: b
         )
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise PartmanError(
-            "Could not connect to PostgreSQL: "
-            + log.redact(str(exc).strip().replace("\n", " "))
-            + ". Check --dsn / PARTMAN_DATABASE_URL (or the PG* variables), that the server is running "
+            f"Could not connect to PostgreSQL: {_one_line(exc)}. Check"
+            " --dsn / PARTMAN_DATABASE_URL (or the PG* variables), that the server is running "
             "and that the user and password are right."
         ) from None
     if conn.info.server_version < MIN_SERVER_VERSION:
