@@ -58,6 +58,7 @@ def test_ledger_converts_under_live_writers_losing_nothing(conn, dsn, partman):
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'audit_log_ledger'::regclass AND contype = 'p'"
     ).fetchone()[0]
     assert "event_timestamp" in pk and "id" in pk
+    assert "key widened        primary key audit_log_ledger_pkey (id) becomes (id, event_timestamp)" in r.out
 
 
 SHADOW_PARTITION_INDEXES = (
@@ -297,6 +298,7 @@ def test_rerun_after_success_is_a_no_op(conn, partman):
         assert r.code == 0, r.err
         doc = json.loads(r.out)
         assert doc["already_converted"] is True and doc["status"] == "done" and doc["rows_copied"] == 300
+        assert doc["widened_keys"] and "becomes (id, event_timestamp)" in doc["widened_keys"][0]
 
 
 def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_lock(conn, dsn, partman):

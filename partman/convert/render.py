@@ -128,6 +128,7 @@ def result_summary(conversion: dict[str, Any] | None, managed: Any) -> dict[str,
         "swap_lock_ms": c.get("swap_lock_ms"),
         "swap_attempts": c.get("swap_attempts"),
         "verify": c.get("verify"),
+        "widened_keys": (c.get("options") or {}).get("widened_keys") or [],
         "old_table": getattr(managed, "old_table_name", None),
         "started_at": c.get("started_at"),
         "finished_at": c.get("finished_at"),
@@ -148,5 +149,6 @@ def result_text(s: dict[str, Any]) -> str:
             f"  verified           {v.get('old_rows', 0):,} rows of the old table present; "
             f"{v.get('missing_or_different', 0)} missing or different, {v.get('repaired', 0)} repaired",
             f"  original kept as   {s.get('old_table')}",
+            *(f"  key widened        {w}" for w in s.get("widened_keys") or []),
         ]
     )

@@ -184,7 +184,7 @@ def execute(
             from ..introspect import fingerprint
 
             options = {**p.options.to_json(), "work_schema": p.work_schema,
-                       "fingerprint": fingerprint(conn, model.oid)}
+                       "fingerprint": fingerprint(conn, model.oid), "widened_keys": p.widened}
             with conn.transaction():
                 catalog.start_conversion(conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate)
             running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
