@@ -232,6 +232,21 @@ def advisory_unlock(conn: psycopg.Connection, key: str) -> None:
     conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
+def advisory_holder(conn: psycopg.Connection, key: str) -> int | None:
+    """The backend pid holding the session advisory lock on `key` in this database (None: free).
+    Reads pg_locks, takes nothing."""
+    row = conn.execute(
+        """WITH k AS (SELECT hashtextextended(%s, 0) AS h)
+           SELECT l.pid FROM pg_locks l, k
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND l.classid::text::bigint = ((k.h >> 32) & 4294967295) AND l.objid::text::bigint = (k.h & 4294967295)
+           LIMIT 1""",
+        (key,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 @contextmanager
 def advisory_lock(conn: psycopg.Connection, key: str, busy_message: str) -> Iterator[None]:
     if not try_advisory_lock(conn, key):

@@ -12,6 +12,10 @@ _UNITS = {
     "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
     "d": 86400, "day": 86400, "days": 86400,
     "w": 604800, "week": 604800, "weeks": 604800,
+    # as PostgreSQL converts an interval to seconds (extract(epoch ...)): a month is 30 days, a
+    # year 365.25 days
+    "mon": 2592000, "mons": 2592000, "month": 2592000, "months": 2592000,
+    "y": 31557600, "year": 31557600, "years": 31557600,
 }
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
 

@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from .durations import parse_duration
+from .intervals import zone
 from .errors import UsageError
 
 _config_file: Path | None = None
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     )
     catalog_schema: str = Field("partman_catalog", description="schema holding partman's own catalog")
     timezone: str = Field("UTC", description="time zone that partition bounds are aligned to")
-    lock_timeout_ms: int = Field(500, ge=1, description="lock_timeout of every DDL on a live table, per attempt")
+    lock_timeout_ms: int = Field(500, ge=1, le=2_147_483_647, description="lock_timeout of every DDL on a live table, per attempt")
     lock_retries: int = Field(30, ge=1, description="attempts per DDL before giving up cleanly")
     batch_size: int = Field(10000, ge=1, description="rows per copy batch (convert)")
     sleep: float = Field(0.1, ge=0, description="seconds to sleep between copy batches (convert)")
@@ -71,7 +72,23 @@ class Settings(BaseSettings):
     @field_validator("maintenance_interval", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> timedelta:
-        return parse_duration(v)
+        d = parse_duration(v)
+        if d <= timedelta(0):
+            raise ValueError(f"{v!r} must be a positive duration, such as 1h or 15m")
+        return d
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        zone(v)  # ValueError: unknown time zone
+        return v
+
+    @field_validator("catalog_schema")
+    @classmethod
+    def _catalog(cls, v: str) -> str:
+        if not v.strip() or v.startswith("pg_") or v == "information_schema":
+            raise ValueError(f"{v!r} cannot hold partman's catalog: give a schema name of its own, such as partman_catalog")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -136,7 +136,10 @@ def running_conversions(conn: psycopg.Connection, settings: Settings) -> list[di
         rows = cur.execute(
             sql.SQL("SELECT * FROM {} WHERE status = 'running' ORDER BY id").format(catalog.ident(settings, "conversion"))
         ).fetchall()
-    return [{"table": f"{r['schema_name']}.{r['table_name']}", **_conversion_doc(r)} for r in rows]
+    # a running conversion's process holds its advisory lock; none holding it: killed or stopped
+    return [{"table": f"{r['schema_name']}.{r['table_name']}", **_conversion_doc(r),
+             "active": db.advisory_holder(conn, db.advisory_key("convert", r["schema_name"], r["table_name"])) is not None}
+            for r in rows]
 
 
 def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, now: datetime) -> dict[str, Any]:
@@ -304,10 +307,15 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
     if not doc["tables"] and not doc["conversions_running"]:
         console.print("No table is registered with partman.")
     for c in doc["conversions_running"]:
-        console.print(
-            f"Conversion of {c['table']} running: phase {c['phase']}, "
-            f"{c['rows_copied']}/{c['rows_estimate'] or '?'} rows copied ({c['progress'] * 100:.1f}%)"
-        )
+        progress = f"{c['rows_copied']}/{c['rows_estimate'] or '?'} rows copied ({c['progress'] * 100:.1f}%)"
+        if c["active"]:
+            console.print(f"Conversion of {c['table']} running: phase {c['phase']}, {progress}")
+        else:
+            console.print(
+                f"[yellow]Conversion of {c['table']} interrupted[/yellow] at phase {c['phase']}, {progress}: no partman "
+                f"process is working on it. Run the same `partman convert` command to resume it"
+                + ("." if c["phase"] in ("verify", "analyze") else f", or `partman revert {c['table']}` to abandon it.")
+            )
     for t in doc["tables"]:
         console.print()
         console.rule(f"[bold]{t['table']}[/bold]")

@@ -132,6 +132,9 @@ def test_contract_retention_example_archive_then_restore(conn, partman, s3):
     assert r.code == 0, r.err
     assert first in partitions(conn)
     assert "next maintenance pass archives and removes it again" in r.err
+    # a live partition is not "in the way" of a restore: there is nothing to restore
+    r = partman("restore", "audit_log_ledger", first)
+    assert r.code == 1 and "is a live partition of public.audit_log_ledger" in r.err and "drop" not in r.err
 
 
 def test_failed_upload_and_corrupted_object_keep_the_partition(conn, partman, s3, monkeypatch):

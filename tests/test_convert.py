@@ -263,6 +263,36 @@ def test_conversion_flags_have_env_vars_and_a_flag_wins(conn, partman, monkeypat
     assert r.code == 2 and "PARTMAN_DROP_OLD_AFTER) 'bogus'" in r.err
 
 
+def test_an_interrupted_conversion_is_shown_resumed_only_as_it_was_started_or_abandoned(conn, partman, partman_proc):
+    make_ledger(conn, 2000)
+    killed = partman_proc(*CONVERT, "--batch-size", "200", "--sleep", "0",
+                          extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=2:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    work_schemas = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman_catalog_w%'"
+    capture = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'audit_log_ledger'::regclass AND tgname = 'partman_capture'"
+    assert conn.execute(work_schemas).fetchone()[0] == 1 and conn.execute(capture).fetchone()[0] == 1
+    # status knows no process is working on it, and says what to do
+    r = partman("status", "--json")
+    assert [(c["phase"], c["active"]) for c in json.loads(r.out)["conversions_running"]] == [("copy", False)]
+    r = partman("status")
+    assert "interrupted" in r.out and "partman revert public.audit_log_ledger" in r.out
+    # other partitions than the ones prepared: refused before anything runs, nothing changed
+    r = partman("convert", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "month", "--sleep", "0")
+    assert r.code == 2 and "--interval 'month' (it was started with 'year')" in r.err, r.err
+    assert conn.execute(work_schemas).fetchone()[0] == 1 and latest_phase(conn) == "copy"
+    r = partman(*CONVERT, "--sleep", "0", "--dry-run")
+    assert r.code == 0 and "resumes the conversion in progress at its copy phase" in r.out
+    # revert abandons it: the table as it was, partman's objects gone; a fresh conversion works
+    r = partman("revert", "audit_log_ledger", "--yes")
+    assert r.code == 0 and "abandoned the conversion" in r.out, r.err
+    assert conn.execute(work_schemas).fetchone()[0] == 0 and conn.execute(capture).fetchone()[0] == 0
+    assert not is_partitioned(conn, LEDGER) and len(ids(conn, LEDGER)) == 2000
+    assert json.loads(partman("status", "--json").out)["conversions_running"] == []
+    r = partman("convert", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "month", "--sleep", "0")
+    assert r.code == 0, r.err
+    assert is_partitioned(conn, LEDGER) and len(ids(conn, LEDGER)) == 2000
+
+
 def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
     make_ledger(conn, 1000)
     assert partman(*CONVERT, "--sleep", "0").code == 0

@@ -17,6 +17,9 @@ def test_durations():
     assert parse_duration("7d") == timedelta(days=7)
     assert parse_duration("7 days") == timedelta(days=7)
     assert parse_duration("1 hour 30 minutes") == timedelta(minutes=90)
+    # PostgreSQL interval strings in months and years, counted as PostgreSQL counts their seconds
+    assert parse_duration("1 month") == timedelta(days=30)
+    assert parse_duration("1 year 2 mons") == timedelta(days=365.25 + 60)
     with pytest.raises(ValueError):
         parse_duration("soon")
 
@@ -37,6 +40,21 @@ def test_settings_precedence(tmp_path, monkeypatch):
 def test_bad_setting_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("PARTMAN_PREMAKE", "many")
     with pytest.raises(UsageError):
+        load_settings({}, None)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("PARTMAN_MAINTENANCE_INTERVAL", "0", "positive"),
+    ("PARTMAN_MAINTENANCE_INTERVAL", "0 seconds", "positive"),
+    ("PARTMAN_TIMEZONE", "Mars/Base", "unknown time zone"),
+    ("PARTMAN_TIMEZONE", "", "unknown time zone"),
+    ("PARTMAN_CATALOG_SCHEMA", "pg_catalog", "cannot hold"),
+    ("PARTMAN_CATALOG_SCHEMA", "", "cannot hold"),
+    ("PARTMAN_LOCK_TIMEOUT_MS", "9999999999", "lock_timeout_ms"),
+])
+def test_settings_postgresql_would_reject_later_are_usage_errors_now(monkeypatch, name, value, words):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=words):
         load_settings({}, None)
 
 

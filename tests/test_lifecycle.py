@@ -206,6 +206,10 @@ def test_retention_drop_with_a_legal_hold(conn, dsn, partman):
     assert r.code == 0, r.err
     r = partman("hold", "events_p20130101", "--reason", "case 4711: court order")
     assert r.code == 0, r.err
+    assert partman("hold", "events_p20130101", "--reason", "case 4711: court order").code == 0  # the same again
+    r = partman("hold", "events_p20130101", "--reason", "case 4712")  # never replaces the first unseen
+    assert r.code == 1 and "already under legal hold for 'case 4711: court order'" in r.err
+    assert conn.execute("SELECT reason FROM partman_catalog.hold").fetchall() == [("case 4711: court order",)]
     from partman.lifecycle import retention
     mt = catalog.get_managed(conn, settings_for(dsn), "public", "events")
     due = retention.due(conn, settings_for(dsn), mt)
@@ -394,6 +398,42 @@ def test_on_a_standby_maintain_does_nothing_and_says_so(pg_server, monkeypatch, 
         assert "standby" in r.out and "nothing to do" in r.out
     finally:
         standby.cleanup()
+
+
+def test_a_range_partly_covered_by_a_misaligned_partition_is_reported_not_skipped(conn, partman):
+    y = this_year(conn)
+    make_events(conn, years=(y,), default=False)
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2").code == 0
+    assert partman("maintain").code == 0
+    # someone replaces next year with a partition for its June only
+    conn.execute(f"DROP TABLE events_p{y + 1}0101")
+    conn.execute(f"CREATE TABLE events_june PARTITION OF events FOR VALUES FROM ('{y + 1}-06-01 00:00+00') "
+                 f"TO ('{y + 1}-07-01 00:00+00')")
+    r = partman("maintain")
+    assert r.code == 1 and "have no partition" in r.err + r.out and "events_june" in r.err + r.out, r.out + r.err
+    assert f"events_p{y + 1}0101" not in partitions(conn)
+    # monthly partitions covering a yearly range are in nobody's way
+    conn.execute("DROP TABLE events_june")
+    for m in range(1, 13):
+        nxt = f"{y + 1}-{m + 1:02d}-01" if m < 12 else f"{y + 2}-01-01"
+        conn.execute(f"CREATE TABLE events_m{m} PARTITION OF events FOR VALUES FROM ('{y + 1}-{m:02d}-01 00:00+00') "
+                     f"TO ('{nxt} 00:00+00')")
+    r = partman("maintain")
+    assert r.code == 0, r.out + r.err
+
+
+def test_infinite_keys_stay_in_the_default_partition_and_the_pass_succeeds(conn, partman):
+    """convert warns that +-infinity keys go to the default partition; maintenance must then leave
+    them there (no range partition holds them) and report them, not fail every pass."""
+    make_events(conn, years=())
+    conn.execute("INSERT INTO events (ts) VALUES ('infinity'), ('-infinity'), ('2023-05-01')")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
+    for _ in range(2):
+        r = partman("maintain")
+        assert r.code == 0, r.err
+    assert "2 rows remain in the default partition (2 with a NULL or infinite key" in r.out
+    assert conn.execute("SELECT count(*) FROM events_p20230101").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 2
 
 
 def test_timestamp_key_in_a_zone_moves_default_rows_and_reports_in_text(conn, partman):

@@ -106,7 +106,8 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
         if widen:
             what = "primary key" if idx.primary else ("unique constraint" if con else "unique index")
             note = (f"{what} {idx.name} ({', '.join(cols)}) becomes ({', '.join(new_cols)}): a unique key of a "
-                    f"partitioned table must include its partition key")
+                    f"partitioned table must include its partition key, so ({', '.join(cols)}) alone is no longer "
+                    f"enforced unique")
         include = sql.SQL(" INCLUDE ({})").format(_idents(idx.include)) if idx.include else sql.SQL("")
         nnd = sql.SQL(" NULLS NOT DISTINCT") if idx.nulls_not_distinct else sql.SQL("")
         if con is not None and con.kind in ("p", "u"):

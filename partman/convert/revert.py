@@ -2,7 +2,10 @@
 partitioned table since the swap (recorded by the revert capture trigger) are replayed into the
 old table with its triggers off (a hash chain must not be recomputed), in short rounds and a
 final round inside one short swap transaction that also restores names, views, sequence
-ownership and the registration. The partitioned table is kept as `<table>_partitioned`."""
+ownership and the registration. The partitioned table is kept as `<table>_partitioned`.
+
+Before the swap there is nothing to put back: revert then abandons the interrupted conversion
+(the capture trigger off the table, partman's work schema dropped), as a failed one would be."""
 
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
     conn = db.connect(settings, "partman revert")
     try:
         qn = db.resolve_table(conn, args.table)
+        running = catalog.running_conversion(conn, settings, qn.schema, qn.name) if catalog.exists(conn, settings) else None
+        if running and running["phase"] not in SWAPPED:
+            return _abandon(conn, settings, qn, running, args)
         mt = catalog.get_managed(conn, settings, qn.schema, qn.name)
         conv = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
         old = QualifiedName(qn.schema, mt.old_table_name) if mt and mt.old_table_name else None
@@ -63,6 +69,30 @@ def _replay_into_old(c: psycopg.Connection, work: WorkNames, new: QualifiedName,
     for stmt in triggers.restore(old, saved):
         c.execute(stmt)
     return n
+
+
+SWAPPED = ("verify", "analyze", "done")  # phases after the swap: the partitioned table is live
+
+
+def _abandon(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, running: dict[str, Any],
+             args: argparse.Namespace) -> int:
+    """An interrupted conversion before its swap: the original table is still the live one; take
+    partman's capture trigger off it and drop the work schema."""
+    from ..cli import confirm
+    from .run import remove_work
+
+    if not confirm(f"Abandon the interrupted conversion of {qn} (phase {running['phase']}, "
+                   f"{running['rows_copied']:,} rows copied)? The table stays as it is.", args.yes):
+        raise PartmanError("Revert cancelled at the prompt. Nothing was changed.")
+    with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),
+                          f"A `partman convert` of {qn} is running right now (phase {running['phase']}). Stop it "
+                          "first; then revert abandons what it prepared, or the same convert command resumes it."):
+        remove_work(conn, settings, qn, running["options"]["work_schema"], running["id"],
+                    "abandoned by `partman revert` before the swap")
+    log.get().info("conversion_abandoned", table=str(qn), phase=running["phase"], rows_copied=running["rows_copied"])
+    print(f"abandoned the conversion of {qn} at its {running['phase']} phase: the capture trigger is off the table "
+          "and partman's work schema is dropped; the table is as it was")
+    return 0
 
 
 def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old: QualifiedName, work: WorkNames,

@@ -60,7 +60,11 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                 _say(args, f"{qn} is swapped; the conversion resumes at its {running['phase']} phase.",
                      table=str(qn), resumes_at=running["phase"])
                 return 0
-            return _finish(conn, settings, running)
+            with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),
+                                  f"Another `partman convert` of {qn} is running. Wait for it to finish."):
+                return _finish(conn, settings, running)
+        if running:
+            _check_resumable(qn, running, opts)
         p, model = make_plan(conn, settings, qn, opts)
         if p.refusals and not running and _already_converted(conn, settings, qn):
             last = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
@@ -68,7 +72,14 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                  **render.result_summary(last, catalog.get_managed(conn, settings, qn.schema, qn.name)))
             return 0
         if args.dry_run:
-            print(json.dumps(render.plan_json(p, conn), indent=2, default=str) if args.json else render.plan_text(p, conn))
+            resumes = {"phase": running["phase"], "rows_copied": running["rows_copied"]} if running else None
+            if args.json:
+                print(json.dumps({**render.plan_json(p, conn), "resumes_conversion": resumes}, indent=2, default=str))
+            else:
+                print(render.plan_text(p, conn))
+                if resumes:
+                    print(f"-- resumes the conversion in progress at its {resumes['phase']} phase "
+                          f"({resumes['rows_copied']:,} rows copied)")
         if p.refusals:  # a refused dry-run fails as the conversion would, after showing why
             raise PartmanError(f"Cannot convert {qn}: " + " ".join(p.refusals))
         if args.dry_run:
@@ -76,7 +87,7 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
         for w in p.warnings:
             log.get().warning("plan_warning", table=str(qn), warning=w)
         for w in p.widened:
-            log.get().info("key_widened", table=str(qn), note=w)
+            log.get().warning("key_widened", table=str(qn), note=w)
         if not running and not confirm(
             f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes
         ):
@@ -84,6 +95,24 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
         return execute(conn, settings, p, model, running, json_out=args.json)
     finally:
         conn.close()
+
+
+RESUME_SHAPE = ("column", "interval", "timezone", "premake")  # prepared in the shadow: a resume must keep them
+
+
+def _check_resumable(qn: QualifiedName, running: dict[str, Any], opts: planning.Options) -> None:
+    """A conversion in progress resumes with the partitions it prepared: other ones are refused
+    now rather than failing after the copy. Pace and retention may change on a resume."""
+    was = running.get("options") or {}
+    now = opts.to_json()
+    changed = [f"--{k} {now.get(k)!r} (it was started with {was.get(k)!r})" for k in RESUME_SHAPE
+               if k in was and str(was.get(k)) != str(now.get(k))]
+    if changed:
+        raise UsageError(
+            f"A conversion of {qn} is in progress (phase {running['phase']}, {running['rows_copied']:,} rows copied) "
+            f"with other partitions than asked for: {'; '.join(changed)}. Run it again with its own options to resume "
+            f"it, or `partman revert {qn}` to abandon it and then convert afresh."
+        )
 
 
 def _check_durations(conn: psycopg.Connection, opts: planning.Options) -> None:
@@ -410,6 +439,20 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     return 0
 
 
+def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedName, work_schema: str, cid: int,
+                error: str, status: str = "failed") -> None:
+    """Undo a conversion before its swap: the capture trigger off the live table, the work schema
+    (shadow, partitions, change log) dropped, the attempt recorded as `status`."""
+    if relation_exists(conn, table) and capture.trigger_exists(conn, CONVERT_TRIGGER, table):
+        # keep trying longer than a swap would: a long transaction must end before the table is clean
+        with_lock_retry(conn, settings, f"removing the change-capture trigger from {table}",
+                        lambda c: c.execute(capture.drop_trigger(CONVERT_TRIGGER, table)),
+                        attempts=max(settings.lock_retries, 40), tables=[table])
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work_schema)))
+        catalog.update_conversion(conn, settings, cid, status=status, error=error[:2000])
+
+
 def _server_now(conn: psycopg.Connection) -> Any:
     return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
@@ -420,17 +463,8 @@ def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
     phase = catalog.running_conversion(conn, settings, p.table.schema, p.table.name)
     if phase and phase["phase"] in ("verify", "analyze", "done"):
         return False  # after the swap both tables are kept; the rerun re-verifies
-    work = WorkNames(p.work_schema)
     try:
-        if relation_exists(conn, p.table) and capture.trigger_exists(conn, CONVERT_TRIGGER, p.table):
-            # keep trying longer than a swap would: a long transaction must end before the table is clean
-            with_lock_retry(conn, settings, f"removing the change-capture trigger from {p.table}",
-                            lambda c: c.execute(capture.drop_trigger(CONVERT_TRIGGER, p.table)),
-                            attempts=max(settings.lock_retries, 40), tables=[p.table])
-        with conn.transaction():
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
-            catalog.update_conversion(conn, settings, cid, status="failed",
-                                      error=log.redact(f"{type(exc).__name__}: {exc}")[:2000])
+        remove_work(conn, settings, p.table, p.work_schema, cid, log.redact(f"{type(exc).__name__}: {exc}"))
         return True
     except Exception as cleanup_error:  # noqa: BLE001 - report both, keep the first
         log.get().error("rollback_incomplete", table=str(p.table), error=str(cleanup_error),

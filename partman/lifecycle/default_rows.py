@@ -61,7 +61,9 @@ def _ranges_with_rows(conn: psycopg.Connection, mt: ManagedTable, d: Partition) 
     else:
         trunc = sql.SQL("date_trunc({}, {}::timestamp)").format(unit, key)
     rows = conn.execute(
-        sql.SQL("SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL").format(trunc, d.qualified.ident(), key)
+        # NULL and +-infinity keys belong to no range partition: they stay in the default (reported)
+        sql.SQL("SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL AND isfinite({})").format(
+            trunc, d.qualified.ident(), key, key)
     ).fetchall()
     tz = intervals.zone(mt.timezone)
     out = set()
@@ -212,7 +214,7 @@ def _put_back(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, d:
 def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
          leader_check: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Move every movable row out of the default partition. Returns what was done."""
-    result: dict[str, Any] = {"moved": 0, "partitions": {}, "null_key_rows": 0, "unmovable": []}
+    result: dict[str, Any] = {"moved": 0, "partitions": {}, "null_key_rows": 0, "infinite_key_rows": 0, "unmovable": []}
     d = default_partition(conn, mt)
     if d is None:
         return result
@@ -230,9 +232,11 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         name, n = _move_range(conn, settings, mt, d, lo, hi, leader_check)
         result["partitions"][name] = result["partitions"].get(name, 0) + n
         result["moved"] += n
-    result["null_key_rows"] = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(d.qualified.ident(), sql.Identifier(mt.column_name))
-    ).fetchone()[0]
+    key = sql.Identifier(mt.column_name)
+    result["null_key_rows"], result["infinite_key_rows"] = conn.execute(
+        sql.SQL("SELECT count(*) FILTER (WHERE {k} IS NULL), count(*) FILTER (WHERE NOT isfinite({k})) FROM {d}").format(
+            k=key, d=d.qualified.ident())
+    ).fetchone()
     if result["unmovable"]:
         result["error"] = (
             f"rows in {d.name} fall into ranges that overlap existing partitions not aligned to the "

@@ -60,8 +60,17 @@ def hold(conn: psycopg.Connection, settings: Settings, partition: str, reason: s
     with conn.transaction():
         lock_hold(conn, qn.schema, qn.name)
         existing = conn.execute(
-            sql.SQL("SELECT reason FROM {} WHERE schema_name = %s AND partition_name = %s").format(
+            sql.SQL("SELECT reason, held_by, held_at FROM {} WHERE schema_name = %s AND partition_name = %s").format(
                 catalog.ident(settings, "hold")), (qn.schema, qn.name)).fetchone()
+        if existing is not None:
+            if existing[0] == reason:  # the same hold again: nothing changes
+                return {"partition": str(qn), "reason": reason, "held_by": existing[1], "updated": False}
+            # one hold per partition, so one release ends it: never let a second case replace the first unseen
+            raise PartmanError(
+                f"{qn} is already under legal hold for {existing[0]!r} (by {existing[1]} since {existing[2]:%Y-%m-%d}). "
+                "A partition has one hold: to record another reason, release it and hold it again with both "
+                "reasons in --reason (both steps are kept in the hold log)."
+            )
         conn.execute(
             sql.SQL("INSERT INTO {} (schema_name, partition_name, reason, held_by) VALUES (%s, %s, %s, %s) "
                     "ON CONFLICT (schema_name, partition_name) DO UPDATE SET reason = EXCLUDED.reason, "

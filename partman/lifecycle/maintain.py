@@ -49,6 +49,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
     """One table's pass. The caller holds the table's advisory lock."""
     res: dict[str, Any] = {
         "created": [], "default_rows_moved": 0, "default_rows_remaining": 0, "null_key_rows": 0,
+        "infinite_key_rows": 0,
         "retention": {"removed": [], "held": [], "errors": []}, "dropped_old": None,
         "analyzed": False, "skipped": None, "error": None,
     }
@@ -67,6 +68,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         res["default_rows_moved"] = moved["moved"]
         res["created"].extend(n for n in moved["partitions"])
         res["null_key_rows"] = moved["null_key_rows"]
+        res["infinite_key_rows"] = moved["infinite_key_rows"]
         changed |= moved["moved"] > 0 or bool(moved["partitions"])
         if moved.get("error"):
             errors.append(moved["error"])
@@ -74,6 +76,11 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         made = premake.run(conn, settings, mt)
         res["created"].extend(made["created"])
         changed |= bool(made["created"])
+        if made["uncovered"]:
+            errors.append(f"parts of these {mt.interval} ranges have no partition and partman cannot create one, "
+                          f"because partitions not aligned to the interval overlap them: {'; '.join(made['uncovered'])}. "
+                          "Rows with keys there fail (or land in the default partition); re-create those partitions "
+                          f"on {mt.interval} boundaries by hand")
         if made["blocked_by_default"]:
             errors.append(f"rows arrived in the default partition for {', '.join(made['blocked_by_default'])} "
                           "during the pass; the next pass moves them")
@@ -166,8 +173,10 @@ def maintain(settings: Settings, *, conn: psycopg.Connection | None = None,
                     summary["skipped"][name] = res["skipped"]
                 if res["error"]:
                     summary["errors"][name] = res["error"]
-                logger.info("maintained", table=name, created=len(res["created"]), moved=res["default_rows_moved"],
-                            removed=len(res["retention"]["removed"]), error=res["error"], skipped=res["skipped"])
+                # a table's failure is an error-level line, so log-based alerting sees it
+                (logger.error if res["error"] else logger.info)(
+                    "maintained", table=name, created=len(res["created"]), moved=res["default_rows_moved"],
+                    removed=len(res["retention"]["removed"]), error=res["error"], skipped=res["skipped"])
         except BaseException as exc:
             if not conn.closed:
                 try:
@@ -206,7 +215,9 @@ def render_text(summary: dict[str, Any]) -> str:
         if res["default_rows_moved"]:
             parts.append(f"moved {res['default_rows_moved']} rows out of the default partition")
         if res["default_rows_remaining"]:
-            parts.append(f"{res['default_rows_remaining']} rows remain in the default partition")
+            stuck = res["null_key_rows"] + res["infinite_key_rows"]
+            parts.append(f"{res['default_rows_remaining']} rows remain in the default partition"
+                         + (f" ({stuck} with a NULL or infinite key, which no range partition holds)" if stuck else ""))
         for r in res["retention"]["removed"]:
             extra = f" -> {r['uri']} (sha256 {r['sha256']})" if r.get("uri") else ""
             parts.append(f"{r['action']} {r['partition']} ({r['rows']} rows){extra}")

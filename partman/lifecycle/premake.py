@@ -31,25 +31,41 @@ def retention_cutoff(conn: psycopg.Connection, mt: ManagedTable) -> datetime | N
 
 def missing_ranges(
     parts: list[Partition], mt: ManagedTable, now: datetime, cutoff: datetime | None = None
-) -> list[tuple[datetime, datetime]]:
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime, list[str]]]]:
     """Interval ranges from the oldest existing partition through `premake` beyond the current
-    one that no existing partition overlaps (gaps and future), excluding ranges retention would
-    remove anyway. Pure."""
+    one, excluding ranges retention would remove anyway: those no existing partition overlaps
+    (gaps and future: to create), and those that partitions not aligned to the interval cover only
+    in part (keys there have no partition and partman cannot create one: to report), with the
+    names of the partitions in the way. Pure."""
     tz = intervals.zone(mt.timezone)
-    bounded = [(aware(p.lower, tz), aware(p.upper, tz)) for p in parts if not p.is_default]
-    lowers = [lo for lo, _ in bounded if lo is not None]
+    bounded = [(aware(p.lower, tz), aware(p.upper, tz), p.name) for p in parts if not p.is_default]
+    lowers = [lo for lo, _, _ in bounded if lo is not None]
     lowest = min(lowers) if lowers else None
-    exact = {(lo.timestamp(), hi.timestamp()) for lo, hi in bounded if lo is not None and hi is not None}
-    out = []
+    exact = {(lo.timestamp(), hi.timestamp()) for lo, hi, _ in bounded if lo is not None and hi is not None}
+    missing, partial = [], []
     for lo, hi in intervals.ranges(lowest, None, now, mt.interval, tz, mt.premake):
         if cutoff is not None and hi <= cutoff:
             continue
         if (lo.timestamp(), hi.timestamp()) in exact:  # the common case, without the quadratic scan
             continue
-        if any(overlaps(lo, hi, plo, phi) for plo, phi in bounded):
-            continue
-        out.append((lo, hi))
-    return out
+        over = [(plo, phi, name) for plo, phi, name in bounded if overlaps(lo, hi, plo, phi)]
+        if not over:
+            missing.append((lo, hi))
+        elif not _covered(lo, hi, over):
+            partial.append((lo, hi, sorted(name for _, _, name in over)))
+    return missing, partial
+
+
+def _covered(lo: datetime, hi: datetime, parts: list[tuple[datetime | None, datetime | None, str]]) -> bool:
+    """Do these ranges (None: unbounded) together cover [lo, hi)?"""
+    at = lo
+    for plo, phi, _ in sorted(parts, key=lambda p: (p[0] is not None, p[0] or lo)):
+        if plo is not None and plo > at:
+            return False
+        if phi is None or phi >= hi:
+            return True
+        at = max(at, phi)
+    return False
 
 
 def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: datetime, hi: datetime) -> str:
@@ -71,13 +87,16 @@ def run(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict:
     now = server_now(conn)
     created: list[str] = []
     blocked: list[str] = []
-    for lo, hi in missing_ranges(parts, mt, now, retention_cutoff(conn, mt)):
+    missing, partial = missing_ranges(parts, mt, now, retention_cutoff(conn, mt))
+    uncovered = [f"{intervals.literal(lo, mt.key_type)} .. {intervals.literal(hi, mt.key_type)} (in the way: "
+                 f"{', '.join(names)})" for lo, hi, names in partial]
+    for lo, hi in missing:
         try:
             created.append(create(conn, settings, mt, lo, hi))
         except pgerrors.CheckViolation:
             # rows for this range sit in the default partition: the default move creates it
             blocked.append(naming.partition_name(mt.table_name, lo))
-    return {"created": created, "blocked_by_default": blocked}
+    return {"created": created, "blocked_by_default": blocked, "uncovered": uncovered}
 
 
 def future_count(conn: psycopg.Connection, mt: ManagedTable) -> int:

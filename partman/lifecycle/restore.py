@@ -58,6 +58,11 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         raise UsageError(f"Partition {partition!r} is not in {parent}'s schema {parent.schema!r}; partitions are restored beside their table.")
     target = QualifiedName(parent.schema, parts[1])
     if relation_kind(conn, target) is not None:
+        attached = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = %s::regclass "
+                                "AND inhparent = %s::regclass)", (target.literal, parent.literal)).fetchone()[0]
+        if attached:
+            raise PartmanError(f"{target} is a live partition of {parent}, not a removed one: there is nothing to "
+                               "restore. `partman status` lists the removed partitions and their archives.")
         raise PartmanError(f"{target} already exists; drop or rename it before restoring the archived copy.")
     rec = _removal_record(conn, settings, parent, target.name)
     if rec is not None:
