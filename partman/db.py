@@ -4,6 +4,7 @@ command needs from the database layer."""
 from __future__ import annotations
 
 import random
+import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,12 @@ class QualifiedName:
     def literal(self) -> str:
         """The name as regclass text accepts it (quoted as needed)."""
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def arg(self) -> str:
+        """The name as a partman command line takes it, for advice in messages (`public."odd name"`,
+        shell-quoted when needed)."""
+        return shlex.quote(self.literal)
 
 
 def quote_ident(name: str) -> str:

@@ -138,6 +138,7 @@ def running_conversions(conn: psycopg.Connection, settings: Settings) -> list[di
         ).fetchall()
     # a running conversion's process holds its advisory lock; none holding it: killed or stopped
     return [{"table": f"{r['schema_name']}.{r['table_name']}", **_conversion_doc(r),
+             "arg": QualifiedName(r["schema_name"], r["table_name"]).arg,
              "active": db.advisory_holder(conn, db.advisory_key("convert", r["schema_name"], r["table_name"])) is not None}
             for r in rows]
 
@@ -314,7 +315,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
             console.print(
                 f"[yellow]Conversion of {c['table']} interrupted[/yellow] at phase {c['phase']}, {progress}: no partman "
                 f"process is working on it. Run the same `partman convert` command to resume it"
-                + ("." if c["phase"] in ("verify", "analyze") else f", or `partman revert {c['table']}` to abandon it.")
+                + ("." if c["phase"] in ("verify", "analyze") else f", or `partman revert {c['arg']}` to abandon it.")
             )
     for t in doc["tables"]:
         console.print()

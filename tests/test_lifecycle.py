@@ -62,7 +62,12 @@ def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
     y = this_year(conn)
     r = partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2")
     assert r.code == 0, r.err
-    assert "registered public.events" in r.out
+    assert "registered public.events" in r.out and "registration_changed" not in r.err
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2")
+    assert r.code == 0 and "registration_changed" not in r.err  # the same again changes nothing
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "3")
+    assert r.code == 0 and "registration_changed" in r.err and "3 -> 2" not in r.err and "2 -> 3" in r.err
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2").code == 0
     r = partman("maintain", "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out)
@@ -420,6 +425,20 @@ def test_a_range_partly_covered_by_a_misaligned_partition_is_reported_not_skippe
                      f"TO ('{nxt} 00:00+00')")
     r = partman("maintain")
     assert r.code == 0, r.out + r.err
+
+
+def test_advice_names_an_odd_table_so_that_the_advised_command_works(conn, partman):
+    import shlex
+
+    make_events(conn, years=(2024,), name="dot.table")
+    assert partman("register", 'public."dot.table"', "--column", "ts", "--interval", "year").code == 0
+    conn.execute('DROP TABLE "dot.table"')
+    r = partman("maintain")
+    assert r.code == 1
+    advised = next(line for line in (r.out + r.err).split("`") if line.startswith("partman unregister"))
+    assert advised == """partman unregister 'public."dot.table"'"""
+    r = partman(*shlex.split(advised)[1:])
+    assert r.code == 0, r.err
 
 
 def test_infinite_keys_stay_in_the_default_partition_and_the_pass_succeeds(conn, partman):

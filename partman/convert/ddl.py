@@ -266,7 +266,7 @@ def refusals(model: TableModel, column: str) -> list[str]:
     """Why this table cannot be converted (empty: it can)."""
     t = model.table
     if model.is_partitioned:
-        return [f"{t} is already partitioned; to have partman maintain it, use `partman register {t} --column ...`."]
+        return [f"{t} is already partitioned; to have partman maintain it, use `partman register {t.arg} --column ...`."]
     if model.relkind != "r":
         return [f"{t} is not a table (relkind {model.relkind!r}); only ordinary tables can be converted."]
     out: list[str] = []

@@ -88,6 +88,10 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
             log.get().warning("plan_warning", table=str(qn), warning=w)
         for w in p.widened:
             log.get().warning("key_widened", table=str(qn), note=w)
+        if opts.retention and opts.retention_action == "archive" and not settings.archive_bucket:
+            log.get().warning("archive_bucket_missing", table=str(qn),
+                              note="retention action is archive but PARTMAN_ARCHIVE_BUCKET is not set here; "
+                                   "maintain will refuse to remove partitions until it is set where it runs")
         if not running and not confirm(
             f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes
         ):
@@ -111,7 +115,7 @@ def _check_resumable(qn: QualifiedName, running: dict[str, Any], opts: planning.
         raise UsageError(
             f"A conversion of {qn} is in progress (phase {running['phase']}, {running['rows_copied']:,} rows copied) "
             f"with other partitions than asked for: {'; '.join(changed)}. Run it again with its own options to resume "
-            f"it, or `partman revert {qn}` to abandon it and then convert afresh."
+            f"it, or `partman revert {qn.arg}` to abandon it and then convert afresh."
         )
 
 
@@ -424,7 +428,7 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
         raise PartmanError(
             f"Verification of {qn} failed: {figures['missing_or_different']} row(s) of {old} are missing or differ in "
             f"the partitioned table and could not be repaired ({json.dumps(figures)}). Both tables are kept; "
-            f"inspect them, then run `partman convert` again to re-verify or `partman revert {qn}`."
+            f"inspect them, then run `partman convert` again to re-verify or `partman revert {qn.arg}`."
         )
     # statistics: the partitions were ANALYZEd with the data just before the swap (index phase)
     with conn.transaction():

@@ -56,7 +56,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
     parent = parent_of(mt)
     if relation_kind(conn, parent) != "p":
         res["error"] = (f"{mt.qualified} is registered but is no longer a partitioned table (dropped or renamed?); "
-                        f"unregister it with `partman unregister {mt.qualified}` or restore it.")
+                        f"unregister it with `partman unregister {parent.arg}` or restore it.")
         return res
     changed = False
     errors: list[str] = []

@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from .. import catalog
+from .. import catalog, log
 from ..catalog import ManagedTable
 from ..db import QualifiedName, connect, resolve_table
 from ..errors import PartmanError, UsageError
@@ -75,7 +75,7 @@ def register(
     if kind != "p":
         raise PartmanError(
             f"{qn} is not a partitioned table, so there is nothing to register. "
-            f"Convert it first with `partman convert {qn} --column {column} --interval {interval}`."
+            f"Convert it first with `partman convert {qn.arg} --column {column} --interval {interval}`."
         )
     key = key_column(conn, qn)
     if key is None:
@@ -106,6 +106,10 @@ def register(
         retention_action=retention_action or (existing.retention_action if existing else "drop"),
         retention_schema=retention_schema if retention_schema is not None else (existing.retention_schema if existing else None),
     )
+    if existing is not None:
+        changed = {k: f"{getattr(existing, k)} -> {v}" for k, v in values.items() if str(getattr(existing, k)) != str(v)}
+        if changed:  # registering again is how a registration is changed: say what changed
+            log.get().warning("registration_changed", table=str(qn), changes=changed)
     catalog.upsert_managed(conn, settings, **values)
     mt = catalog.get_managed(conn, settings, qn.schema, qn.name)
     assert mt is not None

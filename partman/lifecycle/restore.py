@@ -171,7 +171,7 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
             if any(d["partition"] == target.name and not d["held"] for d in due(conn, settings, mt)):
                 result["warning"] = (
                     f"{target} is older than the retention of {parent} ({mt.retention}): the next maintenance pass "
-                    f"archives and removes it again unless you hold it (`partman hold {target} --reason ...`)."
+                    f"archives and removes it again unless you hold it (`partman hold {target.arg} --reason ...`)."
                 )
     return result
 
