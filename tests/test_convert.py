@@ -246,6 +246,15 @@ def test_a_bad_retention_or_drop_old_after_is_a_usage_error_before_anything_is_m
     assert partman(*CONVERT, flag, {"--retention": "10 years", "--drop-old-after": "7d"}[flag], "--dry-run").code == 0
 
 
+def test_too_many_partitions_are_refused_with_a_short_plan_that_names_both_causes(conn, partman):
+    make_ledger(conn, 50)  # 2014 .. 2026: ~4,600 days
+    r = partman("convert", "audit_log_ledger", "--column", "event_timestamp", "--interval", "day", "--dry-run")
+    assert r.code == 1 and "at most 2000" in r.err and "longer --interval or a smaller --premake" in r.err
+    assert len(r.out.splitlines()) < 200  # not one line per partition
+    r = partman("convert", "audit_log_ledger", "--column", "event_timestamp", "--premake", "100000", "--dry-run")
+    assert r.code == 2 and "premake" in r.err
+
+
 def test_conversion_flags_have_env_vars_and_a_flag_wins(conn, partman, monkeypatch):
     make_ledger(conn, 50)
     monkeypatch.setenv("PARTMAN_INTERVAL", "month")
@@ -313,6 +322,9 @@ def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
     # the original table works as before: the chain continues, the sequence is its own again
     conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'x', '', '')")
     assert verify_chain(conn, LEDGER)["ok"]
+    # converting again needs the names the kept partitioned table holds: the refusal says whose they are
+    r = partman(*CONVERT, "--sleep", "0")
+    assert r.code == 1 and "they belong to audit_log_ledger_partitioned" in r.err, r.err
     conn.execute("DROP TABLE audit_log_ledger_partitioned")
     conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'y', '', '')")
 

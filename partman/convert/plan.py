@@ -24,6 +24,7 @@ ESTIMATED_ROWS_PER_SECOND = 80_000
 # application's inserts are slow (throttle.py).
 GENTLE_BATCH_ROWS = 1_200
 MAX_PAUSE = 2.0
+MAX_PARTITIONS = 2000  # one conversion's partitions: planning time, catalog size and the plan's length
 
 
 @dataclass
@@ -180,11 +181,13 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         if key_type
         else []
     )
-    if len(ranges) > 2000:
+    if len(ranges) > MAX_PARTITIONS:
         refusals.append(
             f"{len(ranges)} partitions of one {options.interval} would be needed to cover {stats.min_key} .. "
-            f"{stats.max_key}: choose a longer --interval."
+            f"{stats.max_key} and --premake {options.premake} ahead (at most {MAX_PARTITIONS}): choose a longer "
+            "--interval or a smaller --premake."
         )
+        ranges = []  # a plan that lists them all would be unreadable, and is refused anyway
     parts = [PartitionSpec(naming.partition_name(table.name, lo), lo, hi) for lo, hi in ranges]
     default = naming.default_name(table.name)
     shadow_ddl: list[sql.Composable] = []

@@ -79,6 +79,9 @@ _INDEXES_WHEN = {
 
 def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
     o = p.options
+    if p.refusals:  # no plan to show, only why (and what else it would warn about)
+        return "\n".join([f"-- partman convert plan for {p.table}: refused",
+                           *(f"-- REFUSED: {r}" for r in p.refusals), *(f"-- WARNING: {w}" for w in p.warnings)])
     lines = [
         f"-- partman convert plan for {p.table}",
         f"-- partition key {o.column} ({p.key_type or '?'}), one partition per {o.interval}, bounds in {o.timezone}",
@@ -100,20 +103,17 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
         lines.append(f"-- retention registered (applied by maintain): {o.retention}, action {o.retention_action or 'drop'}")
     for w in p.warnings:
         lines.append(f"-- WARNING: {w}")
-    for r in p.refusals:
-        lines.append(f"-- REFUSED: {r}")
-    if not p.refusals:
-        lines.append("")
-        lines.append(f"CREATE SCHEMA {p.work_schema};  -- partman's work schema for this conversion")
-        phase = None
-        for ph, stmt in p.statements():
-            if ph != phase:
-                lines.append(f"\n-- {ph}{_INDEXES_WHEN[p.indexes_first] if ph == 'indexes' else ''}")
-                phase = ph
-            lines.append(stmt.as_string(conn) + ";")
-        lines.append("\n-- copy: batched INSERT ... SELECT by primary-key ranges, change capture trigger on the source")
-        lines.append("-- catch-up: replay captured changes; swap: LOCK, final replay, rename to "
-                     f"{p.old.name}, move partitions into {p.table.schema}, recreate triggers/views/sequence ownership")
+    lines.append("")
+    lines.append(f"CREATE SCHEMA {p.work_schema};  -- partman's work schema for this conversion")
+    phase = None
+    for ph, stmt in p.statements():
+        if ph != phase:
+            lines.append(f"\n-- {ph}{_INDEXES_WHEN[p.indexes_first] if ph == 'indexes' else ''}")
+            phase = ph
+        lines.append(stmt.as_string(conn) + ";")
+    lines.append("\n-- copy: batched INSERT ... SELECT by primary-key ranges, change capture trigger on the source")
+    lines.append("-- catch-up: replay captured changes; swap: LOCK, final replay, rename to "
+                 f"{p.old.name}, move partitions into {p.table.schema}, recreate triggers/views/sequence ownership")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..settings import Settings
 from . import capture, ddl, triggers
-from .swap import REVERT_TRIGGER, WorkNames, hand_over_identity_names, index_names, relation_exists
+from .swap import AFTER_SWAP, REVERT_TRIGGER, WorkNames, hand_over_identity_names, index_names, relation_exists
 
 ROUND = 10_000
 
@@ -33,7 +33,7 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
     try:
         qn = db.resolve_table(conn, args.table)
         running = catalog.running_conversion(conn, settings, qn.schema, qn.name) if catalog.exists(conn, settings) else None
-        if running and running["phase"] not in SWAPPED:
+        if running and running["phase"] not in AFTER_SWAP:
             return _abandon(conn, settings, qn, running, args)
         mt = catalog.get_managed(conn, settings, qn.schema, qn.name)
         conv = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
@@ -69,9 +69,6 @@ def _replay_into_old(c: psycopg.Connection, work: WorkNames, new: QualifiedName,
     for stmt in triggers.restore(old, saved):
         c.execute(stmt)
     return n
-
-
-SWAPPED = ("verify", "analyze", "done")  # phases after the swap: the partitioned table is live
 
 
 def _abandon(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, running: dict[str, Any],

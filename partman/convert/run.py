@@ -21,7 +21,7 @@ from ..settings import Settings
 from . import capture, ddl, plan as planning, render
 from .copy import run_copy
 from .progress import Progress
-from .swap import CONVERT_TRIGGER, WorkNames, relation_exists, swap
+from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, relation_exists, swap
 from .verify import typed_columns, verify
 
 CATCHUP_ROUND = 10_000
@@ -180,15 +180,21 @@ def make_plan(
     p = planning.build(model, opts, stats, settings.catalog_schema, key)
     if not model.is_partitioned and model.relkind == "r":
         wanted = [p.old.name, p.default, *(x.name for x in p.partitions), *(i.final_name for i in p.index_ddl)]
-        taken = [r[0] for r in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        rows = conn.execute(  # each name taken, and the table it is a partition or an index of
+            "SELECT c.relname, coalesce((SELECT inhparent FROM pg_inherits WHERE inhrelid = c.oid), "
+            "(SELECT indrelid FROM pg_index WHERE indexrelid = c.oid))::regclass::text "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.oid <> %s "
             "AND NOT (c.relkind = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid AND i.indrelid = %s))",
-            (qn.schema, wanted, model.oid, model.oid))]
-        if taken:
+            (qn.schema, wanted, model.oid, model.oid)).fetchall()
+        if rows:
+            owners = sorted({r[1] for r in rows if r[1]})
             p.refusals.append(
-                f"{', '.join(sorted(taken))} already exist(s) in schema {qn.schema}, but the conversion needs those names "
-                f"(the kept original {p.old.name}, partitions, the default partition). Rename or drop them first."
+                f"{', '.join(sorted(r[0] for r in rows))} already exist(s) in schema {qn.schema}, but the conversion "
+                f"needs those names (the kept original {p.old.name}, partitions, the default partition)"
+                + (f"; they belong to {', '.join(owners)} (a partitioned table a `partman revert` kept is one; "
+                   "dropping it drops its partitions)" if owners else "")
+                + ". Rename or drop them first."
             )
     if not owner_ok:
         p.refusals.insert(
@@ -444,9 +450,9 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
 
 
 def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedName, work_schema: str, cid: int,
-                error: str, status: str = "failed") -> None:
+                error: str) -> None:
     """Undo a conversion before its swap: the capture trigger off the live table, the work schema
-    (shadow, partitions, change log) dropped, the attempt recorded as `status`."""
+    (shadow, partitions, change log) dropped, the attempt recorded as failed with `error`."""
     if relation_exists(conn, table) and capture.trigger_exists(conn, CONVERT_TRIGGER, table):
         # keep trying longer than a swap would: a long transaction must end before the table is clean
         with_lock_retry(conn, settings, f"removing the change-capture trigger from {table}",
@@ -454,7 +460,7 @@ def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedNa
                         attempts=max(settings.lock_retries, 40), tables=[table])
     with conn.transaction():
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work_schema)))
-        catalog.update_conversion(conn, settings, cid, status=status, error=error[:2000])
+        catalog.update_conversion(conn, settings, cid, status="failed", error=error[:2000])
 
 
 def _server_now(conn: psycopg.Connection) -> Any:
@@ -465,7 +471,7 @@ def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
     """Before the swap: remove the capture trigger and the work schema, record the failure.
     Returns whether it rolled back (False after the swap, or when cleaning up failed)."""
     phase = catalog.running_conversion(conn, settings, p.table.schema, p.table.name)
-    if phase and phase["phase"] in ("verify", "analyze", "done"):
+    if phase and phase["phase"] in AFTER_SWAP:
         return False  # after the swap both tables are kept; the rerun re-verifies
     try:
         remove_work(conn, settings, p.table, p.work_schema, cid, log.redact(f"{type(exc).__name__}: {exc}"))

@@ -20,6 +20,7 @@ from .capture import KeyColumn
 
 CONVERT_TRIGGER = "partman_capture"
 REVERT_TRIGGER = "partman_revert_capture"
+AFTER_SWAP = ("verify", "analyze", "done")  # a conversion's phases once the partitioned table is live
 
 
 @dataclass
