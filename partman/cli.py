@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the daemon: maintenance on a schedule, /health, /livez, /metrics")
     _common(p)
 
-    p = sub.add_parser("status", help="partitions, coverage, default rows, retention, holds, removals")
+    p = sub.add_parser("status", help="partitions, coverage, default rows, retention, holds, removals, conversions")
     p.add_argument("table", nargs="?")
     p.add_argument("--json", action="store_true")
     _common(p)

@@ -42,6 +42,16 @@ def default_rows(conn: psycopg.Connection, mt: ManagedTable, cov: Coverage) -> i
         return None  # maintenance holds the default partition right now (the daemon's probe has a lock_timeout)
 
 
+def _unplaceable(conn: psycopg.Connection, mt: ManagedTable, cov: Coverage) -> int:
+    """Default-partition rows with a NULL or +-infinity key: maintenance cannot move them."""
+    from .lifecycle.default_rows import unplaceable
+
+    try:
+        return sum(unplaceable(conn, mt, cov.default_partition))  # type: ignore[arg-type]
+    except psycopg.errors.LockNotAvailable:
+        return 0
+
+
 def holds(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, cov: Coverage) -> dict[str, dict[str, Any]]:
     names = [p.name for p in cov.partitions]
     if not names:
@@ -172,6 +182,7 @@ def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
     doc["required_ahead"] = required_ahead(mt.premake)
     doc["covered_until"] = cov.covered_until
     doc["default_rows"] = default_rows(conn, mt, cov) if cov.exists else None
+    doc["default_rows_unplaceable"] = _unplaceable(conn, mt, cov) if doc["default_rows"] else 0
     doc["retention_due"] = retention_due(conn, settings, mt, cov, held) if cov.exists else []
     doc["holds"] = [{"partition": k, **v} for k, v in held.items()]
     doc["conversion"] = conversion_progress(conn, settings, mt)
@@ -329,7 +340,10 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
             f"coverage ahead: {t['partitions_ahead']} future partition(s), covered until {_fmt(t['covered_until'])}"
             + ("" if ok_ahead else f"  [red]LOW (needs {t['required_ahead']})[/red]"),
             f"default partition rows: {_fmt(t['default_rows'])}"
-            + ("  [yellow]rows in default: run maintain[/yellow]" if t["default_rows"] else ""),
+            + ("  [yellow]rows in default: run maintain[/yellow]"
+               if (t["default_rows"] or 0) > t["default_rows_unplaceable"] else "")
+            + (f" ({t['default_rows_unplaceable']} with a NULL or infinite key, which no range partition holds)"
+               if t["default_rows_unplaceable"] else ""),
             f"retention: {t['retention'] or 'none'} ({t['retention_action']}); due now: "
             + (", ".join(t["retention_due"]) or "none"),
             "holds: " + (", ".join(f"{h['partition']} ({h['reason']})" for h in t["holds"]) or "none"),
@@ -363,10 +377,18 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                 flags.append("retention due")
             table.add_row(p["name"], _fmt_bound(p["lower"]), _fmt_bound(p["upper"]), str(p["rows_estimate"]), ", ".join(flags))
         console.print(table)
-        if t["removals"]:
+        if t["removals"] and not out.isatty():  # a file or a pipe: one full line each, nothing cut to a width
+            console.print("removed partitions:")
+            for r in t["removals"]:
+                archive = f" -> {r['archive_uri']} sha256 {r['archive_sha256']}" if r["archive_uri"] else ""
+                console.print(
+                    f"  {r['partition_name']}  {_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}  "
+                    f"{r['row_count']} rows, ids {r['min_id'] or '-'} .. {r['max_id'] or '-'}  {r['action']}{archive}  "
+                    f"at {_fmt(r['removed_at'])}", overflow="ignore", crop=False)
+        elif t["removals"]:
             rt = Table(title="removed partitions", show_header=True, header_style="bold")
             for col in ("partition", "range", "rows", "ids", "action", "archive", "removed"):
-                rt.add_column(col)
+                rt.add_column(col, overflow="fold")
             for r in t["removals"]:
                 rt.add_row(
                     r["partition_name"],
@@ -374,7 +396,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                     str(r["row_count"]),
                     f"{r['min_id'] or '-'} .. {r['max_id'] or '-'}",
                     r["action"],
-                    (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256'][:12]}…" if r["archive_sha256"] else ""),
+                    (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256']}" if r["archive_sha256"] else ""),
                     _fmt(r["removed_at"]),
                 )
             console.print(rt)

@@ -112,6 +112,11 @@ def test_contract_retention_example_archive_then_restore(conn, partman, s3):
     assert again["created"] == [] and again["retention"]["removed"] == []
     assert (partitions(conn), keys(s3)) == before
     assert conn.execute("SELECT count(*) FROM partman_catalog.removal").fetchone()[0] == len(gone)
+    # status piped to a file names every removed partition's object and sha256 in full
+    r = partman("status", "audit_log_ledger")
+    assert r.code == 0, r.err
+    for name, _, _, uri, sha, *_ in recs:
+        assert any(name in line and uri in line and sha in line for line in r.out.splitlines()), (name, r.out)
 
     # restore the last removed year as a plain table: sha256 and row count checked, chain verifies
     last = f"audit_log_ledger_p{gone[-1]}0101"

@@ -453,6 +453,9 @@ def test_infinite_keys_stay_in_the_default_partition_and_the_pass_succeeds(conn,
     assert "2 rows remain in the default partition (2 with a NULL or infinite key" in r.out
     assert conn.execute("SELECT count(*) FROM events_p20230101").fetchone()[0] == 1
     assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 2
+    r = partman("status", "events")  # no "run maintain" for rows maintenance cannot move
+    assert "2 with a NULL or infinite key" in r.out and "run maintain" not in r.out
+    assert json.loads(partman("status", "events", "--json").out)["tables"][0]["default_rows_unplaceable"] == 2
 
 
 def test_timestamp_key_in_a_zone_moves_default_rows_and_reports_in_text(conn, partman):

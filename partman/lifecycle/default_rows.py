@@ -51,6 +51,15 @@ def count(conn: psycopg.Connection, mt: ManagedTable) -> int:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(d.qualified.ident())).fetchone()[0]
 
 
+def unplaceable(conn: psycopg.Connection, mt: ManagedTable, d: Partition) -> tuple[int, int]:
+    """Rows of the default partition no range partition can hold: (NULL keys, +-infinity keys)."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FILTER (WHERE {k} IS NULL), count(*) FILTER (WHERE NOT isfinite({k})) FROM {d}").format(
+            k=sql.Identifier(mt.column_name), d=d.qualified.ident())
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
 def _ranges_with_rows(conn: psycopg.Connection, mt: ManagedTable, d: Partition) -> list[tuple[datetime, datetime]]:
     key = sql.Identifier(mt.column_name)
     unit = sql.Literal(mt.interval)
@@ -232,11 +241,7 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         name, n = _move_range(conn, settings, mt, d, lo, hi, leader_check)
         result["partitions"][name] = result["partitions"].get(name, 0) + n
         result["moved"] += n
-    key = sql.Identifier(mt.column_name)
-    result["null_key_rows"], result["infinite_key_rows"] = conn.execute(
-        sql.SQL("SELECT count(*) FILTER (WHERE {k} IS NULL), count(*) FILTER (WHERE NOT isfinite({k})) FROM {d}").format(
-            k=key, d=d.qualified.ident())
-    ).fetchone()
+    result["null_key_rows"], result["infinite_key_rows"] = unplaceable(conn, mt, d)
     if result["unmovable"]:
         result["error"] = (
             f"rows in {d.name} fall into ranges that overlap existing partitions not aligned to the "
