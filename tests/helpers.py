@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -140,3 +144,29 @@ def wait_for_phase(conn: psycopg.Connection, phase: str, timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"the conversion never reached its {phase} phase")
         time.sleep(0.05)
+
+
+@contextmanager
+def standby_server(pg_server) -> Iterator:
+    """A real hot standby: a fresh throwaway server started with standby.signal stays in recovery
+    (no primary to follow). Skips when the suite runs on a server it did not start."""
+    import pytest
+
+    from partman.pgtemp import TempServer
+
+    if pg_server.temp is None:
+        pytest.skip("needs the throwaway server binaries")
+    standby = TempServer(version=os.environ.get("PARTMAN_TEST_PG", "18"), password=pg_server.password)
+    standby.init()
+    signal = standby.data / "standby.signal"
+    signal.write_text("")
+    st = standby.data.stat()
+    try:
+        shutil.chown(signal, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass
+    standby.start()
+    try:
+        yield standby
+    finally:
+        standby.cleanup()

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from conftest import PLANTED_PASSWORD
+from helpers import standby_server
 
 LEADER_KEY = "partman:leader:partman_catalog"
 
@@ -405,23 +406,8 @@ def test_leader_killed_at_hand_over_or_mid_pass_the_other_takes_over(conn, dsn, 
 
 def test_an_instance_on_a_hot_standby_server_never_leads(pg_server, daemons):
     """Advisory locks are a server's own: on a standby the leader lock is free, yet a pass there
-    could change nothing. A fresh server started with standby.signal stays in recovery."""
-    import shutil
-
-    from partman.pgtemp import TempServer
-
-    if pg_server.temp is None:
-        pytest.skip("needs the throwaway server binaries")
-    standby = TempServer(version=os.environ.get("PARTMAN_TEST_PG", "18"), password=pg_server.password)
-    standby.init()
-    (standby.data / "standby.signal").write_text("")
-    st = standby.data.stat()
-    try:
-        shutil.chown(standby.data / "standby.signal", st.st_uid, st.st_gid)
-    except PermissionError:
-        pass
-    standby.start()
-    try:
+    could change nothing."""
+    with standby_server(pg_server) as standby:
         d = daemons("on-standby", interval="1s", extra={"PARTMAN_DATABASE_URL": standby.dsn()})
         wait_for(lambda: any(e.get("event") == "standby_server" for e in d.events()), 20, "the standby_server event")
         time.sleep(2)  # several lock checks (every 0.5 s at this interval)
@@ -429,5 +415,3 @@ def test_an_instance_on_a_hot_standby_server_never_leads(pg_server, daemons):
         assert body["leader"] is False, body
         assert not any(e.get("event") == "leader_acquired" for e in d.events())
         assert d.stop()[0] == 0
-    finally:
-        standby.cleanup()

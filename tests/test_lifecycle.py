@@ -16,7 +16,7 @@ from partman import catalog
 from partman.db import QualifiedName
 from partman.settings import load_settings
 
-from helpers import relations_in
+from helpers import relations_in, standby_server
 
 pytestmark = pytest.mark.lifecycle
 
@@ -375,24 +375,7 @@ def test_a_table_pg_partman_still_manages_is_refused(conn, partman):
 
 def test_on_a_standby_maintain_does_nothing_and_says_so(pg_server, monkeypatch, partman, tmp_path):
     """A real standby: a fresh server started with standby.signal stays in recovery."""
-    import os
-    import shutil
-
-    from partman.pgtemp import TempServer
-
-    if pg_server.temp is None:
-        pytest.skip("needs the throwaway server binaries")
-    standby = TempServer(version=os.environ.get("PARTMAN_TEST_PG", "18"), password=pg_server.password)
-    standby.init()
-    signal = standby.data / "standby.signal"
-    signal.write_text("")
-    st = standby.data.stat()
-    try:
-        shutil.chown(signal, st.st_uid, st.st_gid)
-    except PermissionError:
-        pass
-    standby.start()
-    try:
+    with standby_server(pg_server) as standby:
         monkeypatch.setenv("PARTMAN_DATABASE_URL", standby.dsn())
         from partman.lifecycle.maintain import maintain
 
@@ -401,8 +384,6 @@ def test_on_a_standby_maintain_does_nothing_and_says_so(pg_server, monkeypatch, 
         r = partman("maintain")
         assert r.code == 0, r.err
         assert "standby" in r.out and "nothing to do" in r.out
-    finally:
-        standby.cleanup()
 
 
 def test_a_range_partly_covered_by_a_misaligned_partition_is_reported_not_skipped(conn, partman):

@@ -64,7 +64,7 @@ def hold(conn: psycopg.Connection, settings: Settings, partition: str, reason: s
                 catalog.ident(settings, "hold")), (qn.schema, qn.name)).fetchone()
         if existing is not None:
             if existing[0] == reason:  # the same hold again: nothing changes
-                return {"partition": str(qn), "reason": reason, "held_by": existing[1], "updated": False}
+                return {"partition": str(qn), "reason": reason, "held_by": existing[1]}
             # one hold per partition, so one release ends it: never let a second case replace the first unseen
             raise PartmanError(
                 f"{qn} is already under legal hold for {existing[0]!r} (by {existing[1]} since {existing[2]:%Y-%m-%d}). "
@@ -72,14 +72,13 @@ def hold(conn: psycopg.Connection, settings: Settings, partition: str, reason: s
                 "reasons in --reason (both steps are kept in the hold log)."
             )
         conn.execute(
-            sql.SQL("INSERT INTO {} (schema_name, partition_name, reason, held_by) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (schema_name, partition_name) DO UPDATE SET reason = EXCLUDED.reason, "
-                    "held_by = EXCLUDED.held_by, held_at = now()").format(catalog.ident(settings, "hold")),
+            sql.SQL("INSERT INTO {} (schema_name, partition_name, reason, held_by) VALUES (%s, %s, %s, %s)").format(
+                catalog.ident(settings, "hold")),
             (qn.schema, qn.name, reason, who))
         conn.execute(
             sql.SQL("INSERT INTO {} (schema_name, partition_name, event, reason, actor) VALUES (%s, %s, 'hold', %s, %s)").format(
                 catalog.ident(settings, "hold_event")), (qn.schema, qn.name, reason, who))
-    return {"partition": str(qn), "reason": reason, "held_by": who, "updated": existing is not None}
+    return {"partition": str(qn), "reason": reason, "held_by": who}
 
 
 def release(conn: psycopg.Connection, settings: Settings, partition: str) -> dict[str, Any]:
