@@ -18,7 +18,7 @@ from pydantic_settings import (
 )
 
 from .durations import parse_duration
-from .intervals import zone
+from .intervals import INTERVALS, zone
 from .errors import UsageError
 
 _config_file: Path | None = None
@@ -43,9 +43,7 @@ class Settings(BaseSettings):
     throttle_max_replica_lag: float = Field(10.0, gt=0, description="throttle: slow down when a replica's replay_lag exceeds these seconds")
     convert_workers: int = Field(0, ge=0, le=8, description="connections a conversion at --sleep 0 builds indexes on after the copy (a paced one creates them before it); the copy and the verification use at most 2; 0: 2 at --sleep 0, else 1")
     premake: int = Field(3, ge=0, le=1000, description="future partitions kept beyond the current one")
-    interval: Literal["year", "quarter", "month", "week", "day"] = Field(
-        "year", description="partition interval of a conversion (convert; register takes --interval)"
-    )
+    interval: str = Field("year", description="partition interval of a conversion (convert; register takes --interval)")
     retention: str | None = Field(None, description="retention a conversion or a registration records, a PostgreSQL interval such as '10 years'; unset: keep forever (convert, register)")
     retention_action: Literal["drop", "detach", "archive"] | None = Field(None, description="what retention does: drop, detach or archive; unset: drop (convert, register)")
     drop_old_after: str | None = Field(None, description="the daemon drops <table>_old this long after a verified swap, e.g. 7d; unset: never (convert)")
@@ -76,6 +74,13 @@ class Settings(BaseSettings):
         if d <= timedelta(0):
             raise ValueError(f"{v!r} must be a positive duration, such as 1h or 15m")
         return d
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if v not in INTERVALS:
+            raise ValueError(f"{v!r} is not one of {', '.join(INTERVALS)}")
+        return v
 
     @field_validator("timezone")
     @classmethod
