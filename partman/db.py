@@ -131,6 +131,13 @@ def resolve_table(conn: psycopg.Connection, name: str) -> QualifiedName:
     return QualifiedName(row[0], row[1])
 
 
+def column_arg(text: str) -> str:
+    """A --column value: the column's name as it is, or quoted as in SQL ("Event TS")."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1].replace('""', '"')
+    return text
+
+
 def split_name(name: str) -> tuple[str | None, str] | None:
     """Split `schema.table` (quotes allowed) into parts without touching the database."""
     parts: list[str] = []

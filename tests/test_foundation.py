@@ -107,3 +107,12 @@ def test_readme_starts_with_the_two_fresh_machine_commands():
     head = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()[:6]
     assert any("pip install . && partman demo" in line for line in head)
     assert any("pip install -e '.[test]' && bash tests/run.sh" in line for line in head)
+
+
+def test_a_column_may_be_given_quoted_as_in_sql():
+    from partman.db import column_arg
+
+    assert column_arg('"Event TS"') == "Event TS"
+    assert column_arg('"say ""hi"""') == 'say "hi"'
+    assert column_arg("event_timestamp") == "event_timestamp"
+    assert column_arg("MixedCase") == "MixedCase"  # as it is, as before: no folding

@@ -83,6 +83,8 @@ def test_hostile_table_converts_with_every_row_in_its_place(conn, partman):
 
     dry = partman("convert", _quoted(t), "--column", "order", "--interval", "month", "--dry-run")
     assert dry.code == 0, dry.err
+    # the column quoted as in SQL, as the table is, names the same column
+    assert partman("convert", _quoted(t), "--column", '"order"', "--interval", "month", "--dry-run").out == dry.out
     assert "2 row(s)" in dry.out and "= -infinity or infinity" in dry.out  # counted, and said where they go
     r = partman("convert", _quoted(t), "--column", "order", "--interval", "month", "--sleep", "0", "--yes")
     assert r.code == 0, r.err

@@ -32,7 +32,7 @@ VERIFY_CHUNK = 20_000  # rows per verification statement under default settings
 
 def options_from(settings: Settings, args: argparse.Namespace) -> planning.Options:
     return planning.Options(
-        column=args.column,
+        column=db.column_arg(args.column),
         interval=settings.interval,
         batch_size=settings.batch_size,
         sleep=settings.sleep,

@@ -10,7 +10,7 @@ import psycopg
 
 from .. import catalog, log
 from ..catalog import ManagedTable
-from ..db import QualifiedName, connect, resolve_table
+from ..db import QualifiedName, column_arg, connect, resolve_table
 from ..errors import PartmanError, UsageError
 from ..intervals import INTERVALS, zone
 from ..partitions import key_column
@@ -143,7 +143,7 @@ def cli_register(settings: Settings, args: argparse.Namespace) -> int:
     _check_zone(getattr(args, "timezone", None) or settings.timezone)  # before the session uses it
     with connect(settings) as conn:
         mt = register(
-            conn, settings, args.table, column=args.column, interval=args.interval,
+            conn, settings, args.table, column=column_arg(args.column), interval=args.interval,
             premake=args.premake, retention=settings.retention, retention_action=settings.retention_action,
             retention_schema=getattr(args, "retention_schema", None), timezone=getattr(args, "timezone", None),
         )
