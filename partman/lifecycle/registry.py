@@ -140,7 +140,6 @@ def _check_zone(name: str) -> None:
 
 
 def cli_register(settings: Settings, args: argparse.Namespace) -> int:
-    _check_zone(getattr(args, "timezone", None) or settings.timezone)  # before the session uses it
     with connect(settings) as conn:
         mt = register(
             conn, settings, args.table, column=column_arg(args.column), interval=args.interval,
