@@ -244,7 +244,7 @@ STATEMENT_KINDS = [  # (label, test on the lower-cased query text), first match 
     ("copy batches", lambda q: q.startswith("with ins as") or q.startswith("with batch as")),
     ("index builds", lambda q: "create index" in q or "create unique index" in q or "add constraint" in q),
     ("analyze", lambda q: q.startswith("analyze")),
-    ("verify anti-join", lambda q: "not exists" in q and "is not distinct from" in q),
+    ("verify ranges", lambda q: "not exists" in q and "is not distinct from" in q),
     ("count(*)", lambda q: q.startswith("select count(*) from")),
     ("catch-up / swap", lambda q: "convert_log" in q or "rename" in q or "lock table" in q),
 ]

@@ -1,5 +1,5 @@
 """After the swap: every row of `<table>_old` must be in the partitioned table with identical
-content (an anti-join on the copy key and every column, not a count). Rows changed in the new
+content (a join on the copy key that compares every column, not a count). Rows changed in the new
 table since the swap (recorded by the revert capture) are legitimately different and skipped.
 What a bug could have missed is repaired without firing the table's triggers."""
 
@@ -36,31 +36,62 @@ def typed_columns(model: Any) -> set[str]:
     return {c.name for c in model.columns if c.base_type.split("(")[0].removesuffix("[]") in TYPED_EQUALITY}
 
 
-def _differs(key: list[KeyColumn], columns: list[str], new: QualifiedName, changed: QualifiedName,
-             typed: set[str] | None = None, partition_key: str | None = None,
-             inner: sql.Composable | None = None) -> sql.Composed:
-    """Rows of old (alias o) without an identical row in new (alias n), not changed since the swap.
-    With the partition key matched by equality too, a lookup prunes to one partition; `inner`
-    (conditions on n) bounds the new side to the range being compared, which the planner does not
-    derive from the bounds on o by itself."""
+Range = tuple[list[str] | None, list[str] | None]  # (after, upto]: key values as text, None = open
+Figures = tuple[int, int, int]  # a range's rows in old, rows in new, rows of old missing or different in new
+
+
+def _match(key: list[KeyColumn], partition_key: str | None) -> list[str]:
+    """The columns a row of old and its copy in new share by equality: the copy key and, when the
+    new table is partitioned by another column, the partition key too (so a lookup prunes to one
+    partition)."""
+    return [k.name for k in key] + ([partition_key] if partition_key and partition_key not in {k.name for k in key} else [])
+
+
+def _same(columns: list[str], typed: set[str] | None) -> sql.Composed:
+    """Every column of n (new) identical to o's (old): by the type's own equality where that is
+    exact, as text otherwise."""
     typed = typed or set()
-    match = [k.name for k in key] + ([partition_key] if partition_key and partition_key not in {k.name for k in key} else [])
-    match_key = sql.SQL(" AND ").join(
-        [*([inner] if inner is not None else []), *(sql.SQL("n.{0} = o.{0}").format(sql.Identifier(c)) for c in match)]
-    )
-    same = sql.SQL(" AND ").join(
+    return sql.SQL(" AND ").join(
         (sql.SQL("n.{0} IS NOT DISTINCT FROM o.{0}") if c in typed
          else sql.SQL("n.{0}::text IS NOT DISTINCT FROM o.{0}::text")).format(sql.Identifier(c))
         for c in columns
     )
+
+
+def _unchanged(key: list[KeyColumn], changed: QualifiedName) -> sql.Composed:
+    """o's key not logged as changed since the swap."""
     changed_key = sql.SQL(" AND ").join(sql.SQL("l.{0} = o.{0}").format(sql.Identifier(k.name)) for k in key)
+    return sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE {})").format(changed.ident(), changed_key)
+
+
+def _differs(key: list[KeyColumn], columns: list[str], new: QualifiedName, changed: QualifiedName,
+             typed: set[str] | None = None, partition_key: str | None = None) -> sql.Composed:
+    """Rows of old (alias o) without an identical row in new (alias n), not changed since the swap
+    (the repair's condition, over the whole table)."""
+    match_key = sql.SQL(" AND ").join(sql.SQL("n.{0} = o.{0}").format(sql.Identifier(c)) for c in _match(key, partition_key))
+    return sql.SQL("NOT EXISTS (SELECT 1 FROM {new} n WHERE {match_key} AND {same}) AND {unchanged}").format(
+        new=new.ident(), match_key=match_key, same=_same(columns, typed), unchanged=_unchanged(key, changed))
+
+
+def _range_counts(old: QualifiedName, new: QualifiedName, changed: QualifiedName, key: list[KeyColumn],
+                  columns: list[str], typed: set[str] | None, partition_key: str | None, r: Range) -> sql.Composed:
+    """One statement for the range r: the rows of old in it, the rows of new in it, and the rows
+    of old without an identical row in new that were not changed since the swap. A full join of
+    the two sides' rows in the range (hashed on the key), so no statement of the verification
+    reads a whole table: the counts come range by range, paced like the comparison."""
+    def side(t: QualifiedName, alias: str) -> sql.Composed:
+        bounds = _bounds(alias, key, r)
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(bounds) if bounds else sql.SQL("")
+        return sql.SQL("(SELECT * FROM {} {}{}) {}").format(t.ident(), sql.Identifier(alias), where, sql.Identifier(alias))
+
+    match_key = sql.SQL(" AND ").join(sql.SQL("n.{0} = o.{0}").format(sql.Identifier(c)) for c in _match(key, partition_key))
+    k = sql.Identifier(key[0].name)
     return sql.SQL(
-        "NOT EXISTS (SELECT 1 FROM {new} n WHERE {match_key} AND {same}) "
-        "AND NOT EXISTS (SELECT 1 FROM {changed} l WHERE {changed_key})"
-    ).format(new=new.ident(), match_key=match_key, same=same, changed=changed.ident(), changed_key=changed_key)
-
-
-Range = tuple[list[str] | None, list[str] | None]  # (after, upto]: key values as text, None = open
+        "SELECT count(o.{k}), count(n.{k}), "
+        "count(*) FILTER (WHERE o.{k} IS NOT NULL AND (n.{k} IS NULL OR NOT ({same})) AND {unchanged}) "
+        "FROM {old} FULL JOIN {new} ON {match_key}"
+    ).format(k=k, same=_same(columns, typed), unchanged=_unchanged(key, changed), old=side(old, "o"),
+             new=side(new, "n"), match_key=match_key)
 
 
 def verify(
@@ -79,38 +110,35 @@ def verify(
     repair: bool = True,
 ) -> dict[str, Any]:
     """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict.
-    The comparison runs in key ranges of about `chunk_rows` rows, one statement each without
-    parallel workers, so each range's hash anti-join fits in memory at any table size (one
-    anti-join over 10M rows spilled 9 GB to temp files). With `connect` (full speed) a second
+    The comparison and the row counts run in key ranges of about `chunk_rows` rows, one statement
+    each without parallel workers, so each range's hash fits in memory at any table size (one
+    anti-join over 10M rows spilled 9 GB to temp files) and no statement reads a whole table. With `connect` (full speed) a second
     connection takes every other range; with `pause` (default settings) it is called between
     ranges."""
-    old_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old.ident())).fetchone()[0]
-    new_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(new.ident())).fetchone()[0]
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
-    ranges = _integer_ranges(conn, old, key, chunk_rows, old_rows)
-    if ranges is None:
-        ranges, connect = _offset_ranges(conn, old, key, chunk_rows), None  # one connection walks these
+    ranges: Iterable[Range] | None = _integer_ranges(conn, old, key, chunk_rows)
+    walk = ranges is None  # any other key: one connection walks the index for each range's end
+    if walk:
+        ranges, connect = _offset_ranges(conn, old, key, chunk_rows), None
 
-    def count_range(c: psycopg.Connection, r: Range) -> int:
-        inner = _bounds("n", key, r)
-        differs = _differs(key, columns, new, changed, typed, partition_key, sql.SQL(" AND ").join(inner) if inner else None)
-        where = sql.SQL(" AND ").join([*_bounds("o", key, r), differs])
+    def count_range(c: psycopg.Connection, r: Range) -> Figures:
         with c.transaction():
             c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             c.execute("SET LOCAL work_mem = '64MB'")  # a range's hash stays in memory
-            return c.execute(sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(old.ident(), where)).fetchone()[0]
+            return c.execute(_range_counts(old, new, changed, key, columns, typed, partition_key, r)).fetchone()
 
-    missing = _on_connections(conn, connect, ranges, count_range, pause)
+    old_rows, new_rows, missing = _on_connections(conn, connect, ranges, count_range, pause)
+    if not walk:  # the ranges span old's keys: add new's rows beyond them (written since the swap)
+        new_rows += _new_outside(conn, new, key, ranges)
     result: dict[str, Any] = {
         "old_rows": old_rows, "new_rows": new_rows, "changed_since_swap": changed_rows,
         "missing_or_different": missing, "repaired": 0,
     }
     if missing and repair:
-        cond = _differs(key, columns, new, changed, typed, partition_key)
-        result["repaired"] = _repair(conn, old, new, key, columns, cond)
-        count_q = sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(old.ident(), cond)
-        result["missing_or_different_after_repair"] = conn.execute(count_q).fetchone()[0]
-        missing = result["missing_or_different_after_repair"]
+        result["repaired"] = _repair(conn, old, new, key, columns, _differs(key, columns, new, changed, typed, partition_key))
+        again = _offset_ranges(conn, old, key, chunk_rows) if walk else ranges
+        missing = _on_connections(conn, None, again, count_range, pause)[2]
+        result["missing_or_different_after_repair"] = missing
     result["ok"] = missing == 0
     return result
 
@@ -126,20 +154,36 @@ def _bounds(alias: str, key: list[KeyColumn], r: Range) -> list[sql.Composable]:
     return out
 
 
-def _integer_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], chunk_rows: int,
-                    rows: int) -> list[Range] | None:
+def _integer_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], chunk_rows: int) -> list[Range] | None:
     """For a single integer key: ranges of equal width between min and max, as wide as holds
-    about `chunk_rows` rows at the table's average density (exactly at most that many when the
-    keys are dense, as a sequence makes them). None for any other key."""
+    about `chunk_rows` rows at the table's average density (the planner's row estimate; a count
+    when the table was never analyzed): exactly at most that many when the keys are dense, as a
+    sequence makes them. None for any other key."""
     if not single_integer(key):
         return None
     k = sql.Identifier(key[0].name)
     lo, hi = conn.execute(sql.SQL("SELECT min({k})::bigint, max({k})::bigint FROM {t}").format(k=k, t=old.ident())).fetchone()
     if lo is None:
         return []
+    rows = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (old.literal,)).fetchone()[0]
+    if rows <= 0:
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old.ident())).fetchone()[0]
     width = max(chunk_rows, chunk_rows * (hi - lo + 1) // max(rows, 1))
     edges = list(range(lo - 1, hi, width)) + [hi]
     return [([str(a)], [str(b)]) for a, b in zip(edges, edges[1:])]
+
+
+def _new_outside(conn: psycopg.Connection, new: QualifiedName, key: list[KeyColumn], ranges: list[Range]) -> int:
+    """new's rows with a key outside the integer ranges (all of them when old is empty): rows
+    written since the swap, found by index range scans."""
+    if not ranges:
+        return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(new.ident())).fetchone()[0]
+    k = sql.Identifier(key[0].name)
+    return conn.execute(
+        sql.SQL("SELECT (SELECT count(*) FROM {t} WHERE {k} <= %s::bigint) + (SELECT count(*) FROM {t} WHERE {k} > %s::bigint)")
+        .format(t=new.ident(), k=k),
+        (ranges[0][0][0], ranges[-1][1][0]),
+    ).fetchone()[0]
 
 
 def _offset_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], chunk_rows: int) -> Iterator[Range]:
@@ -160,17 +204,22 @@ def _offset_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyCo
         after = list(upto[0])
 
 
+def _add(a: Figures, b: Figures) -> Figures:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
+
+
 def _on_connections(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection] | None,
-                    ranges: Iterable[Range], count: Callable[[psycopg.Connection, Range], int],
-                    pause: Callable[[], Any] | None) -> int:
-    """Sum `count` over the ranges: on `conn` alone, or on `conn` and a second connection taking
-    the next range in turn. `pause()` runs between one connection's ranges."""
+                    ranges: Iterable[Range], count: Callable[[psycopg.Connection, Range], Figures],
+                    pause: Callable[[], Any] | None) -> Figures:
+    """Sum the figures `count` gives for each range (old rows, new rows, missing or different):
+    on `conn` alone, or on `conn` and a second connection taking the next range in turn.
+    `pause()` runs between one connection's ranges."""
     todo = iter(ranges)
     lock = threading.Lock()
     stop = threading.Event()
 
-    def work(c: psycopg.Connection) -> int:
-        total, first = 0, True
+    def work(c: psycopg.Connection) -> Figures:
+        total, first = (0, 0, 0), True
         while not stop.is_set():
             with lock:
                 r = next(todo, None)
@@ -180,7 +229,7 @@ def _on_connections(conn: psycopg.Connection, connect: Callable[[], psycopg.Conn
                 pause()
             first = False
             try:
-                total += count(c, r)
+                total = _add(total, count(c, r))
             except BaseException:
                 stop.set()
                 raise
@@ -189,7 +238,7 @@ def _on_connections(conn: psycopg.Connection, connect: Callable[[], psycopg.Conn
     if connect is None:
         return work(conn)
 
-    def second() -> int:
+    def second() -> Figures:
         try:
             c = connect()
         except BaseException:
@@ -200,7 +249,7 @@ def _on_connections(conn: psycopg.Connection, connect: Callable[[], psycopg.Conn
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="partman-verify") as ex:
         futures = [ex.submit(work, conn), ex.submit(second)]
-        return sum(f.result() for f in futures)
+        return _add(futures[0].result(), futures[1].result())
 
 
 def _repair(
