@@ -481,3 +481,42 @@ def test_updates_that_move_rows_between_partitions_deletes_and_inserts_during_th
         "WHERE o.id IS NULL OR n.id IS NULL OR (o.ts, o.v) IS DISTINCT FROM (n.ts, n.v)"
     ).fetchone()[0]
     assert differ == 0
+
+
+def test_planning_reads_an_unindexed_key_column_in_one_pass(conn):
+    """The plan needs the key column's range, NULL and infinite rows: four index scans when an
+    index leads with the column, else one pass over the table (not four), with the same figures."""
+    from partman.convert.plan import Options
+    from partman.convert.run import key_stats, make_plan
+    from partman.settings import Settings
+
+    conn.execute(
+        """
+        CREATE TABLE keyscan (id bigint PRIMARY KEY, ts timestamptz, v text);
+        INSERT INTO keyscan SELECT g, '2020-01-01'::timestamptz + g * interval '1 day', 'x' FROM generate_series(1, 2000) g;
+        INSERT INTO keyscan VALUES (-1, NULL, 'null'), (-2, 'infinity', 'inf'), (-3, '-infinity', 'ninf');
+        ANALYZE keyscan;
+        """
+    )
+    qn = QualifiedName("public", "keyscan")
+
+    def table_scans(fn):  # the function's result, and how many times it read the whole table
+        count = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'keyscan'"
+        with conn.transaction():
+            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            before = conn.execute(count).fetchone()[0]
+            result = fn()
+            scans = conn.execute(count).fetchone()[0] - before
+        return result, scans
+
+    def figures(stats):
+        return stats.min_key, stats.max_key, stats.null_keys, stats.infinite_keys
+
+    _, scans = table_scans(lambda: make_plan(conn, Settings(), qn, Options(column="ts")))
+    assert scans == 1
+    one_pass, scans = table_scans(lambda: key_stats(conn, qn, "ts", indexed=False))
+    assert scans == 1 and figures(one_pass)[2:] == (1, 2)
+    assert figures(one_pass) == figures(key_stats(conn, qn, "ts", indexed=True))
+    conn.execute("CREATE INDEX ON keyscan (ts)")
+    _, scans = table_scans(lambda: make_plan(conn, Settings(), qn, Options(column="ts")))
+    assert scans == 0
