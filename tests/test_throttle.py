@@ -72,3 +72,48 @@ def test_the_probe_measures_a_real_insert_and_leaves_its_table_in_the_work_schem
     assert paused >= 0.05
     assert conn.execute("SELECT count(*) FROM work_t.partman_probe").fetchone()[0] >= 80
     assert '"event": "throttle"' in capsys.readouterr().err  # its summary is logged
+
+
+@pytest.mark.parametrize("gentle", [True, False])
+def test_a_paced_analyze_reads_at_autovacuums_pace(conn, dsn, env, gentle):
+    """The shadow's ANALYZE is one statement the throttle cannot split: paced, it runs with
+    autovacuum's cost-based delay (the backend is seen waiting in VacuumDelay); at full speed not."""
+    import threading
+
+    import psycopg
+
+    from partman.convert import indexes
+    from partman.db import QualifiedName
+
+    conn.execute(
+        """
+        CREATE TABLE shadow_a (id bigint NOT NULL, ts timestamptz NOT NULL, v text) PARTITION BY RANGE (ts);
+        CREATE TABLE shadow_a_1 PARTITION OF shadow_a FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+        CREATE TABLE shadow_a_2 PARTITION OF shadow_a FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
+        INSERT INTO shadow_a SELECT g, '2020-01-01'::timestamptz + g * interval '5 minutes', repeat('x', 100)
+        FROM generate_series(1, 200000) g;
+        """
+    )
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(dsn, autocommit=True) as w:
+            while not done.is_set():
+                seen.update(r[0] for r in w.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'ANALYZE%%' AND state = 'active' "
+                    "AND wait_event IS NOT NULL"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        done_analyze = indexes.build(conn, Settings(), [], workers=1 if gentle else 2, gentle=gentle,
+                                     pause=(lambda: None) if gentle else None,
+                                     shadow=QualifiedName("public", "shadow_a"), analyze=True)
+    finally:
+        done.set()
+        watcher.join()
+    assert done_analyze
+    assert conn.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'shadow_a_2'").fetchone()[0] == 3
+    assert ("VacuumDelay" in seen) == gentle
+    assert conn.execute("SHOW vacuum_cost_delay").fetchone()[0] == "0"  # reset on partman's connection

@@ -17,8 +17,8 @@ Paced (--sleep > 0) the indexes were created on the empty partitions before the 
 (plan.ConversionPlan.indexes_first), so only the ANALYZE is left here; should some be missing
 (a conversion prepared by an older build), gentle mode (one worker, the throttle on) builds them
 partition by partition, one after another on one connection, without parallel maintenance
-workers (a core stays free for the application), the ANALYZE first, and the throttle's pause
-after each unit. The failpoint convert.indexes.after_index follows each unit (the ANALYZE, a
+workers (a core stays free for the application), the ANALYZE first (with autovacuum's
+cost-based delay), and the throttle's pause after each unit. The failpoint convert.indexes.after_index follows each unit (the ANALYZE, a
 partition's build) and each parent statement.
 
 Without a shadow to split, or with the throttle off at --sleep > 0, the parent statements run
@@ -156,15 +156,29 @@ def _on_connections(
                 pass
 
 
-def _statement(statement: Any, *, own_transactions: bool = False) -> Callable[[psycopg.Connection], None]:
+def _statement(statement: Any) -> Callable[[psycopg.Connection], None]:
     def job(c: psycopg.Connection) -> None:
-        if own_transactions:
-            # outside a transaction block ANALYZE commits after each relation: the parent's
-            # sample, then each partition, so it holds a partition only while it reads it
+        with c.transaction():
             c.execute(statement)
-        else:
-            with c.transaction():
-                c.execute(statement)
+    return job
+
+
+GENTLE_ANALYZE_DELAY = "2ms"  # autovacuum's own vacuum_cost_delay
+
+
+def _analyze(shadow: QualifiedName, *, gentle: bool) -> Callable[[psycopg.Connection], None]:
+    """ANALYZE of the whole shadow outside a transaction block: it commits after each relation
+    (the parent's sample, then each partition), so it holds a partition only while it reads it.
+    Gentle, it reads with autovacuum's cost-based delay: the one statement of a paced conversion
+    the throttle cannot split (seconds per partition for the 44M-row ledger) pauses as it goes."""
+    def job(c: psycopg.Connection) -> None:
+        if gentle:
+            c.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(GENTLE_ANALYZE_DELAY)))
+        try:
+            c.execute(sql.SQL("ANALYZE {}").format(shadow.ident()))
+        finally:
+            if gentle:
+                c.execute("RESET vacuum_cost_delay")
     return job
 
 
@@ -208,7 +222,7 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
     # (an index of a shape not known here has no items: its parent statement builds it whole)
     if pause is not None:
         workers = 1
-    jobs = [_statement(sql.SQL("ANALYZE {}").format(shadow.ident()), own_transactions=True)] if analyze else []
+    jobs = [_analyze(shadow, gentle=pause is not None)] if analyze else []
     jobs += [_statement(st) for st, *_ in items]
     # one process per build: the connections already keep the cores busy, and a partition's
     # build with parallel workers on top of them only adds their start-up and merge cost
