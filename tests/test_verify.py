@@ -117,3 +117,25 @@ def test_each_range_statement_bounds_both_tables(conn):
     for alias in ("o", "n"):
         assert f'("{alias}"."id") > (\'10\'::bigint)' in text and f'("{alias}"."id") <= (\'20\'::bigint)' in text
     assert 'FROM "public"."o_tab" "o" WHERE' in text and 'FROM "public"."n_tab" "n" WHERE' in text
+
+
+def test_ranges_follow_a_table_grown_since_its_last_analyze(conn):
+    """The ranges' width comes from the table's density times its current size, as the planner
+    estimates rows: a table that grew tenfold since its last ANALYZE still gets ranges of about
+    `chunk_rows` rows (not a tenth as many ranges, ten times as large, whose hash could spill)."""
+    conn.execute(
+        """
+        CREATE TABLE old_g (id bigint PRIMARY KEY, v text) WITH (autovacuum_enabled = off);
+        INSERT INTO old_g SELECT g, 'v' || g FROM generate_series(1, 300) g;
+        ANALYZE old_g;
+        INSERT INTO old_g SELECT g, 'v' || g FROM generate_series(301, 3000) g;
+        CREATE TABLE new_g AS SELECT * FROM old_g;
+        CREATE TABLE nothing (id bigint);
+        """
+    )
+    pauses: list[int] = []
+    got = verify(conn, QualifiedName("public", "old_g"), QualifiedName("public", "new_g"), QualifiedName("public", "nothing"),
+                 [KeyColumn("id", "bigint")], ["id", "v"], typed={"id", "v"}, chunk_rows=100,
+                 pause=lambda: pauses.append(1))
+    assert got["ok"] and got["old_rows"] == 3000
+    assert len(pauses) + 1 >= 25  # ~30 ranges of ~100 rows

@@ -18,8 +18,9 @@ Paced (--sleep > 0) the indexes were created on the empty partitions before the 
 (a conversion prepared by an older build), gentle mode (one worker, the throttle on) builds them
 partition by partition, one after another on one connection, without parallel maintenance
 workers (a core stays free for the application), the ANALYZE first (with autovacuum's
-cost-based delay), and the throttle's pause after each unit. The failpoint convert.indexes.after_index follows each unit (the ANALYZE, a
-partition's build) and each parent statement.
+cost-based delay), and the throttle's pause after each unit. The failpoint
+convert.indexes.after_index follows each unit (the ANALYZE, a partition's build) and each
+parent statement.
 
 Without a shadow to split, or with the throttle off at --sleep > 0, the parent statements run
 as before (constraints alone, plain indexes on up to `workers` connections).

@@ -112,9 +112,9 @@ def verify(
     """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict.
     The comparison and the row counts run in key ranges of about `chunk_rows` rows, one statement
     each without parallel workers, so each range's hash fits in memory at any table size (one
-    anti-join over 10M rows spilled 9 GB to temp files) and no statement reads a whole table. With `connect` (full speed) a second
-    connection takes every other range; with `pause` (default settings) it is called between
-    ranges."""
+    anti-join over 10M rows spilled 9 GB to temp files) and no statement reads a whole table.
+    With `connect` (full speed) a second connection takes every other range; with `pause`
+    (default settings) it is called between ranges."""
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
     ranges: Iterable[Range] | None = _integer_ranges(conn, old, key, chunk_rows)
     walk = ranges is None  # any other key: one connection walks the index for each range's end
@@ -156,16 +156,21 @@ def _bounds(alias: str, key: list[KeyColumn], r: Range) -> list[sql.Composable]:
 
 def _integer_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], chunk_rows: int) -> list[Range] | None:
     """For a single integer key: ranges of equal width between min and max, as wide as holds
-    about `chunk_rows` rows at the table's average density (the planner's row estimate; a count
-    when the table was never analyzed): exactly at most that many when the keys are dense, as a
-    sequence makes them. None for any other key."""
+    about `chunk_rows` rows at the table's average density (estimated as the planner does; a
+    count when the table was never analyzed): exactly at most that many when the keys are dense,
+    as a sequence makes them. None for any other key."""
     if not single_integer(key):
         return None
     k = sql.Identifier(key[0].name)
     lo, hi = conn.execute(sql.SQL("SELECT min({k})::bigint, max({k})::bigint FROM {t}").format(k=k, t=old.ident())).fetchone()
     if lo is None:
         return []
-    rows = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (old.literal,)).fetchone()[0]
+    # the planner's own estimate: the density of the last ANALYZE or VACUUM times the table's
+    # current size, so a table grown since its last ANALYZE is not taken for a small one
+    rows = conn.execute(
+        "SELECT CASE WHEN relpages > 0 AND reltuples > 0 THEN (reltuples / relpages * "
+        "(pg_relation_size(oid) / current_setting('block_size')::int))::bigint ELSE 0 END "
+        "FROM pg_class WHERE oid = %s::regclass", (old.literal,)).fetchone()[0]
     if rows <= 0:
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old.ident())).fetchone()[0]
     width = max(chunk_rows, chunk_rows * (hi - lo + 1) // max(rows, 1))
