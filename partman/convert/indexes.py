@@ -178,7 +178,7 @@ def _analyze(shadow: QualifiedName, *, gentle: bool) -> Callable[[psycopg.Connec
         try:
             c.execute(sql.SQL("ANALYZE {}").format(shadow.ident()))
         finally:
-            if gentle:
+            if gentle and not c.broken:  # a lost connection's own error is the one to report
                 c.execute("RESET vacuum_cost_delay")
     return job
 
