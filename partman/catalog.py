@@ -214,6 +214,16 @@ def update_conversion(conn: psycopg.Connection, settings: Settings, conversion_i
     conn.execute(q, [*values.values(), conversion_id])
 
 
+def add_copied(conn: psycopg.Connection, settings: Settings, conversion_id: int, rows: int, **values: Any) -> None:
+    """A copy batch's bookkeeping, in its transaction: `rows` more copied (an increment, so two
+    workers' batches add up exactly whatever order they commit in), and `values` set."""
+    q = sql.SQL("UPDATE {} SET rows_copied = rows_copied + %s, {}updated_at = now() WHERE id = %s").format(
+        ident(settings, "conversion"),
+        sql.SQL("").join(sql.SQL("{} = %s, ").format(sql.Identifier(c)) for c in values),
+    )
+    conn.execute(q, [rows, *values.values(), conversion_id])
+
+
 # ---------------------------------------------------------------- maintenance runs
 
 def start_run(conn: psycopg.Connection, settings: Settings) -> int:

@@ -7,6 +7,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
@@ -522,3 +523,41 @@ def test_planning_reads_an_unindexed_key_column_in_one_pass(conn):
     conn.execute("CREATE INDEX ON keyscan (ts)")
     _, scans = table_scans(lambda: make_plan(conn, Settings(), qn, Options(column="ts")))
     assert scans == 0
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"], ids=["two connections", "paced"])
+def test_a_resumed_copy_knows_what_remains_without_counting_the_copy(conn, partman_proc, sleep):
+    """Killed during the copy: the catalog's total is exactly the rows committed (two workers'
+    batches add up too), and resuming deletes the rows beyond the cursor and takes the rest from
+    that total. Paced, the partitions' indexes exist, so it reads nothing but what it deletes
+    (a count of the copy would read tens of GB at once for the 44M-row ledger)."""
+    from partman.convert.capture import KeyColumn
+    from partman.convert.copy import _discard_beyond
+    from partman.settings import Settings
+
+    make_ledger(conn, 6000)
+    killed = partman_proc(*CONVERT, "--batch-size", "200", "--sleep", sleep,
+                          extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=9:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    cid, total, cursor, schema = conn.execute(
+        "SELECT id, rows_copied, last_key, options->>'work_schema' FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    shadow = QualifiedName(schema, "audit_log_ledger_partman_new")
+    count = sql.SQL("SELECT count(*) FROM {}").format(shadow.ident())
+    copied = conn.execute(count).fetchone()[0]
+    upto = conn.execute(count + sql.SQL(" WHERE id <= %s::bigint"), (cursor[0],)).fetchone()[0]
+    assert total == copied and 0 < upto <= copied
+    read = (  # rows read from the shadow's partitions and their indexes in this transaction
+        "SELECT sum(pg_stat_get_xact_tuples_returned(c.oid)) FROM pg_class c WHERE c.oid IN "
+        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = %(t)s::regclass UNION "
+        " SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(t)s::regclass))"
+    )
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")  # a table this small would be read whole either way
+        before = conn.execute(read, {"t": shadow.literal}).fetchone()[0]
+        remaining = _discard_beyond(conn, Settings(), cid, shadow, [KeyColumn("id", "bigint")], cursor, total)
+        rows_read = conn.execute(read, {"t": shadow.literal}).fetchone()[0] - before
+    assert remaining == upto == conn.execute("SELECT rows_copied FROM partman_catalog.conversion WHERE id = %s",
+                                             (cid,)).fetchone()[0]
+    if sleep != "0":
+        assert upto == copied and rows_read == 0  # one connection: nothing beyond the cursor, nothing counted

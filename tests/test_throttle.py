@@ -117,3 +117,24 @@ def test_a_paced_analyze_reads_at_autovacuums_pace(conn, dsn, env, gentle):
     assert conn.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'shadow_a_2'").fetchone()[0] == 3
     assert ("VacuumDelay" in seen) == gentle
     assert conn.execute("SHOW vacuum_cost_delay").fetchone()[0] == "0"  # reset on partman's connection
+
+
+def test_a_baseline_measured_at_a_busy_moment_comes_down(capsys):
+    """The idle p99 was measured while something else loaded the server (3.5 ms): once a whole
+    window of probes is much faster, the baseline drops to it, so the throttle holds the copy to
+    the real idle latency instead of letting it press harder for the whole run."""
+    from partman import log
+
+    log.configure("json")
+    t = _throttle()
+    t.baseline_ms = 3.5  # target 3.5 x 1.3 + 0.2 = 4.75 ms
+    _probes(t, [1.0] * 199 + [1.1])
+    assert t.decide() == pytest.approx(0.1)
+    assert t.baseline_ms == pytest.approx(1.0)  # target now 1.5 ms
+    _probes(t, [1.0] * 190 + [2.5] * 10)  # 5% at 2.5 ms: under the old target, over the new one
+    assert t.decide() > 0.1 and t.slowdowns == 1
+    assert '"event": "throttle_rebaselined"' in capsys.readouterr().err
+    t2 = _throttle()
+    _probes(t2, [1.7] * 200)  # within 0.75 x of the baseline (2.0): noise, kept
+    t2.decide()
+    assert t2.baseline_ms == 2.0

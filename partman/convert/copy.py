@@ -133,7 +133,7 @@ def run_copy(
     if start_after is not None or rows_done:
         # resuming: a parallel run may have committed rows beyond the recorded cursor (the cursor
         # is the low watermark); they are copied again, so remove them first
-        rows_done = _discard_beyond(conn, target, key, start_after)
+        rows_done = _discard_beyond(conn, settings, conversion_id, target, key, start_after, rows_done)
     with Throttle(settings, work_schema, sleep, enabled=settings.throttle) as throttle:
         split = None
         if workers > 1 and not throttle.enabled:
@@ -154,8 +154,6 @@ def run_copy(
     return rows_done, longest
 
 
-
-
 def _split_point(conn: psycopg.Connection, source: QualifiedName, key: list[KeyColumn], after: list[str] | None,
                  batch_size: int) -> list[str] | None:
     """The middle of the remaining key range, for a single integer copy key with enough rows."""
@@ -172,23 +170,29 @@ def _split_point(conn: psycopg.Connection, source: QualifiedName, key: list[KeyC
     return [str(lo + (hi - lo) // 2)]
 
 
-def _discard_beyond(conn: psycopg.Connection, target: QualifiedName, key: list[KeyColumn],
-                    after: list[str] | None) -> int:
+def _discard_beyond(conn: psycopg.Connection, settings: Settings, conversion_id: int, target: QualifiedName,
+                    key: list[KeyColumn], after: list[str] | None, rows_copied: int) -> int:
     """Delete the target's rows beyond the cursor (all of them when there is none); returns the
-    rows that remain."""
+    rows that remain, and records it. The catalog's total counts every committed batch exactly
+    (catalog.add_copied), so the rows that remain are that total less those deleted: no count of
+    the whole target (for the 44M-row ledger, a resumed paced conversion would read tens of GB
+    at once)."""
     keycols = sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
     with conn.transaction():
         if after is None:
             conn.execute(sql.SQL("DELETE FROM {}").format(target.ident()))
+            remaining = 0
         else:
-            conn.execute(
+            deleted = conn.execute(
                 sql.SQL("DELETE FROM {} WHERE ({}) > ({})").format(
                     target.ident(), keycols,
                     sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(k.type)) for k in key),
                 ),
                 list(after),
-            )
-    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident())).fetchone()[0]
+            ).rowcount
+            remaining = max(rows_copied - deleted, 0)
+        catalog.update_conversion(conn, settings, conversion_id, rows_copied=remaining)
+    return remaining
 
 
 def _copy(
@@ -199,9 +203,10 @@ def _copy(
     committed: Callable[[int, list[str] | None], None] | None = None, stop: threading.Event | None = None,
     target_ms: float = TARGET_BATCH_MS, first: int | None = None,
 ) -> tuple[int, float, list[str] | None]:
-    """Batches from `after` to `upto` (inclusive; None: to the end). `record(n, last)` gives the
-    catalog values a batch commits (default: this batch's cursor and running total);
-    `committed(n, last)` runs after each commit. Returns (rows, longest batch ms, last key)."""
+    """Batches from `after` to `upto` (inclusive; None: to the end). Each batch adds its rows to
+    the catalog's total and sets the values `record(n, last)` gives (default: this batch's
+    cursor), in its own transaction; `committed(n, last)` runs after each commit. Returns (rows,
+    longest batch ms, last key)."""
     longest = 0.0
     size = first or batch_size
     while stop is None or not stop.is_set():
@@ -215,9 +220,7 @@ def _copy(
             conn.execute("SET LOCAL synchronous_commit = off")
             n, last = conn.execute(stmt, params).fetchone()
             if n:
-                values = record(n, last) if record else {"last_key": last, "rows_copied": rows_done + n}
-                if values:
-                    catalog.update_conversion(conn, settings, conversion_id, **values)
+                catalog.add_copied(conn, settings, conversion_id, n, **(record(n, last) if record else {"last_key": last}))
         ms = (time.perf_counter() - t0) * 1000
         longest = max(longest, ms)
         if not n:
@@ -251,14 +254,8 @@ def _copy_parallel(
     def record(i: int) -> Callable[[int, list[str] | None], dict]:
         def values(n: int, last: list[str] | None) -> dict:
             with lock:
-                total = state["total"] + n
-                if i == 0:
-                    mark = last
-                elif state["done0"]:
-                    mark = last
-                else:
-                    mark = state["pos0"]
-            return {"rows_copied": total, **({"last_key": mark} if mark is not None else {})}
+                mark = last if i == 0 or state["done0"] else state["pos0"]
+            return {"last_key": mark} if mark is not None else {}
         return values
 
     def committed(i: int) -> Callable[[int, list[str] | None], None]:

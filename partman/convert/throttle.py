@@ -5,7 +5,10 @@ The probe is a background thread on its own connection that commits a one-row IN
 small logged table in partman's work schema every PROBE_EVERY seconds: the same path as an
 application's insert (a backend, a WAL record, a commit that waits for the WAL flush), so it
 slows down exactly when the copy's WAL volume, CPU or I/O slow an application down. Before the
-copy starts it records an idle baseline (its p99 over 80 probes). Between batches `pause()`
+copy starts it records an idle baseline (its p99 over 80 probes); should a later window's p99
+come out well below it (REBASE_BELOW), the idle measurement met a busy moment (a checkpoint, a
+burst of the application's, another job), and the baseline drops to that window's p99: an
+inflated baseline would let the copy press harder for the whole run. Between batches `pause()`
 looks at the last WINDOW probes: when more than 1% of them were slower than `throttle_ratio` x
 the idle p99 (plus THROTTLE_SLACK_MS, so a 1 ms insert is not chased down to noise) and a probe
 since the last decision was that slow too, or when a replica's `pg_stat_replication.replay_lag`
@@ -38,11 +41,13 @@ PROBE_EVERY = 0.025  # seconds between probe inserts
 BASELINE_PROBES = 80  # 2 s of idle probes before the work starts
 WINDOW = 200  # the last 5 s of probes
 TAIL = 0.01  # the share of probes allowed above the target: the throttle guards the p99
+TAIL_INDEX = 1 - TAIL
 THROTTLE_SLACK_MS = 0.2
+REBASE_BELOW = 0.75  # a window's p99 under 0.75 x the baseline: the baseline was measured at a busy moment
 MAX_PAUSE = plan.MAX_PAUSE  # seconds
 LAG_EVERY = 1.0  # seconds between pg_stat_replication reads
 PROBE_TABLE = "partman_probe"
-_BASELINE: dict[str, float] = {}  # idle p90 per probe table, measured once per process (copy, then indexes)
+_BASELINE: dict[str, float] = {}  # idle p99 per probe table, measured once per process (copy, then indexes)
 
 
 class Throttle:
@@ -156,6 +161,11 @@ class Throttle:
             window = list(self.samples)
             fresh, fresh_max = self.fresh, self.fresh_max
             self.fresh, self.fresh_max = 0, 0.0
+        if len(window) >= WINDOW and self.baseline_ms:
+            p99 = sorted(window)[int(TAIL_INDEX * (len(window) - 1))]
+            if p99 < self.baseline_ms * REBASE_BELOW:
+                log.get().info("throttle_rebaselined", baseline_ms=round(self.baseline_ms, 2), now_ms=round(p99, 2))
+                self.baseline_ms = _BASELINE[str(self.table)] = p99
         lag = self.replica_lag_s
         lagging = lag is not None and lag > self.settings.throttle_max_replica_lag
         # the application's p99 is what suffers first (on 2 cores the median hardly moves): slow
