@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from partman import log
 from partman.db import QualifiedName
 from partman.sample_ledger import Ledger
 
@@ -58,6 +59,15 @@ def _docker_answers() -> bool:
         return True
     except Exception:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_this_tests_stderr() -> Iterator[None]:
+    """partman's logger writes to the sys.stderr it was configured with, and a test that ran
+    partman left it pointing at that test's captured stream, closed since: each test starts as a
+    fresh process would, logging to its own stderr."""
+    log.configure()
+    yield
 
 
 @pytest.fixture(scope="session")
