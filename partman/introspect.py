@@ -156,6 +156,11 @@ class TableModel:
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
 
+    def index_leads(self) -> set[str]:
+        """The columns a whole-table btree index leads with: a min/max or a range on them is an
+        index scan, not a read of the table."""
+        return {i.columns[0] for i in self.indexes if i.method == "btree" and i.columns and i.columns[0] and i.predicate is None}
+
 
 def key_type_of(model: TableModel, column: str) -> str | None:
     """'timestamptz' | 'timestamp' | 'date' for a usable time column (domains over them too)."""

@@ -326,9 +326,8 @@ def warnings(model: TableModel, column: str) -> list[str]:
                    "changes per partition unless the publication sets publish_via_partition_root.")
     if model.persistence == "u":
         out.append(f"{t} is UNLOGGED; a partitioned table cannot be, so the new table is logged.")
-    led = {i.columns[0] for i in model.indexes if i.method == "btree" and i.columns and i.predicate is None}
     for s in model.owned_sequences:
-        if s.identity and s.column not in led:
+        if s.identity and s.column not in model.index_leads():
             out.append(f"IDENTITY column {s.column} of {t} has no index that leads with it: the swap reads the whole "
                        f"table under its exclusive lock to move the column's sequence past the highest value in use. "
                        f"Index it first (CREATE INDEX CONCURRENTLY ON {t} ({s.column})) to keep the swap short.")

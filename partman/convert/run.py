@@ -180,8 +180,7 @@ def make_plan(
     ).fetchone()[0]
     stats = planning.KeyStats(None, None, 0, conn.execute("SELECT now()").fetchone()[0])
     if key_type_of(model, opts.column) and not getattr(model, "is_partitioned", False):
-        indexed = any(i.method == "btree" and i.columns[:1] == [opts.column] and i.predicate is None for i in model.indexes)
-        stats = key_stats(conn, qn, opts.column, indexed)
+        stats = key_stats(conn, qn, opts.column, indexed=opts.column in model.index_leads())
     if model.relkind == "r" and model.estimated_rows <= 0:  # never analyzed: count, for honest progress and ETA
         model.estimated_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qn.ident())).fetchone()[0]
     key = capture.copy_key(conn, qn)
