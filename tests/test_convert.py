@@ -526,11 +526,12 @@ def test_planning_reads_an_unindexed_key_column_in_one_pass(conn):
 
 
 @pytest.mark.parametrize("sleep", ["0", "0.01"], ids=["two connections", "paced"])
-def test_a_resumed_copy_knows_what_remains_without_counting_the_copy(conn, partman_proc, sleep):
+def test_a_resumed_copy_takes_what_remains_from_the_catalogs_exact_total(conn, partman_proc, sleep):
     """Killed during the copy: the catalog's total is exactly the rows committed (two workers'
     batches add up too), and resuming deletes the rows beyond the cursor and takes the rest from
     that total. Paced, the partitions' indexes exist, so it reads nothing but what it deletes
-    (a count of the copy would read tens of GB at once for the 44M-row ledger)."""
+    (a count of the copy would read tens of GB at once for the 44M-row ledger); only that case can
+    tell a count from the total, so only it checks the rows read."""
     from partman.convert.capture import KeyColumn
     from partman.convert.copy import _discard_beyond
     from partman.settings import Settings
