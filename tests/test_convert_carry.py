@@ -188,3 +188,38 @@ def test_an_identity_sequence_name_already_taken_is_kept_and_the_swap_goes_on(co
     assert "identity_sequence_name_kept" in r.err
     assert conn.execute("SELECT pg_get_serial_sequence('tock_old', 'id')").fetchone()[0] == "public.tock_id_seq"
     assert conn.execute("INSERT INTO tock (at) VALUES ('2024-06-01') RETURNING id").fetchone()[0] == 51
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_expression_partial_and_covering_indexes_come_along_with_their_statistics(conn, partman, sleep):
+    """Each index's definition is carried over (the expression, the predicate, the INCLUDE
+    columns), and the planner has the expression index's statistics on every partition with rows
+    right after the swap: at full speed the ANALYZE must wait for that index, paced it exists already."""
+    conn.execute(
+        """
+        CREATE TABLE msgs (id bigint PRIMARY KEY, at timestamptz NOT NULL, who text NOT NULL, body text);
+        CREATE INDEX msgs_who_lower ON msgs (lower(who));
+        CREATE INDEX msgs_open ON msgs (at) WHERE body IS NULL;
+        CREATE INDEX msgs_who_cover ON msgs (who) INCLUDE (body);
+        INSERT INTO msgs SELECT g, timestamptz '2024-01-01' + g * interval '1 hour',
+                                CASE WHEN g % 2 = 0 THEN 'Ann' ELSE 'BOB' END, CASE WHEN g % 5 > 0 THEN 'b' END
+        FROM generate_series(1, 3000) g;
+        """
+    )
+    indexdefs = ("SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '') FROM pg_index "
+                 "WHERE indrelid = %s::regclass ORDER BY 1")
+    before = [r[0] for r in conn.execute(indexdefs, ("msgs",))]
+    r = partman("convert", "msgs", "--column", "at", "--interval", "quarter", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    after = [r[0] for r in conn.execute(indexdefs, ("msgs",))]
+    assert after == sorted(d.replace("btree (id)", "btree (id, at)") for d in before)
+    # every partition's expression index has its statistics (pg_stats lists them by index name)
+    parts = conn.execute("SELECT count(DISTINCT tableoid) FROM msgs").fetchone()[0]  # those with rows
+    with_stats = conn.execute(
+        "SELECT count(DISTINCT s.tablename) FROM pg_inherits i JOIN pg_index x ON x.indrelid = i.inhrelid "
+        "JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_stats s ON s.tablename = c.relname "
+        "WHERE i.inhparent = 'msgs'::regclass AND s.attname = 'lower' AND 'ann' = ANY (s.most_common_vals::text::text[])"
+    ).fetchone()[0]
+    assert parts == 2 and with_stats == parts
+    plan = conn.execute("EXPLAIN SELECT * FROM msgs WHERE lower(who) = 'ann'").fetchall()
+    assert "msgs_who_lower" not in str(plan)  # half the rows: a scan, known from the statistics

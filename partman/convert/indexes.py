@@ -167,20 +167,22 @@ def _statement(statement: Any) -> Callable[[psycopg.Connection], None]:
 GENTLE_ANALYZE_DELAY = "2ms"  # autovacuum's own vacuum_cost_delay
 
 
+def analyze(c: psycopg.Connection, shadow: QualifiedName, *, gentle: bool) -> None:
+    """ANALYZE of the whole shadow. Gentle, it reads with autovacuum's cost-based delay: the one
+    statement of a paced conversion the throttle cannot split (seconds per partition for the
+    44M-row ledger) pauses as it goes. In a transaction block the setting ends with it (also on
+    failure); outside one it is reset after the statement."""
+    if gentle:
+        c.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(GENTLE_ANALYZE_DELAY)))
+    c.execute(sql.SQL("ANALYZE {}").format(shadow.ident()))
+    if gentle:
+        c.execute("RESET vacuum_cost_delay")
+
+
 def _analyze(shadow: QualifiedName, *, gentle: bool) -> Callable[[psycopg.Connection], None]:
-    """ANALYZE of the whole shadow outside a transaction block: it commits after each relation
-    (the parent's sample, then each partition), so it holds a partition only while it reads it.
-    Gentle, it reads with autovacuum's cost-based delay: the one statement of a paced conversion
-    the throttle cannot split (seconds per partition for the 44M-row ledger) pauses as it goes."""
-    def job(c: psycopg.Connection) -> None:
-        if gentle:
-            c.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(GENTLE_ANALYZE_DELAY)))
-        try:
-            c.execute(sql.SQL("ANALYZE {}").format(shadow.ident()))
-        finally:
-            if gentle and not c.broken:  # a lost connection's own error is the one to report
-                c.execute("RESET vacuum_cost_delay")
-    return job
+    """ANALYZE as a job outside a transaction block: it commits after each relation (the parent's
+    sample, then each partition), so it holds a partition only while it reads it."""
+    return lambda c: analyze(c, shadow, gentle=gentle)
 
 
 def _partition_statement(idx: Any, part: QualifiedName, name: str) -> sql.Composable | None:

@@ -387,9 +387,7 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
         for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
             conn.execute(stmt)
         if not analyzed:
-            if p.options.sleep > 0 and settings.throttle:  # paced: autovacuum's pace (indexes._analyze)
-                conn.execute(sql.SQL("SET LOCAL vacuum_cost_delay = {}").format(sql.Literal(indexes.GENTLE_ANALYZE_DELAY)))
-            conn.execute(sql.SQL("ANALYZE {}").format(p.shadow.ident()))
+            indexes.analyze(conn, p.shadow, gentle=p.options.sleep > 0 and settings.throttle)
         catalog.update_conversion(conn, settings, cid, phase="catchup")
 
 
