@@ -428,7 +428,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--pg", choices=["15", "16", "18"], default="15")
     ap.add_argument("--fsync", action="store_true", help="fsync, synchronous_commit and full_page_writes on")
-    ap.add_argument("--probe-seconds", type=float, default=5.0, help="length of the writer's idle baseline")
+    ap.add_argument("--probe-seconds", type=float, default=30.0,
+                    help="length of the writer's idle baseline (and of its run alone after a gentle conversion); "
+                         "a 5 s window's p99 is its 5th-slowest insert, one hiccup of the host moves it")
     ap.add_argument("--writer-pause", type=float, default=0.01, help="seconds between the writer's inserts")
     ap.add_argument("--partman-arg", action="append", default=[], help="extra argument for partman convert")
     ap.add_argument("--gentle", action="store_true",
