@@ -22,6 +22,10 @@ What it does, in one throwaway server (partman.pgtemp.TempServer):
    partman_catalog.conversion.phase to split the wall time into phases. Afterwards it reads
    longest_batch_ms and swap_lock_ms from the catalog.
 5. (d) with --swap-burst N: revert, convert again, N rows written just before the swap's lock.
+6. (c) with --gentle / --gentle-only: the same data in a second database, `partman convert` with
+   default settings, the writer throughout and alone for `--probe-seconds` after it. partman is
+   stopped for a few seconds now and then during its copy and verification (`--interleave`), so
+   the writer's latency with partman stopped, in the same minutes, is a second idle reference.
 
 It prints a markdown table: seconds, rows/s and time vs the limit (b/a, lower is better; the
 rows/s ratio is its inverse), the longest copy transaction, the swap's lock time, and the
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -226,9 +231,18 @@ class Writer:
         self._stop.set()
         self._t.join(timeout=60)
 
-    def figures(self, start: float | None = None, end: float | None = None) -> dict:
-        lat = sorted(x for x, t in zip(self.latencies, self.when)
-                     if (start is None or t >= start) and (end is None or t < end))
+    def figures(self, start: float | None = None, end: float | None = None, *,
+                inside: list[tuple[float, float]] | None = None, outside: list[tuple[float, float]] = ()) -> dict:
+        """Latency figures of the inserts started in [start, end); with `inside`, only those in one
+        of these windows; those in a window of `outside` are left out."""
+        def keep(t: float) -> bool:
+            if (start is not None and t < start) or (end is not None and t >= end):
+                return False
+            if inside is not None and not any(a <= t < b for a, b in inside):
+                return False
+            return not any(a <= t < b for a, b in outside)
+
+        lat = sorted(x for x, t in zip(self.latencies, self.when) if keep(t))
         if not lat:
             return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"), "errors": len(self.errors)}
         return {
@@ -258,8 +272,23 @@ class PhaseMonitor:
         self.dsn, self.interval = dsn, interval
         self.seen: list[tuple[str, float]] = []
         self.busy: dict[str, float] = {}
+        # (when, what the server's own processes and partman's sessions were doing): to tell
+        # what a stall of the writer met (a checkpoint's fsync, an autovacuum, partman's batch)
+        self.timeline: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
+
+    def around(self, start: float, end: float) -> str:
+        """What was seen from `start` to `end` (or, if the monitor saw nothing then, next)."""
+        seen = [what for t, what in self.timeline if start <= t <= end]
+        if not seen:
+            seen = [next((what for t, what in self.timeline if t > end), "")]
+        out: list[str] = []
+        for what in seen:
+            for part in what.split("; "):
+                if part and part not in out:
+                    out.append(part)
+        return "; ".join(out) or "nothing"
 
     def _run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True, application_name="bench monitor") as c:
@@ -274,12 +303,20 @@ class PhaseMonitor:
                 now = time.perf_counter()
                 if row and (not self.seen or self.seen[-1][0] != row[0]):
                     self.seen.append((row[0], now))
-                for (q,) in c.execute(
-                    "SELECT lower(ltrim(query)) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'partman%%' AND state = 'active'"
+                doing = []
+                for app, btype, wait, q in c.execute(
+                    "SELECT application_name, backend_type, wait_event, lower(ltrim(query)) FROM pg_stat_activity "
+                    "WHERE (application_name LIKE 'partman%%' AND state = 'active') "
+                    "OR backend_type IN ('checkpointer', 'autovacuum worker', 'background writer', 'walwriter')"
                 ).fetchall():
-                    kind = next((k for k, test in STATEMENT_KINDS if test(q)), "other")
-                    self.busy[kind] = self.busy.get(kind, 0.0) + (now - prev)
+                    if app.startswith("partman"):
+                        kind = next((k for k, test in STATEMENT_KINDS if test(q)), "other")
+                        self.busy[kind] = self.busy.get(kind, 0.0) + (now - prev)
+                        doing.append(f"partman {kind}: {wait or 'CPU'}")
+                    elif wait not in ("CheckpointerMain", "BgWriterHibernate", "BgWriterMain", "WalWriterMain",
+                                      "CheckpointWriteDelay", None) or btype == "autovacuum worker":
+                        doing.append(f"{btype}: {wait or 'CPU'}")
+                self.timeline.append((now, "; ".join(doing)))
                 prev = now
                 time.sleep(self.interval)
 
@@ -301,13 +338,76 @@ class PhaseMonitor:
         return out
 
 
+class Pauser:
+    """An idle reference taken over the same minutes as a gentle conversion: during its copy and
+    its verification, partman's process is stopped (SIGSTOP) for `length` seconds every `every`
+    seconds. The writer's inserts in those windows, after SETTLE seconds for a statement already
+    in flight, are the idle figure; the rest are partman's. A host that is slow for a while then
+    moves both figures alike, where an idle baseline measured once before the run can meet a
+    quiet or a busy moment. partman takes no lock the writer needs in those phases, and it is
+    stopped only between its transactions, so a stopped partman holds nobody up."""
+
+    SETTLE = 0.3
+    PHASES = ("copy", "verify")
+
+    def __init__(self, dsn: str, proc: subprocess.Popen, mon: PhaseMonitor, every: float, length: float) -> None:
+        self.dsn, self.proc, self.mon, self.every, self.length = dsn, proc, mon, every, length
+        self.windows: list[tuple[str, float, float]] = []  # (phase, idle from, idle to)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="bench pauser") as c:
+            while self.proc.poll() is None:
+                until = time.perf_counter() + self.every
+                while self.proc.poll() is None and time.perf_counter() < until:
+                    time.sleep(0.2)
+                phase = self.mon.seen[-1][0] if self.mon.seen else None
+                if phase in self.PHASES and self.proc.poll() is None:
+                    self._stop_once(c, phase)
+
+    def _stop_once(self, c: psycopg.Connection, phase: str) -> None:
+        """Stop partman between two of its transactions (none of its sessions active or in a
+        transaction, checked again once it is stopped), so no transaction of its stays open and
+        its own timings (the longest copy transaction) do not include the stop."""
+        busy = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'partman%%' "
+                "AND state <> 'idle'")
+        for _ in range(200):
+            if c.execute(busy).fetchone()[0] == 0:
+                t = time.perf_counter()
+                try:
+                    os.kill(self.proc.pid, signal.SIGSTOP)
+                    try:
+                        if c.execute(busy).fetchone()[0] == 0:
+                            time.sleep(self.length)
+                            self.windows.append((phase, t + self.SETTLE, time.perf_counter()))
+                            return
+                    finally:
+                        os.kill(self.proc.pid, signal.SIGCONT)
+                except ProcessLookupError:  # partman has just exited
+                    return
+            time.sleep(0.01)
+
+    def join(self) -> None:
+        self._t.join(timeout=self.length + 10)
+
+    def stopped(self) -> list[tuple[float, float]]:
+        """Every window partman was stopped, settle included (left out of its own figures)."""
+        return [(a - self.SETTLE, b) for _p, a, b in self.windows]
+
+    def idle(self, phase: str) -> list[tuple[float, float]]:
+        return [(a, b) for p, a, b in self.windows if p == phase]
+
+
 def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True,
-                burst: int = 0, after: float = 0.0) -> dict:
+                burst: int = 0, after: float = 0.0, interleave: tuple[float, float] | None = None) -> dict:
     """One `partman convert` with the writer running. With `burst`, partman is held for
     BURST_WINDOW seconds between its last catch-up round and the swap's lock (failpoint
     convert.swap.before_lock) while `burst` rows are written, so the swap replays them under its lock.
     With `after`, the writer goes on alone for that many seconds once partman has exited: its
-    latency on the partitioned table (with partman's revert capture installed), partman idle."""
+    latency on the partitioned table (with partman's revert capture installed), partman idle.
+    With `interleave` (every, length), partman is stopped now and then for an idle reference
+    (Pauser); its own figures leave those windows out."""
     cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
            "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", dsn, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -320,15 +420,20 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
     with Writer(dsn, pause) as w:
         time.sleep(0.2)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        pauser = Pauser(dsn, proc, mon, *interleave) if interleave else None
+        out, err = proc.communicate()
         t1 = time.perf_counter()
         time.sleep(0.2 + after)
     mon.stop()
     if burster:
         burster.join()
+    if pauser:
+        pauser.join()
+    stopped = pauser.stopped() if pauser else []
     if proc.returncode != 0:
-        log(proc.stdout[-3000:])
-        log(proc.stderr[-3000:])
+        log(out[-3000:])
+        log(err[-3000:])
         raise SystemExit(f"partman convert failed with exit code {proc.returncode}")
     with psycopg.connect(dsn, autocommit=True) as c:
         row = c.execute(
@@ -342,18 +447,32 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "busy": sorted(mon.busy.items(), key=lambda kv: -kv[1]),
         "rows_copied": row[0], "rows_caught_up": row[1], "longest_batch_ms": row[2], "swap_lock_ms": row[3],
         "swap_attempts": row[4], "verify": row[5], "status": row[6], "rows_after": total,
-        "writer": w.figures(t0, t1), "writer_errors": w.errors[:3],
+        "writer": w.figures(t0, t1, outside=stopped), "writer_errors": w.errors[:3],
         "writer_after": w.figures(t1 + 0.2, None) if after else None,
         # before the swap the application writes to its plain table, after it to the partitioned
         # one, whose own cost differs (partition routing; a trigger that reads the latest row
         # plans over every partition): each part, and its idle reference, apart
-        "writer_before_swap": w.figures(t0, _seen(mon, "swap", t1)),
-        "writer_after_swap": w.figures(_seen(mon, "verify", t1), t1),
-        "writer_by_phase": _by_phase(w, mon, t0, t1),
-        "throttle": [ln for ln in proc.stderr.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
+        "writer_before_swap": w.figures(t0, _seen(mon, "swap", t1), outside=stopped),
+        "writer_after_swap": w.figures(_seen(mon, "verify", t1), t1, outside=stopped),
+        "writer_by_phase": _by_phase(w, mon, t0, t1, stopped),
+        # the interleaved idle reference, per phase: (partman running, partman stopped)
+        "interleaved": {ph: (w.figures(*_phase_span(mon, ph, t1), outside=stopped), w.figures(inside=pauser.idle(ph)),
+                             len(pauser.idle(ph)))
+                        for ph in Pauser.PHASES} if pauser else None,
+        "stopped_s": sum(b - a for a, b in stopped),
+        "stalls": [(st - t0, ms, mon.around(st, st + ms / 1000)) for ms, st in
+                   sorted(((ms, st) for ms, st in zip(w.latencies, w.when) if t0 <= st < t1 and ms > 100),
+                          reverse=True)[:6]],
+        "throttle": [ln for ln in err.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
         "burst": burster.figures() if burster else None,
-        "swapped": _swapped(proc.stderr),
+        "swapped": _swapped(err),
     }
+
+
+def _phase_span(mon: PhaseMonitor, phase: str, end: float) -> tuple[float, float]:
+    """When `phase` was first seen, and when the next one was."""
+    marks = [*mon.seen, ("end", end)]
+    return next(((t, t_next) for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name == phase), (end, end))
 
 
 def _seen(mon: PhaseMonitor, phase: str, default: float) -> float:
@@ -408,9 +527,11 @@ class Burst:
         return {"rows": self.written, "seconds": self.seconds}
 
 
-def _by_phase(w: Writer, mon: PhaseMonitor, t0: float, t1: float) -> list[tuple[str, dict]]:
+def _by_phase(w: Writer, mon: PhaseMonitor, t0: float, t1: float,
+              stopped: list[tuple[float, float]] = ()) -> list[tuple[str, dict]]:
     marks = [("startup", t0), *mon.seen, ("end", t1)]
-    return [(name, w.figures(t, t_next)) for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name != "done"]
+    return [(name, w.figures(t, t_next, outside=stopped))
+            for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name != "done"]
 
 
 def idle_baseline(dsn: str, pause: float, seconds: float) -> dict:
@@ -439,9 +560,14 @@ def main() -> None:
     ap.add_argument("--swap-burst", type=int, default=0, metavar="N",
                     help="also (d): revert (b), convert again at --sleep 0 with N rows written in the final "
                          "catch-up window (partman held 3 s before its swap), and report the swap's lock")
+    ap.add_argument("--interleave", default="60,6", metavar="EVERY,LENGTH",
+                    help="(c): stop partman for LENGTH s every EVERY s of its copy and verification, for an "
+                         "idle reference taken over the same minutes (default 60,6; 0 = off)")
     ap.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="a server setting for this run (e.g. shared_buffers=6GB); repeatable")
     args = ap.parse_args()
+    every, _, length = args.interleave.partition(",")
+    args.interleave_every, args.interleave_length = float(every), float(length or 6)
 
     server = TempServer(version=args.pg, fsync=args.fsync,
                         settings=dict(s.split("=", 1) for s in args.pg_setting))
@@ -480,7 +606,8 @@ def main() -> None:
             gidle = idle_baseline(gdsn, args.writer_pause, args.probe_seconds)
             log("(c) partman convert with default settings")
             gpm = run_partman(server, gdsn, args.writer_pause, args.partman_arg, full_speed=False,
-                              after=args.probe_seconds)
+                              after=args.probe_seconds,
+                              interleave=(args.interleave_every, args.interleave_length) if args.interleave_every else None)
             log(f"partman (default settings): {gpm['seconds']:.1f}s, status {gpm['status']}")
             report_gentle(args, server, gdata, limit, gidle, gpm)
 
@@ -592,8 +719,20 @@ def report_gentle(args: argparse.Namespace, server: TempServer, data: dict, limi
             print(f"| p99 before the swap (plain table) / idle before; after the swap (partitioned) / alone after | "
                   f"{b['p99']:.2f} / {i['p99']:.2f} ms = {b['p99'] / i['p99']:.2f}x; "
                   f"{c['p99']:.2f} / {a['p99']:.2f} ms = {c['p99'] / a['p99']:.2f}x |")
+    for ph, (run, idle_w, n) in (pm.get("interleaved") or {}).items():
+        if run["n"] and idle_w["n"]:
+            print(f"| {ph}: writer p99 with partman running / stopped ({n} windows of {idle_w['n']:,} inserts, "
+                  f"interleaved); max | {run['p99']:.2f} / {idle_w['p99']:.2f} ms = **{run['p99'] / idle_w['p99']:.2f}x**; "
+                  f"{run['max']:.0f} / {idle_w['max']:.0f} ms |")
+    if pm.get("stopped_s"):
+        print(f"| partman stopped for the interleaved idle (in the end-to-end time; left out of the 'during' figures) | "
+              f"{pm['stopped_s']:.0f} s |")
     print(f"| **longest stall beyond the idle p99** (target <= 100 ms) | {max(0.0, w['max'] - i['p99']):.0f} ms |")
-    print(f"| longest copy transaction; swap lock | {pm['longest_batch_ms']:.0f} ms; {pm['swap_lock_ms']:.0f} ms |")
+    for at, ms, what in pm.get("stalls") or []:
+        print(f"| writer stall {ms:.0f} ms at {at:.0f} s: seen meanwhile | {what} |")
+    landed = " (a stop for the interleaved idle landed inside a batch)" if pm.get("stopped_s") and \
+        pm["longest_batch_ms"] >= 900 * (args.interleave_length or 0) else ""
+    print(f"| longest copy transaction; swap lock | {pm['longest_batch_ms']:.0f} ms{landed}; {pm['swap_lock_ms']:.0f} ms |")
     print(f"| writer errors; inserts during (c) | {w['errors']}; {w['n']:,} |")
     by_phase = ", ".join(f"{name} {f['p99']:.1f}/{f['max']:.0f}" for name, f in pm["writer_by_phase"] if f["n"])
     print(f"| writer p99/max (ms) by phase | {by_phase} |")
