@@ -460,7 +460,8 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
                              len(pauser.idle(ph)))
                         for ph in Pauser.PHASES} if pauser else None,
         "stopped_s": sum(b - a for a, b in stopped),
-        "stalls": [(st - t0, ms, mon.around(st, st + ms / 1000)) for ms, st in
+        "stalls": [(st - t0, ms, ("partman stopped; " if any(a <= st < b for a, b in stopped) else "")
+                    + mon.around(st, st + ms / 1000)) for ms, st in
                    sorted(((ms, st) for ms, st in zip(w.latencies, w.when) if t0 <= st < t1 and ms > 100),
                           reverse=True)[:6]],
         "throttle": [ln for ln in err.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
@@ -721,8 +722,9 @@ def report_gentle(args: argparse.Namespace, server: TempServer, data: dict, limi
                   f"{c['p99']:.2f} / {a['p99']:.2f} ms = {c['p99'] / a['p99']:.2f}x |")
     for ph, (run, idle_w, n) in (pm.get("interleaved") or {}).items():
         if run["n"] and idle_w["n"]:
-            print(f"| {ph}: writer p99 with partman running / stopped ({n} windows of {idle_w['n']:,} inserts, "
-                  f"interleaved); max | {run['p99']:.2f} / {idle_w['p99']:.2f} ms = **{run['p99'] / idle_w['p99']:.2f}x**; "
+            windows = f"{n} window{'s' if n != 1 else ''} of {idle_w['n']:,} inserts"
+            print(f"| {ph}: writer p99 with partman running / stopped ({windows}, interleaved); max | "
+                  f"{run['p99']:.2f} / {idle_w['p99']:.2f} ms = **{run['p99'] / idle_w['p99']:.2f}x**; "
                   f"{run['max']:.0f} / {idle_w['max']:.0f} ms |")
     if pm.get("stopped_s"):
         print(f"| partman stopped for the interleaved idle (in the end-to-end time; left out of the 'during' figures) | "
