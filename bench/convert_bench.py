@@ -328,14 +328,14 @@ class PhaseMonitor:
         self._stop.set()
         self._t.join(timeout=10)
 
-    def durations(self, t_start: float, t_end: float) -> list[tuple[str, float]]:
-        """(phase, seconds); time before the first observed phase counts as 'startup'."""
+    def spans(self, t_start: float, t_end: float) -> list[tuple[str, float, float]]:
+        """(phase, from, to) for each phase seen; time before the first counts as 'startup'."""
         marks = [("startup", t_start), *self.seen, ("end", t_end)]
-        out: list[tuple[str, float]] = []
-        for (name, t), (_n, t_next) in zip(marks, marks[1:]):
-            if name != "done":
-                out.append((name, max(0.0, t_next - t)))
-        return out
+        return [(name, t, t_next) for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name != "done"]
+
+    def durations(self, t_start: float, t_end: float) -> list[tuple[str, float]]:
+        """(phase, seconds)."""
+        return [(name, max(0.0, b - a)) for name, a, b in self.spans(t_start, t_end)]
 
 
 class Pauser:
@@ -456,8 +456,9 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "writer_after_swap": w.figures(_seen(mon, "verify", t1), t1, outside=stopped),
         "writer_by_phase": _by_phase(w, mon, t0, t1, stopped),
         # the interleaved idle reference, per phase: (partman running, partman stopped)
-        "interleaved": {ph: (w.figures(*_phase_span(mon, ph, t1), outside=stopped), w.figures(inside=pauser.idle(ph)),
-                             len(pauser.idle(ph)))
+        "interleaved": {ph: (w.figures(inside=[(a, b) for name, a, b in mon.spans(t0, t1) if name == ph],
+                                       outside=stopped),
+                             w.figures(inside=pauser.idle(ph)), len(pauser.idle(ph)))
                         for ph in Pauser.PHASES} if pauser else None,
         "stopped_s": sum(b - a for a, b in stopped),
         "stalls": [(st - t0, ms, ("partman stopped; " if any(a <= st < b for a, b in stopped) else "")
@@ -468,12 +469,6 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "burst": burster.figures() if burster else None,
         "swapped": _swapped(err),
     }
-
-
-def _phase_span(mon: PhaseMonitor, phase: str, end: float) -> tuple[float, float]:
-    """When `phase` was first seen, and when the next one was."""
-    marks = [*mon.seen, ("end", end)]
-    return next(((t, t_next) for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name == phase), (end, end))
 
 
 def _seen(mon: PhaseMonitor, phase: str, default: float) -> float:
@@ -530,9 +525,7 @@ class Burst:
 
 def _by_phase(w: Writer, mon: PhaseMonitor, t0: float, t1: float,
               stopped: list[tuple[float, float]] = ()) -> list[tuple[str, dict]]:
-    marks = [("startup", t0), *mon.seen, ("end", t1)]
-    return [(name, w.figures(t, t_next, outside=stopped))
-            for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name != "done"]
+    return [(name, w.figures(a, b, outside=stopped)) for name, a, b in mon.spans(t0, t1)]
 
 
 def idle_baseline(dsn: str, pause: float, seconds: float) -> dict:
