@@ -34,13 +34,19 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT encode(sha256(convert_to(concat_ws('|', prev, id::text,
         to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), actor, action, payload::text), 'UTF8')), 'hex')
 $$;
+"""
+
+# the application's triggers, also for a table made otherwise (Ledger.add_triggers)
+_TRIGGERS = """
 CREATE FUNCTION {fn_chain}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE prev text;
 BEGIN
-    -- on a partitioned table the trigger fires on the partition: chain over the whole table
+    -- on a partitioned table the trigger fires on the partition: chain over the whole table,
+    -- named statically (plan cached; after a swap the name is looked up again and finds the
+    -- partitioned table)
     PERFORM pg_advisory_xact_lock(hashtext(TG_TABLE_SCHEMA || '.' || {lockname}));
     NEW.id := nextval({seqlit});
-    EXECUTE format('SELECT current_hash FROM %s ORDER BY id DESC LIMIT 1', coalesce(pg_partition_root(TG_RELID), TG_RELID::regclass)) INTO prev;
+    SELECT current_hash INTO prev FROM {t} ORDER BY id DESC LIMIT 1;
     NEW.prev_hash := coalesce(prev, {genesis});
     NEW.current_hash := {hash}(NEW.prev_hash, NEW.id, NEW.event_timestamp, NEW.actor, NEW.action, NEW.payload);
     RETURN NEW;
@@ -99,7 +105,12 @@ class Ledger:
         }
 
     def create(self, conn: psycopg.Connection) -> None:
-        conn.execute(sql.SQL(_DDL).format(**self._names()))
+        conn.execute(sql.SQL(_DDL + _TRIGGERS).format(**self._names()))
+
+    def add_triggers(self, conn: psycopg.Connection, sequence: str) -> None:
+        """The chain and append-only triggers on an existing table with the ledger's columns (its
+        ids drawn from `sequence`), the hash function already made by another Ledger's create()."""
+        conn.execute(sql.SQL(_TRIGGERS).format(**{**self._names(), "seqlit": sql.Literal(sequence)}))
 
     def seed(self, conn: psycopg.Connection, rows: int, start: str, end: str) -> None:
         """Insert `rows` chained rows with timestamps spread evenly over [start, end), computed

@@ -60,9 +60,7 @@ def build(conn: psycopg.Connection, partman, action: str) -> dict:
     conn.execute("INSERT INTO audit_log_ledger SELECT * FROM ledger_seed")
     conn.execute("DROP TRIGGER ledger_chain ON ledger_seed")
     # the application's triggers: chain every insert onto the table's last row; refuse changes
-    conn.execute("CREATE TRIGGER ledger_chain BEFORE INSERT ON audit_log_ledger FOR EACH ROW EXECUTE FUNCTION ledger_seed_chain()")
-    conn.execute("CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON audit_log_ledger "
-                 "FOR EACH ROW EXECUTE FUNCTION ledger_seed_append_only()")
+    Ledger(LEDGER).add_triggers(conn, sequence="public.ledger_seed_id_seq")
     assert verify_chain(conn, LEDGER)["ok"]
     r = partman("register", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "year",
                 "--premake", "3", "--retention", "10 years", "--retention-action", action)
