@@ -16,7 +16,7 @@ from .db import QualifiedName
 
 GENESIS = "0" * 64
 
-# {t}: the table, {seq}: its id sequence, {fn_*}: function names, {hash}: the hash function
+# {t}: the table, {seqlit}: its id sequence (a literal), {fn_*}: function names, {hash}: the hash function
 _DDL = """
 CREATE TABLE {t} (
     id              bigserial PRIMARY KEY,
