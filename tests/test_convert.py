@@ -143,6 +143,28 @@ def test_dry_run_prints_the_plan_and_changes_nothing(conn, partman):
     assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman%'").fetchone()[0] == 0
 
 
+
+def test_the_paced_estimate_counts_the_verifications_pauses(conn):
+    """The dry-run's expected duration at the default pace covers the verification after the swap
+    too: it pauses after each of its ranges (~2,000 rows each), as the copy does after each
+    batch. For the 44M-row ledger that is ~22,000 pauses more than the copy's."""
+    import dataclasses
+
+    from partman.convert.plan import Options
+    from partman.convert.run import make_plan
+    from partman.settings import Settings
+
+    make_ledger(conn, 500)
+    ledger = dataclasses.replace(make_plan(conn, Settings(), LEDGER, Options(column="event_timestamp"))[0],
+                                 rows_estimate=44_000_000)
+
+    def at(sleep: float):
+        return dataclasses.replace(ledger, options=dataclasses.replace(ledger.options, sleep=sleep))
+
+    per_second_of_pause = at(1.1).expected_seconds - at(0.1).expected_seconds  # seconds per second of --sleep
+    assert per_second_of_pause == pytest.approx(at(0.1)._batches() + 22_000)
+    assert at(0.1).expected_seconds_max - at(0.1).expected_seconds == pytest.approx(1.9 * per_second_of_pause)
+
 def test_sequences_identity_views_and_generated_columns_survive(conn, partman):
     conn.execute(
         """

@@ -139,3 +139,34 @@ def test_ranges_follow_a_table_grown_since_its_last_analyze(conn):
                  pause=lambda: pauses.append(1))
     assert got["ok"] and got["old_rows"] == 3000
     assert len(pauses) + 1 >= 25  # ~30 ranges of ~100 rows
+
+
+@pytest.mark.parametrize("keytype", ["bigint", "text"])
+def test_paced_ranges_follow_their_statements_duration(conn, keytype):
+    """With a target duration (default settings), each range's time sizes the next, as the copy
+    sizes its batches: ranges that finish well inside the target double, ranges over it shrink
+    (to 100 rows at least); every row is still compared once, whatever the sizes."""
+    conn.execute(
+        f"""
+        CREATE TABLE old_p (k {keytype} PRIMARY KEY, v text);
+        INSERT INTO old_p SELECT lpad(g::text, 6, '0')::{keytype}, 'v' || g FROM generate_series(1, 3000) g;
+        ANALYZE old_p;
+        CREATE TABLE new_p AS SELECT * FROM old_p;
+        UPDATE new_p SET v = 'x' WHERE k IN ('002999'::{keytype}, '000003'::{keytype});
+        CREATE TABLE nothing (k {keytype});
+        """
+    )
+
+    def paced(first: int, target_ms: float) -> tuple[dict, int]:
+        pauses: list[int] = []
+        got = verify(conn, QualifiedName("public", "old_p"), QualifiedName("public", "new_p"),
+                     QualifiedName("public", "nothing"), [KeyColumn("k", keytype)], ["k", "v"], typed={"k", "v"},
+                     chunk_rows=first, target_ms=target_ms, pause=lambda: pauses.append(1), repair=False)
+        return got, len(pauses) + 1
+
+    fast, ranges = paced(100, 1e9)  # every range far inside the target: 100, 200, 400, 800, 1600 rows
+    assert (fast["old_rows"], fast["new_rows"], fast["missing_or_different"]) == (3000, 3000, 2)
+    assert ranges == 5  # (a walk's fifth is open-ended: the rows after the 1,500th)
+    slow, ranges = paced(1000, 1e-6)  # every range over the target: 1000 rows, then 100 at a time
+    assert (slow["old_rows"], slow["new_rows"], slow["missing_or_different"]) == (3000, 3000, 2)
+    assert ranges == 21 + (keytype == "text")  # a walk ending on the last row takes one more, empty

@@ -24,6 +24,11 @@ ESTIMATED_ROWS_PER_SECOND = 80_000
 # application's inserts are slow (throttle.py).
 GENTLE_BATCH_ROWS = 1_200
 MAX_PAUSE = 2.0
+# The verification after the swap compares ~500k rows/s on one connection (ledger rows, 2 cores);
+# estimated at half that. Throttled, it goes in ranges of about GENTLE_VERIFY_ROWS rows (their
+# size then follows their duration: verify.RangeRows), paused like the copy's batches.
+ESTIMATED_VERIFY_ROWS_PER_SECOND = 250_000
+GENTLE_VERIFY_ROWS = 2_000
 MAX_PARTITIONS = 2000  # one conversion's partitions: planning time, catalog size and the plan's length
 
 
@@ -122,17 +127,27 @@ class ConversionPlan:
             rows = self.options.batch_size
         return max(1, self.rows_estimate // max(1, rows))
 
+    def _pauses(self) -> int:
+        """Pauses at the chosen pace: one after each copy batch, and (throttled) after each of
+        the verification's ranges."""
+        ranges = self.rows_estimate // GENTLE_VERIFY_ROWS if self.throttled else 0
+        return self._batches() + ranges
+
+    def _work_seconds(self) -> float:
+        return self.rows_estimate / self._copy_rate() + self.rows_estimate / ESTIMATED_VERIFY_ROWS_PER_SECOND
+
     @property
     def expected_seconds(self) -> float:
-        """At the chosen pace, when the application does not slow down (the throttle idle)."""
-        return self.rows_estimate / self._copy_rate() + self._batches() * self.options.sleep
+        """The copy and the verification at the chosen pace, when the application does not slow
+        down (the throttle idle)."""
+        return self._work_seconds() + self._pauses() * self.options.sleep
 
     @property
     def expected_seconds_max(self) -> float:
         """When the throttle holds every pause at its longest (the application suffers throughout)."""
         if not self.throttled:
             return self.expected_seconds
-        return self.rows_estimate / self._copy_rate() + self._batches() * max(self.options.sleep, MAX_PAUSE)
+        return self._work_seconds() + self._pauses() * max(self.options.sleep, MAX_PAUSE)
 
     def statements(self) -> list[tuple[str, sql.Composable]]:
         """(phase, statement) in execution order, for the dry-run."""

@@ -33,8 +33,8 @@ def _pace(p: ConversionPlan) -> str:
     if not p.throttled:
         return f"batches of up to {o.batch_size:,} rows, {o.sleep}s apart: expected ~{_duration(p.expected_seconds)}"
     return (f"gentle: short batches {o.sleep}s apart, each pause stretched (up to {MAX_PAUSE:.0f} s) while the "
-            f"application's inserts are slower than idle: expected ~{_duration(p.expected_seconds)} for the copy on "
-            f"an idle server, up to ~{_duration(p.expected_seconds_max)} on a busy one (--sleep 0: full speed)")
+            f"application's inserts are slower than idle: expected ~{_duration(p.expected_seconds)} for the copy and "
+            f"the verification on an idle server, up to ~{_duration(p.expected_seconds_max)} on a busy one (--sleep 0: full speed)")
 
 
 def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:

@@ -22,12 +22,11 @@ from . import capture, ddl, plan as planning, render
 from .copy import run_copy
 from .progress import Progress
 from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, relation_exists, swap
-from .verify import typed_columns, verify
+from .verify import GENTLE_FIRST_RANGE, GENTLE_RANGE_MS, typed_columns, verify
 
 CATCHUP_ROUND = 10_000
 CATCHUP_DONE_BELOW = 1_000
 CATCHUP_MAX_ROUNDS = 100
-VERIFY_CHUNK = 20_000  # rows per verification statement under default settings
 
 
 def options_from(settings: Settings, args: argparse.Namespace) -> planning.Options:
@@ -429,8 +428,8 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
         from .throttle import Throttle
 
         with Throttle(settings, work.schema, sleep, enabled=True) as throttle:
-            figures = verify(conn, old, qn, work.revert_log, key, columns, chunk_rows=VERIFY_CHUNK,
-                             pause=throttle.pause, **compare)
+            figures = verify(conn, old, qn, work.revert_log, key, columns, chunk_rows=GENTLE_FIRST_RANGE,
+                             target_ms=GENTLE_RANGE_MS, pause=throttle.pause, **compare)
     else:  # full speed: larger ranges, on two connections unless PARTMAN_CONVERT_WORKERS says 1
         two = (settings.convert_workers or 2) > 1
         figures = verify(conn, old, qn, work.revert_log, key, columns,

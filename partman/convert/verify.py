@@ -6,6 +6,7 @@ What a bug could have missed is repaired without firing the table's triggers."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,10 +16,17 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from ..db import QualifiedName
-from . import triggers
+from . import plan, triggers
 from .capture import KeyColumn, single_integer
+from .copy import next_batch_size
 
 FAST_CHUNK = 50_000  # rows per range: a range's hash (~25 MB for the ledger) fits in work_mem
+# Paced (default settings), a range's statement aims at GENTLE_RANGE_MS, its size adapting as the
+# copy's batches do. Measured with an application writer (1 insert / 10 ms, fsync on, ledger rows,
+# verification alone, three interleaved rounds): 20,000-row ranges (~45 ms each) put its p99 at
+# 1.6-2.8x idle whatever the pause between them; 8,000 (~16 ms) 1.3x; 2,000-5,000 (~6-12 ms) 1.05-1.2x.
+GENTLE_RANGE_MS = 10.0
+GENTLE_FIRST_RANGE = plan.GENTLE_VERIFY_ROWS
 
 
 # Types whose own equality is exact for a copied value (arrays of them too): compared as they are,
@@ -38,6 +46,19 @@ def typed_columns(model: Any) -> set[str]:
 
 Range = tuple[list[str] | None, list[str] | None]  # (after, upto]: key values as text, None = open
 Figures = tuple[int, int, int]  # a range's rows in old, rows in new, rows of old missing or different in new
+Span = tuple[int | None, int | None, float]  # a single integer key's min, max (None: empty) and keys per row
+
+
+class RangeRows:
+    """Rows per range: fixed at full speed; with `target_ms` (paced) each range's duration sizes
+    the next, as copy.next_batch_size sizes the copy's batches (ranges are cut as they are taken)."""
+
+    def __init__(self, rows: int, target_ms: float | None = None, ceiling: int = FAST_CHUNK) -> None:
+        self.rows, self.target_ms, self.ceiling = rows, target_ms, max(rows, ceiling)
+
+    def took(self, ms: float) -> None:
+        if self.target_ms is not None:
+            self.rows = next_batch_size(self.rows, self.ceiling, ms, self.target_ms)
 
 
 def _match(key: list[KeyColumn], partition_key: str | None) -> list[str]:
@@ -105,6 +126,7 @@ def verify(
     typed: set[str] | None = None,
     partition_key: str | None = None,
     chunk_rows: int = FAST_CHUNK,
+    target_ms: float | None = None,
     pause: Callable[[], Any] | None = None,
     connect: Callable[[], psycopg.Connection] | None = None,
     repair: bool = True,
@@ -114,30 +136,36 @@ def verify(
     each without parallel workers, so each range's hash fits in memory at any table size (one
     anti-join over 10M rows spilled 9 GB to temp files) and no statement reads a whole table.
     With `connect` (full speed) a second connection takes every other range; with `pause`
-    (default settings) it is called between ranges."""
+    (default settings) it is called between ranges, and with `target_ms` the ranges' size adapts
+    so that each statement takes about that long (RangeRows)."""
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
-    ranges: Iterable[Range] | None = _integer_ranges(conn, old, key, chunk_rows)
-    walk = ranges is None  # any other key: one connection walks the index for each range's end
-    if walk:
-        ranges, connect = _offset_ranges(conn, old, key, chunk_rows), None
+    size = RangeRows(chunk_rows, target_ms)
+    span = _integer_span(conn, old, key)
+    if span is None:  # any other key: one connection walks the index for each range's end
+        connect = None
+
+    def ranges() -> Iterator[Range]:
+        return _offset_ranges(conn, old, key, size) if span is None else _integer_ranges(span, size)
 
     def count_range(c: psycopg.Connection, r: Range) -> Figures:
+        t0 = time.perf_counter()
         with c.transaction():
             c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             c.execute("SET LOCAL work_mem = '64MB'")  # a range's hash stays in memory
-            return c.execute(_range_counts(old, new, changed, key, columns, typed, partition_key, r)).fetchone()
+            figures = c.execute(_range_counts(old, new, changed, key, columns, typed, partition_key, r)).fetchone()
+        size.took((time.perf_counter() - t0) * 1000)
+        return figures
 
-    old_rows, new_rows, missing = _on_connections(conn, connect, ranges, count_range, pause)
-    if not walk:  # the ranges span old's keys: add new's rows beyond them (written since the swap)
-        new_rows += _new_outside(conn, new, key, ranges)
+    old_rows, new_rows, missing = _on_connections(conn, connect, ranges(), count_range, pause)
+    if span is not None:  # the ranges span old's keys: add new's rows beyond them (written since the swap)
+        new_rows += _new_outside(conn, new, key, span)
     result: dict[str, Any] = {
         "old_rows": old_rows, "new_rows": new_rows, "changed_since_swap": changed_rows,
         "missing_or_different": missing, "repaired": 0,
     }
     if missing and repair:
         result["repaired"] = _repair(conn, old, new, key, columns, _differs(key, columns, new, changed, typed, partition_key))
-        again = _offset_ranges(conn, old, key, chunk_rows) if walk else ranges
-        missing = _on_connections(conn, None, again, count_range, pause)[2]
+        missing = _on_connections(conn, None, ranges(), count_range, pause)[2]
         result["missing_or_different_after_repair"] = missing
     result["ok"] = missing == 0
     return result
@@ -154,17 +182,17 @@ def _bounds(alias: str, key: list[KeyColumn], r: Range) -> list[sql.Composable]:
     return out
 
 
-def _integer_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], chunk_rows: int) -> list[Range] | None:
-    """For a single integer key: ranges of equal width between min and max, as wide as holds
-    about `chunk_rows` rows at the table's average density (estimated as the planner does; a
-    count when the table was never analyzed): exactly at most that many when the keys are dense,
-    as a sequence makes them. None for any other key."""
+def _integer_span(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn]) -> Span | None:
+    """For a single integer key: its min, max and keys per row at the table's average density
+    (estimated as the planner does; a count when the table was never analyzed), so that ranges
+    of equal width hold about as many rows as asked for (exactly at most that many when the keys
+    are dense, as a sequence makes them). None for any other key."""
     if not single_integer(key):
         return None
     k = sql.Identifier(key[0].name)
     lo, hi = conn.execute(sql.SQL("SELECT min({k})::bigint, max({k})::bigint FROM {t}").format(k=k, t=old.ident())).fetchone()
     if lo is None:
-        return []
+        return None, None, 1.0
     # the planner's own estimate: the density of the last ANALYZE or VACUUM times the table's
     # current size, so a table grown since its last ANALYZE is not taken for a small one
     rows = conn.execute(
@@ -173,26 +201,38 @@ def _integer_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyC
         "FROM pg_class WHERE oid = %s::regclass", (old.literal,)).fetchone()[0]
     if rows <= 0:
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old.ident())).fetchone()[0]
-    width = max(chunk_rows, chunk_rows * (hi - lo + 1) // max(rows, 1))
-    edges = list(range(lo - 1, hi, width)) + [hi]
-    return [([str(a)], [str(b)]) for a, b in zip(edges, edges[1:])]
+    return lo, hi, max(1.0, (hi - lo + 1) / max(rows, 1))
 
 
-def _new_outside(conn: psycopg.Connection, new: QualifiedName, key: list[KeyColumn], ranges: list[Range]) -> int:
-    """new's rows with a key outside the integer ranges (all of them when old is empty): rows
-    written since the swap, found by index range scans."""
-    if not ranges:
+def _integer_ranges(span: Span, size: RangeRows) -> Iterator[Range]:
+    """Consecutive ranges from min to max, each as wide as holds `size.rows` rows at the span's
+    density when it is taken."""
+    lo, hi, keys_per_row = span
+    if lo is None or hi is None:
+        return
+    after = lo - 1
+    while after < hi:
+        upto = min(hi, after + max(1, int(size.rows * keys_per_row)))
+        yield [str(after)], [str(upto)]
+        after = upto
+
+
+def _new_outside(conn: psycopg.Connection, new: QualifiedName, key: list[KeyColumn], span: Span) -> int:
+    """new's rows with a key outside old's span (all of them when old is empty): rows written
+    since the swap, found by index range scans."""
+    lo, hi, _ = span
+    if lo is None:
         return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(new.ident())).fetchone()[0]
     k = sql.Identifier(key[0].name)
     return conn.execute(
-        sql.SQL("SELECT (SELECT count(*) FROM {t} WHERE {k} <= %s::bigint) + (SELECT count(*) FROM {t} WHERE {k} > %s::bigint)")
+        sql.SQL("SELECT (SELECT count(*) FROM {t} WHERE {k} < %s::bigint) + (SELECT count(*) FROM {t} WHERE {k} > %s::bigint)")
         .format(t=new.ident(), k=k),
-        (ranges[0][0][0], ranges[-1][1][0]),
+        (lo, hi),
     ).fetchone()[0]
 
 
-def _offset_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], chunk_rows: int) -> Iterator[Range]:
-    """For any other key: ranges of `chunk_rows` rows, each upper bound found by an index scan
+def _offset_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyColumn], size: RangeRows) -> Iterator[Range]:
+    """For any other key: ranges of `size.rows` rows, each upper bound found by an index scan
     from the previous one (computed as the comparison goes, on the same connection)."""
     keycols = sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
     as_text = sql.SQL("ARRAY[{}]").format(sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k.name)) for k in key))
@@ -201,7 +241,7 @@ def _offset_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyCo
         where = sql.SQL("WHERE {}").format(sql.SQL(" AND ").join(_bounds("o", key, (after, None)))) if after else sql.SQL("")
         upto = conn.execute(
             sql.SQL("SELECT {} FROM {} o {} ORDER BY {} OFFSET {} LIMIT 1").format(
-                as_text, old.ident(), where, keycols, sql.Literal(chunk_rows - 1)),
+                as_text, old.ident(), where, keycols, sql.Literal(size.rows - 1)),
         ).fetchone()
         yield after, (list(upto[0]) if upto else None)
         if not upto:
