@@ -29,7 +29,8 @@ FAST_CHUNK = 50_000  # rows per range: a range's hash (~25 MB for the ledger) fi
 # runs (README, "Gently"), an application writer's p99 during the verification against its p99
 # with partman stopped in the same minutes: 1.11x (2.06x in the run before, 20,000-row ranges);
 # with the pauses cut in proportion to the ranges' shorter work (tried, not kept), 2.44x its idle.
-# The cost is time: 496 s for 1M rows in that run, against 60-100 s with 20,000-row ranges.
+# The cost is time: 77 s and 496 s for 1M rows in two such runs (the pauses follow the throttle),
+# against 60-100 s with 20,000-row ranges.
 GENTLE_RANGE_MS = 10.0
 GENTLE_FIRST_RANGE = plan.GENTLE_VERIFY_ROWS
 
