@@ -109,6 +109,18 @@ def test_readme_starts_with_the_two_fresh_machine_commands():
     assert any("pip install -e '.[test]' && bash tests/run.sh" in line for line in head)
 
 
+def test_the_readmes_relative_links_name_files_that_exist():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for readme in (root / "README.md", root / "bench" / "README.md", root / "bench" / "RESULTS.md"):
+        targets = re.findall(r"\]\(([^)#:]+)\)", readme.read_text())
+        assert targets or readme.name == "RESULTS.md", readme
+        for target in targets:
+            assert (readme.parent / target).exists(), f"{readme.relative_to(root)} links to a missing {target}"
+
+
 def test_a_column_may_be_given_quoted_as_in_sql():
     from partman.db import column_arg
 
