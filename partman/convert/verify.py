@@ -26,7 +26,7 @@ FAST_CHUNK = 50_000  # rows per range: a range's hash (~25 MB for the ledger) fi
 # long: measured with bench/verify_bench.py (ledger rows, fsync on), 6-8 ms each and 11-14 ms at
 # most, where 20,000-row ranges took 33-61 ms and up to 89. Each range is followed by a whole
 # throttle pause, so the verification works a small share of the time. In the benchmark's gentle
-# runs (README, "Gently"), an application writer's p99 during the verification against its p99
+# runs (bench/RESULTS.md, "Gently"), an application writer's p99 during the verification against its p99
 # with partman stopped in the same minutes: 1.11x (2.06x in the run before, 20,000-row ranges);
 # with the pauses cut in proportion to the ranges' shorter work (tried, not kept), 2.44x its idle.
 # The cost is time: 77 s and 496 s for 1M rows in two such runs (the pauses follow the throttle),
