@@ -223,3 +223,52 @@ def test_expression_partial_and_covering_indexes_come_along_with_their_statistic
     assert parts == 2 and with_stats == parts
     plan = conn.execute("EXPLAIN SELECT * FROM msgs WHERE lower(who) = 'ann'").fetchall()
     assert "msgs_who_lower" not in str(plan)  # half the rows: a scan, known from the statistics
+
+
+def _leaf_options(conn, parent: str) -> dict[str, list[str]]:
+    """Each partition of `parent` (a regclass text) and its reloptions, its TOAST table's appended
+    as `toast.<option>`."""
+    return {r[0]: sorted(r[1]) for r in conn.execute(
+        "SELECT c.relname, coalesce(c.reloptions, '{}') || "
+        "coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}') FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
+        "WHERE i.inhparent = %s::regclass", (parent,))}
+
+
+def test_a_full_speed_copy_fills_partitions_without_autovacuum_and_the_swap_restores_the_originals(conn, partman_proc):
+    """At --sleep 0 autovacuum stays off the shadow's partitions while the copy fills them (and
+    over a crash), and the swap gives every partition the original's own options back."""
+    conn.execute(
+        "CREATE TABLE readings (id bigserial PRIMARY KEY, at timestamptz NOT NULL, v text) WITH (fillfactor = 90);"
+        "INSERT INTO readings (at, v) SELECT timestamptz '2024-01-01' + g * interval '1 hour', 'r' || g "
+        "FROM generate_series(1, 3000) g"
+    )
+    args = ("convert", "readings", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
+    first = partman_proc(*args, extra_env={"PARTMAN_FAILPOINTS": "convert.after_copy=1:kill"})
+    assert first.code == -9, first.err[-500:]
+    shadow = conn.execute(
+        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'p' AND n.nspname LIKE 'partman_catalog_w%'").fetchone()[0]
+    loading = _leaf_options(conn, shadow)
+    assert len(loading) >= 6  # the months of 2024 the rows span, premade ones and the default
+    assert all(o == ["autovacuum_enabled=false", "fillfactor=90", "toast.autovacuum_enabled=false"]
+               for o in loading.values()), loading
+    second = partman_proc(*args)
+    assert second.code == 0, second.err[-2000:]
+    after = _leaf_options(conn, "readings")
+    assert len(after) == len(loading)
+    assert all(o == ["fillfactor=90"] for o in after.values()), after
+
+
+def test_an_original_without_autovacuum_keeps_it_off_after_a_full_speed_conversion(conn, partman):
+    conn.execute(
+        "CREATE TABLE quiet (id bigserial PRIMARY KEY, at date NOT NULL) WITH (autovacuum_enabled = false);"
+        "INSERT INTO quiet (at) SELECT date '2024-01-01' + g FROM generate_series(1, 200) g"
+    )
+    plan = partman("convert", "quiet", "--column", "at", "--interval", "month", "--sleep", "0", "--dry-run")
+    assert "autovacuum_enabled = false, toast.autovacuum_enabled = false" in plan.out
+    assert "RESET (autovacuum_enabled, toast.autovacuum_enabled)" in plan.out
+    r = partman("convert", "quiet", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
+    assert r.code == 0, r.err
+    after = _leaf_options(conn, "quiet")
+    assert after and all(o == ["autovacuum_enabled=false"] for o in after.values()), after

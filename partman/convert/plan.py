@@ -84,6 +84,9 @@ class ConversionPlan:
     shadow_ddl: list[sql.Composable]
     index_ddl: list[Any]  # ddl.IndexDDL
     decorate_ddl: list[sql.Composable]
+    # what the swap runs on each partition before it locks the table (ddl.after_load), for the dry-run;
+    # the swap runs it on the partitions the shadow has
+    after_load_ddl: list[sql.Composable]
     recreated: dict[str, list[str]]
     widened: list[str]
     warnings: list[str]
@@ -154,6 +157,7 @@ class ConversionPlan:
         out: list[tuple[str, sql.Composable]] = [("shadow", s) for s in self.shadow_ddl]
         out += [("indexes", i.statement) for i in self.index_ddl]
         out += [("decorate", s) for s in self.decorate_ddl]
+        out += [("swap", s) for s in self.after_load_ddl]
         return out
 
 
@@ -208,15 +212,19 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
     shadow_ddl: list[sql.Composable] = []
     index_ddl: list[Any] = []
     decorate_ddl: list[sql.Composable] = []
+    after_load_ddl: list[sql.Composable] = []
     recreated: dict[str, list[str]] = {}
     widened: list[str] = []
     if not refusals and key_type:
         shadow_ddl = list(ddl.create_shadow(model, shadow, options.column))
-        with_clause = ddl.partition_options(model)
-        for p in parts:
-            stmt = create_partition_sql(shadow, QualifiedName(work, p.name), p.lower, p.upper, key_type)
+        # at full speed autovacuum stays off the partitions until the swap (ddl.LOADING_OFF)
+        with_clause = ddl.partition_options(model, loading=options.sleep == 0)
+        leaves = [(create_partition_sql(shadow, QualifiedName(work, p.name), p.lower, p.upper, key_type),
+                   QualifiedName(work, p.name)) for p in parts]
+        leaves.append((create_default_sql(shadow, QualifiedName(work, default)), QualifiedName(work, default)))
+        for stmt, leaf in leaves:
             shadow_ddl.append(stmt + sql.SQL(" ") + with_clause if with_clause is not None else stmt)
-        shadow_ddl.append(create_default_sql(shadow, QualifiedName(work, default)))
+            after_load_ddl += ddl.after_load(model, leaf)
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
         decorate_ddl = list(ddl.decorate(model, shadow, [QualifiedName(work, x.name) for x in parts] + [QualifiedName(work, default)]))
@@ -236,6 +244,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         shadow_ddl=shadow_ddl,
         index_ddl=index_ddl,
         decorate_ddl=decorate_ddl,
+        after_load_ddl=after_load_ddl,
         recreated=recreated,
         widened=widened,
         warnings=warnings,

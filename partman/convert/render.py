@@ -71,9 +71,12 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-_INDEXES_WHEN = {
-    True: ": on the empty partitions, before the copy (which keeps them up to date)",
-    False: ": built after the copy, partition by partition, then attached by these statements",
+_WHEN = {
+    "indexes": {True: ": on the empty partitions, before the copy (which keeps them up to date)",
+                False: ": built after the copy, partition by partition, then attached by these statements"},
+    "swap": {False: ": autovacuum back on the partitions as on the original (off while the copy filled them), "
+                    "before the table is locked",
+             True: ": the partitions' autovacuum as on the original, before the table is locked"},
 }
 
 
@@ -105,15 +108,21 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
         lines.append(f"-- WARNING: {w}")
     lines.append("")
     lines.append(f"CREATE SCHEMA {p.work_schema};  -- partman's work schema for this conversion")
+    copy = ("\n-- copy: batched INSERT ... SELECT by primary-key ranges, change capture trigger on the source\n"
+            "-- catch-up: replay captured changes")
     phase = None
     for ph, stmt in p.statements():
         if ph != phase:
-            lines.append(f"\n-- {ph}{_INDEXES_WHEN[p.indexes_first] if ph == 'indexes' else ''}")
+            if ph == "swap":
+                lines.append(copy)
+                copy = ""
+            lines.append(f"\n-- {ph}{_WHEN.get(ph, {}).get(p.indexes_first, '')}")
             phase = ph
         lines.append(stmt.as_string(conn) + ";")
-    lines.append("\n-- copy: batched INSERT ... SELECT by primary-key ranges, change capture trigger on the source")
-    lines.append("-- catch-up: replay captured changes; swap: LOCK, final replay, rename to "
-                 f"{p.old.name}, move partitions into {p.table.schema}, recreate triggers/views/sequence ownership")
+    if copy:
+        lines.append(copy)
+    lines.append(f"-- swap: LOCK, final replay, rename to {p.old.name}, move partitions into {p.table.schema}, "
+                 "recreate triggers/views/sequence ownership")
     return "\n".join(lines)
 
 

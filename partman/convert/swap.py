@@ -144,6 +144,9 @@ def swap(
         lock_private_first(c, [shadow], lock_timeout_ms)  # the shadow and its partitions
         # what was written while that lock was awaited, replayed before writers are fenced
         replay_all(c)
+        for child in child_tables(c, shadow):  # autovacuum as on the original (ddl.after_load), before the lock
+            for stmt in ddl.after_load(model, child):
+                c.execute(stmt)
         failpoints.hit("convert.swap.before_lock")
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
         locked_at = time.perf_counter()
