@@ -109,12 +109,35 @@ def _sortable(v: datetime | date | None) -> float:
 
 
 def create_partition_sql(
-    parent: QualifiedName, name: QualifiedName, lower: datetime, upper: datetime, key_type: str
+    parent: QualifiedName, name: QualifiedName, lower: datetime, upper: datetime, key_type: str,
+    options: list[str] | tuple[str, ...] = (),
 ) -> sql.Composed:
-    """CREATE TABLE ... PARTITION OF ... FOR VALUES FROM (...) TO (...). Pure."""
-    return sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        name.ident(), parent.ident(), sql.Literal(literal(lower, key_type)), sql.Literal(literal(upper, key_type))
+    """CREATE TABLE ... PARTITION OF ... FOR VALUES FROM (...) TO (...) [WITH (options)]. Pure."""
+    return sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({}){}").format(
+        name.ident(), parent.ident(), sql.Literal(literal(lower, key_type)), sql.Literal(literal(upper, key_type)),
+        with_options(options),
     )
+
+
+def with_options(options: list[str] | tuple[str, ...]) -> sql.Composable:
+    """` WITH (fillfactor=90, ...)`, or nothing. The options are PostgreSQL's own reloptions text
+    (storage_options), never .format()ted."""
+    if not options:
+        return sql.SQL("")
+    return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in options))
+
+
+def storage_options(conn: psycopg.Connection, parts: list[Partition]) -> list[str]:
+    """The storage options (fillfactor, autovacuum_*; its TOAST table's as `toast.<name>`) of the
+    newest bounded partition: those a partition partman creates gets. A partitioned parent cannot
+    carry them; a conversion gave every partition the original table's."""
+    newest = max((p for p in parts if not p.is_default and p.lower is not None), key=lambda p: p.lower, default=None)
+    if newest is None:
+        return []
+    row = conn.execute(
+        "SELECT coalesce(c.reloptions, '{}') || coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}') "
+        "FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = %s", (newest.oid,)).fetchone()
+    return list(row[0]) if row else []
 
 
 def create_default_sql(parent: QualifiedName, name: QualifiedName) -> sql.Composed:

@@ -91,6 +91,28 @@ def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
     assert runs == (2, True)
 
 
+def test_new_partitions_get_the_newest_partitions_storage_options(conn, partman):
+    """A partitioned parent cannot carry fillfactor or autovacuum settings; the partitions maintain
+    makes (premade, or attached by the default move) take the newest partition's, TOAST's too."""
+    make_events(conn, years=(2022,))
+    conn.execute("ALTER TABLE events_p20220101 SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, "
+                 "toast.autovacuum_enabled = false)")
+    conn.execute("INSERT INTO events (ts, note) VALUES ('2023-06-01 00:00+00', 'lands in the default partition')")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "1").code == 0
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    options = dict(conn.execute(
+        "SELECT c.relname, coalesce(c.reloptions, '{}') || coalesce((SELECT array_agg('toast.' || o) "
+        "FROM unnest(t.reloptions) o), '{}') FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE i.inhparent = 'events'::regclass "
+        "AND c.relname <> 'events_default'").fetchall())
+    y = this_year(conn)
+    assert set(options) == {f"events_p{yy}0101" for yy in range(2022, y + 2)}
+    expected = ["autovacuum_vacuum_scale_factor=0.05", "fillfactor=90", "toast.autovacuum_enabled=false"]
+    assert all(sorted(o) == expected for o in options.values()), options
+    assert conn.execute("SELECT count(*) FROM events_p20230101").fetchone()[0] == 1  # moved out of the default
+
+
 def test_monthly_bounds_in_a_time_zone_and_long_names(conn, partman):
     long = "t" * 63
     conn.execute(sql.SQL("CREATE TABLE {} (ts timestamptz NOT NULL) PARTITION BY RANGE (ts)").format(sql.Identifier(long)))

@@ -12,7 +12,7 @@ from psycopg import errors as pgerrors
 from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, with_lock_retry
-from ..partitions import Partition, create_partition_sql, list_partitions
+from ..partitions import Partition, create_partition_sql, list_partitions, storage_options
 from ..settings import Settings
 from . import aware, overlaps, parent_of, server_now
 
@@ -68,10 +68,12 @@ def _covered(lo: datetime, hi: datetime, parts: list[tuple[datetime | None, date
     return False
 
 
-def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: datetime, hi: datetime) -> str:
+def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: datetime, hi: datetime,
+           options: list[str] | tuple[str, ...] = ()) -> str:
+    """One partition [lo, hi), with `options` (partitions.storage_options)."""
     parent = parent_of(mt)
     name = QualifiedName(mt.schema_name, naming.partition_name(mt.table_name, lo))
-    stmt = create_partition_sql(parent, name, lo, hi, mt.key_type)
+    stmt = create_partition_sql(parent, name, lo, hi, mt.key_type, options)
     failpoints.hit("maintain.premake.before_ddl")
     with_lock_retry(conn, settings, f"creating partition {name}", lambda c: c.execute(stmt),
                     attempts=ddl_attempts(settings), partitions_of=[parent])
@@ -90,9 +92,10 @@ def run(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict:
     missing, partial = missing_ranges(parts, mt, now, retention_cutoff(conn, mt))
     uncovered = [f"{intervals.literal(lo, mt.key_type)} .. {intervals.literal(hi, mt.key_type)} (in the way: "
                  f"{', '.join(names)})" for lo, hi, names in partial]
+    options = storage_options(conn, parts) if missing else []
     for lo, hi in missing:
         try:
-            created.append(create(conn, settings, mt, lo, hi))
+            created.append(create(conn, settings, mt, lo, hi, options))
         except pgerrors.CheckViolation:
             # rows for this range sit in the default partition: the default move creates it
             blocked.append(naming.partition_name(mt.table_name, lo))
