@@ -140,5 +140,5 @@ def storage_options(conn: psycopg.Connection, parts: list[Partition]) -> list[st
     return list(row[0]) if row else []
 
 
-def create_default_sql(parent: QualifiedName, name: QualifiedName) -> sql.Composed:
-    return sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(name.ident(), parent.ident())
+def create_default_sql(parent: QualifiedName, name: QualifiedName, options: list[str] | tuple[str, ...] = ()) -> sql.Composed:
+    return sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT{}").format(name.ident(), parent.ident(), with_options(options))

@@ -96,14 +96,12 @@ def _option_name(option: str) -> str:
     return option.split("=", 1)[0].strip()
 
 
-def partition_options(model: TableModel, *, loading: bool = False) -> sql.Composable | None:
+def partition_options(model: TableModel, *, loading: bool = False) -> list[str]:
     """Storage options (fillfactor, autovacuum_*) belong on each partition: a partitioned
-    parent cannot carry them. `loading`: autovacuum off until after_load()."""
+    parent cannot carry them (partitions.with_options). `loading`: autovacuum off until
+    after_load()."""
     options = [o for o in model.reloptions if not (loading and _option_name(o) in LOADING_OFF)]
-    options += [f"{name} = false" for name in LOADING_OFF] if loading else []
-    if not options:
-        return None
-    return sql.SQL("WITH ({})").format(sql.SQL(", ").join(_raw(o) for o in options))
+    return options + ([f"{name} = false" for name in LOADING_OFF] if loading else [])
 
 
 def after_load(model: TableModel, partition: QualifiedName) -> list[sql.Composable]:

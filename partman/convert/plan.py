@@ -218,12 +218,12 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
     if not refusals and key_type:
         shadow_ddl = list(ddl.create_shadow(model, shadow, options.column))
         # at full speed autovacuum stays off the partitions until the swap (ddl.LOADING_OFF)
-        with_clause = ddl.partition_options(model, loading=options.sleep == 0)
-        leaves = [(create_partition_sql(shadow, QualifiedName(work, p.name), p.lower, p.upper, key_type),
+        storage = ddl.partition_options(model, loading=options.sleep == 0)
+        leaves = [(create_partition_sql(shadow, QualifiedName(work, p.name), p.lower, p.upper, key_type, storage),
                    QualifiedName(work, p.name)) for p in parts]
-        leaves.append((create_default_sql(shadow, QualifiedName(work, default)), QualifiedName(work, default)))
+        leaves.append((create_default_sql(shadow, QualifiedName(work, default), storage), QualifiedName(work, default)))
         for stmt, leaf in leaves:
-            shadow_ddl.append(stmt + sql.SQL(" ") + with_clause if with_clause is not None else stmt)
+            shadow_ddl.append(stmt)
             after_load_ddl += ddl.after_load(model, leaf)
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
