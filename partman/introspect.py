@@ -133,7 +133,7 @@ class TableModel:
     persistence: str  # 'p' permanent, 'u' unlogged, 't' temporary
     estimated_rows: int
     total_bytes: int
-    reloptions: list[str]
+    reloptions: list[str]  # the table's storage options, its TOAST table's as toast.<name>
     comment: str | None
     row_security: bool
     force_row_security: bool
@@ -190,9 +190,12 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
         SELECT c.oid, c.relkind, c.relpersistence, pg_get_userbyid(c.relowner) AS owner,
                greatest(c.reltuples, 0)::bigint AS reltuples,
                CASE WHEN c.relkind IN ('r', 'p', 'm') THEN pg_total_relation_size(c.oid) ELSE 0 END AS bytes,
-               coalesce(c.reloptions, '{}') AS reloptions, obj_description(c.oid, 'pg_class') AS comment,
+               coalesce(c.reloptions, '{}')
+                 || coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}') AS reloptions,
+               obj_description(c.oid, 'pg_class') AS comment,
                c.relrowsecurity, c.relforcerowsecurity, c.relreplident
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
         WHERE n.nspname = %s AND c.relname = %s
         """,
         (table.schema, table.name),

@@ -272,3 +272,20 @@ def test_an_original_without_autovacuum_keeps_it_off_after_a_full_speed_conversi
     assert r.code == 0, r.err
     after = _leaf_options(conn, "quiet")
     assert after and all(o == ["autovacuum_enabled=false"] for o in after.values()), after
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_the_originals_toast_options_come_along(conn, partman, sleep):
+    """The TOAST table's own options (`toast.<name>`, where the large JSONB/text values live) are
+    storage options like the table's: every partition gets them, at either pace."""
+    conn.execute(
+        "CREATE TABLE docs (id bigserial PRIMARY KEY, at date NOT NULL, body text) "
+        "WITH (fillfactor = 95, toast.autovacuum_enabled = false, toast.autovacuum_vacuum_scale_factor = 0.05);"
+        "INSERT INTO docs (at, body) SELECT date '2024-01-01' + g, repeat('x', 10) FROM generate_series(1, 200) g"
+    )
+    r = partman("convert", "docs", "--column", "at", "--interval", "month", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    after = _leaf_options(conn, "docs")
+    assert len(after) >= 8  # the months the rows span, premade ones and the default
+    want = ["fillfactor=95", "toast.autovacuum_enabled=false", "toast.autovacuum_vacuum_scale_factor=0.05"]
+    assert all(o == want for o in after.values()), after
