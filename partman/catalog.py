@@ -199,8 +199,8 @@ def start_conversion(
     rows_estimate: int | None,
 ) -> int:
     q = sql.SQL(
-        "INSERT INTO {} (schema_name, table_name, column_name, options, phase, rows_estimate) "
-        "VALUES (%s, %s, %s, %s, 'prepare', %s) RETURNING id"
+        "INSERT INTO {} (schema_name, table_name, column_name, options, phase, rows_estimate, exact_cursor) "
+        "VALUES (%s, %s, %s, %s, 'prepare', %s, true) RETURNING id"
     ).format(ident(settings, "conversion"))
     return conn.execute(q, (schema, table, column, json.dumps(options), rows_estimate)).fetchone()[0]
 

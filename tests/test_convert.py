@@ -551,40 +551,74 @@ def test_planning_reads_an_unindexed_key_column_in_one_pass(conn):
     assert scans == 0
 
 
-@pytest.mark.parametrize("sleep", ["0", "0.01"], ids=["two connections", "paced"])
-def test_a_resumed_copy_takes_what_remains_from_the_catalogs_exact_total(conn, partman_proc, sleep):
-    """Killed during the copy: the catalog's total is exactly the rows committed (two workers'
-    batches add up too), and resuming deletes the rows beyond the cursor and takes the rest from
-    that total. Paced, the partitions' indexes exist, so it reads nothing but what it deletes
-    (a count of the copy would read tens of GB at once for the 44M-row ledger); only that case can
-    tell a count from the total, so only it checks the rows read."""
-    from partman.convert.capture import KeyColumn
-    from partman.convert.copy import _discard_beyond
-    from partman.settings import Settings
-
+@pytest.mark.parametrize("first,second", [("0", "0"), ("0", "0.01"), ("0.01", "0"), ("0", "legacy")],
+                         ids=["two connections", "two, resumed paced", "paced, resumed at full speed",
+                              "a low-watermark cursor of an earlier version"])
+def test_a_killed_copy_resumes_from_exact_cursors_and_deletes_nothing(conn, partman_proc, first, second):
+    """Killed during the copy: the catalog's total is exactly the rows committed, and so is each
+    cursor (two connections: one per half of the key range, the split recorded), so the rerun goes
+    on from them at either pace and deletes nothing; for the 44M-row ledger a delete beyond one
+    cursor would scan the unindexed shadow. A conversion begun by an earlier version (one
+    low-watermark cursor, no `exact_cursor`) still resumes right, by deleting beyond it first."""
     make_ledger(conn, 6000)
-    killed = partman_proc(*CONVERT, "--batch-size", "200", "--sleep", sleep,
-                          extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=9:kill"})
+    args = [*CONVERT, "--batch-size", "200"]
+    killed = partman_proc(*args, "--sleep", first, extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=9:kill"})
     assert killed.code == -9, killed.err[-500:]
-    cid, total, cursor, schema = conn.execute(
-        "SELECT id, rows_copied, last_key, options->>'work_schema' FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1"
+    cid, total, lower, split, upper, exact, schema = conn.execute(
+        "SELECT id, rows_copied, last_key, upper_from, upper_key, exact_cursor, options->>'work_schema' "
+        "FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1"
     ).fetchone()
     shadow = QualifiedName(schema, "audit_log_ledger_partman_new")
-    count = sql.SQL("SELECT count(*) FROM {}").format(shadow.ident())
-    copied = conn.execute(count).fetchone()[0]
-    upto = conn.execute(count + sql.SQL(" WHERE id <= %s::bigint"), (cursor[0],)).fetchone()[0]
-    assert total == copied and 0 < upto <= copied
-    read = (  # rows read from the shadow's partitions and their indexes in this transaction
-        "SELECT sum(pg_stat_get_xact_tuples_returned(c.oid)) FROM pg_class c WHERE c.oid IN "
-        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = %(t)s::regclass UNION "
-        " SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(t)s::regclass))"
-    )
+    copied = ids(conn, shadow)
+    source = ids(conn, LEDGER)
+    below = [i for i in source if i <= int(lower[0])]
+    assert exact and total == len(copied) > 0
+    if first == "0":  # each half's rows up to its cursor, and nothing else
+        assert split is not None and upper is not None and int(lower[0]) <= int(split[0]) < int(upper[0])
+        assert copied == below + [i for i in source if int(split[0]) < i <= int(upper[0])]
+    else:
+        assert split is None and copied == below
+    resume = second
+    if second == "legacy":  # as an earlier version left it: the low watermark, with rows beyond it copied
+        conn.execute("UPDATE partman_catalog.conversion SET upper_from = NULL, upper_key = NULL, exact_cursor = false "
+                     "WHERE id = %s", (cid,))
+        resume = "0"
+    done = partman_proc(*args, "--sleep", resume)
+    assert done.code == 0, done.err[-2000:]
+    assert ids(conn, LEDGER) == source and verify_chain(conn, LEDGER)["ok"]
+    assert conn.execute("SELECT rows_copied FROM partman_catalog.conversion WHERE id = %s", (cid,)).fetchone()[0] == 6000
+    stats = ("SELECT sum(n_tup_ins), sum(n_tup_del) FROM pg_stat_user_tables WHERE relid IN "
+             "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'audit_log_ledger'::regclass)")
+    deadline = time.monotonic() + 10
+    while True:  # partman's backends report their counts as they exit
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        inserted, deleted = conn.execute(stats).fetchone()
+        if inserted >= 6000 and (deleted or second != "legacy") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert inserted >= 6000
+    assert deleted == (len(copied) - len(below) if second == "legacy" else 0)
+
+
+def test_a_catalog_made_by_an_earlier_version_is_migrated_in_place(conn, partman):
+    """A catalog at version 1 (what earlier versions made), with a conversion recorded: the next
+    command brings it to the current version in place, and that conversion is marked as kept with
+    one low-watermark cursor (exact_cursor false), which its resume relies on."""
+    from partman.catalog import migrations
+
+    first = dict(migrations())[1]
+    conn.execute("CREATE SCHEMA partman_catalog")
+    conn.execute("CREATE TABLE partman_catalog.schema_version "
+                 "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
     with conn.transaction():
-        conn.execute("SET LOCAL enable_seqscan = off")  # a table this small would be read whole either way
-        before = conn.execute(read, {"t": shadow.literal}).fetchone()[0]
-        remaining = _discard_beyond(conn, Settings(), cid, shadow, [KeyColumn("id", "bigint")], cursor, total)
-        rows_read = conn.execute(read, {"t": shadow.literal}).fetchone()[0] - before
-    assert remaining == upto == conn.execute("SELECT rows_copied FROM partman_catalog.conversion WHERE id = %s",
-                                             (cid,)).fetchone()[0]
-    if sleep != "0":
-        assert upto == copied and rows_read == 0  # one connection: nothing beyond the cursor, nothing counted
+        conn.execute("SET LOCAL search_path TO partman_catalog")
+        conn.execute(first.read_text())
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute("INSERT INTO conversion (schema_name, table_name, column_name, options, phase, last_key) "
+                     "VALUES ('public', 'elsewhere', 'at', '{}', 'copy', '{42}')")
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    versions = [v for (v,) in conn.execute("SELECT version FROM partman_catalog.schema_version ORDER BY 1")]
+    assert versions == [v for v, _ in migrations()] and len(versions) >= 2
+    assert conn.execute("SELECT last_key, exact_cursor, upper_from FROM partman_catalog.conversion").fetchall() == [
+        (["42"], False, None)]

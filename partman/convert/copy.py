@@ -16,8 +16,10 @@ cursor are lost or kept together, so a crash can only make a resumed run copy th
 batches again, and no batch waits for its WAL to reach the disk.
 
 At full speed (--sleep 0, a single integer copy key) two connections copy the lower and the
-upper half of the key range at once; the catalog's cursor stays a low watermark (the lower
-half's position, then the upper half's), and a resumed run first deletes what lies beyond it.
+upper half of the key range at once, each half with its own cursor in the catalog (last_key,
+upper_key; the split in upper_from), each committed with the half's batch: a resumed run goes on
+from both exactly, at either pace, and deletes nothing (for the 44M-row ledger, a delete beyond
+one cursor would scan the unindexed shadow and remove up to half of what was copied).
 
 Throttled (the default, --sleep > 0), batches aim at GENTLE_BATCH_MS instead: measured with the
 bench's writer at 300k rows, 2,000-row batches kept its p99 during the copy at ~2x idle where
@@ -124,33 +126,51 @@ def run_copy(
     on_progress: Callable[[int, float], None],
     work_schema: str | None = None,
     workers: int = 1,
+    upper: tuple[list[str], list[str] | None] | None = None,
+    exact: bool = True,
 ) -> tuple[int, float]:
     """Copy until the source is exhausted. Returns (rows copied in total, longest batch ms).
     Between batches: `sleep` seconds, stretched by the adaptive throttle (throttle.py) when the
     application's probe suffers; `--sleep 0` is full speed, no throttle, and with `workers` > 1
-    and a single integer copy key, two connections copy the two halves of the key range."""
+    and a single integer copy key, two connections copy the two halves of the key range.
+
+    Resuming: `start_after` is the cursor of the range (its lower half's when it was split),
+    `upper` the upper half's start and cursor (catalog upper_from, upper_key). Every cursor is
+    exact, so nothing is deleted; a conversion begun by a version that kept one low-watermark
+    cursor (`exact` false) first deletes what lies beyond it."""
     common = dict(source=source, target=target, key=key, columns=columns, overriding=overriding, batch_size=batch_size)
-    if start_after is not None or rows_done:
-        # resuming: a parallel run may have committed rows beyond the recorded cursor (the cursor
-        # is the low watermark); they are copied again, so remove them first
+    if not exact and (start_after is not None or rows_done):
         rows_done = _discard_beyond(conn, settings, conversion_id, target, key, start_after, rows_done)
     with Throttle(settings, work_schema, sleep, enabled=settings.throttle) as throttle:
-        split = None
-        if workers > 1 and not throttle.enabled:
+        gentle = throttle.enabled
+        parallel = workers > 1 and not gentle
+        if upper is None and parallel:
             split = _split_point(conn, source, key, start_after, batch_size)
-        if split is None:
-            gentle = throttle.enabled
-            rows_done, longest, last = _copy(conn, settings, conversion_id, after=start_after, upto=None,
-                                             rows_done=rows_done, pause=throttle.pause, on_progress=on_progress,
-                                             target_ms=GENTLE_BATCH_MS if gentle else TARGET_BATCH_MS,
-                                             first=min(batch_size, GENTLE_FIRST_BATCH) if gentle else batch_size,
-                                             **common)
-        else:
-            rows_done, longest, last = _copy_parallel(conn, settings, conversion_id, start_after, split, rows_done,
+            if split is not None:
+                with conn.transaction():
+                    catalog.update_conversion(conn, settings, conversion_id, upper_from=split)
+                upper = (split, None)
+
+        def one_range(after: list[str] | None, upto: list[str] | None, done: int,
+                      cursor: str) -> tuple[int, float, list[str] | None]:
+            return _copy(conn, settings, conversion_id, after=after, upto=upto, rows_done=done,
+                         pause=throttle.pause, on_progress=on_progress, cursor=cursor,
+                         target_ms=GENTLE_BATCH_MS if gentle else TARGET_BATCH_MS,
+                         first=min(batch_size, GENTLE_FIRST_BATCH) if gentle else batch_size, **common)
+
+        if upper is None:
+            rows_done, longest, last = one_range(start_after, None, rows_done, "last_key")
+        elif parallel:
+            rows_done, longest, last = _copy_parallel(conn, settings, conversion_id, start_after, upper, rows_done,
                                                       on_progress, common)
-    with conn.transaction():
+        else:  # a split copy resumed at a gentle pace: the lower half, then the upper
+            rows_done, longest0, _ = one_range(start_after, upper[0], rows_done, "last_key")
+            rows_done, longest, last = one_range(upper[1] or upper[0], None, rows_done, "upper_key")
+            longest = max(longest, longest0)
+    with conn.transaction():  # one range again, copied up to its last key
         extra = {"last_key": last} if last is not None else {}
-        catalog.update_conversion(conn, settings, conversion_id, longest_batch_ms=longest, rows_copied=rows_done, **extra)
+        catalog.update_conversion(conn, settings, conversion_id, longest_batch_ms=longest, rows_copied=rows_done,
+                                  upper_from=None, upper_key=None, **extra)
     return rows_done, longest
 
 
@@ -172,7 +192,8 @@ def _split_point(conn: psycopg.Connection, source: QualifiedName, key: list[KeyC
 
 def _discard_beyond(conn: psycopg.Connection, settings: Settings, conversion_id: int, target: QualifiedName,
                     key: list[KeyColumn], after: list[str] | None, rows_copied: int) -> int:
-    """Delete the target's rows beyond the cursor (all of them when there is none); returns the
+    """For a conversion begun by a version whose two copy workers kept one low-watermark cursor:
+    delete the target's rows beyond the cursor (all of them when there is none); returns the
     rows that remain, and records it. The catalog's total counts every committed batch exactly
     (catalog.add_copied), so the rows that remain are that total less those deleted: no count of
     the whole target (for the 44M-row ledger, a resumed paced conversion would read tens of GB
@@ -199,14 +220,14 @@ def _copy(
     conn: psycopg.Connection, settings: Settings, conversion_id: int, *, source: QualifiedName,
     target: QualifiedName, key: list[KeyColumn], columns: list[str], overriding: bool, after: list[str] | None,
     upto: list[str] | None, rows_done: int, batch_size: int, pause: Callable[[], float],
-    on_progress: Callable[[int, float], None], record: Callable[[int, list[str] | None], dict] | None = None,
+    on_progress: Callable[[int, float], None], cursor: str = "last_key",
     committed: Callable[[int, list[str] | None], None] | None = None, stop: threading.Event | None = None,
     target_ms: float = TARGET_BATCH_MS, first: int | None = None,
 ) -> tuple[int, float, list[str] | None]:
     """Batches from `after` to `upto` (inclusive; None: to the end). Each batch adds its rows to
-    the catalog's total and sets the values `record(n, last)` gives (default: this batch's
-    cursor), in its own transaction; `committed(n, last)` runs after each commit. Returns (rows,
-    longest batch ms, last key)."""
+    the catalog's total and sets the catalog column `cursor` to its last key, in its own
+    transaction; `committed(n, last)` runs after each commit. Returns (rows, longest batch ms,
+    last key)."""
     longest = 0.0
     size = first or batch_size
     while stop is None or not stop.is_set():
@@ -220,7 +241,7 @@ def _copy(
             conn.execute("SET LOCAL synchronous_commit = off")
             n, last = conn.execute(stmt, params).fetchone()
             if n:
-                catalog.add_copied(conn, settings, conversion_id, n, **(record(n, last) if record else {"last_key": last}))
+                catalog.add_copied(conn, settings, conversion_id, n, **{cursor: last})
         ms = (time.perf_counter() - t0) * 1000
         longest = max(longest, ms)
         if not n:
@@ -241,60 +262,45 @@ def _copy(
 
 def _copy_parallel(
     conn: psycopg.Connection, settings: Settings, conversion_id: int, start_after: list[str] | None,
-    split: list[str], rows_done: int, on_progress: Callable[[int, float], None], common: dict,
+    upper: tuple[list[str], list[str] | None], rows_done: int, on_progress: Callable[[int, float], None],
+    common: dict,
 ) -> tuple[int, float, list[str] | None]:
-    """Two connections: the lower half (start_after, split] on `conn`, the upper half after
-    `split` on a second one. The catalog's cursor stays a low watermark (every row up to it is
-    copied): the lower half's position until it is finished, then the upper half's; rows above
-    it may be copied too, and a resumed run deletes them first (_discard_beyond)."""
+    """Two connections: the lower half (start_after, upper_from] on `conn`, its cursor in
+    last_key; the upper half after upper_key (or upper_from) on a second one, its cursor in
+    upper_key. Each batch commits its rows with its own half's cursor, so both stay exact."""
+    split, upper_after = upper
     lock = threading.Lock()
-    state = {"pos0": start_after, "done0": False, "pos1": split, "total": rows_done}
+    total = [rows_done]
     stop = threading.Event()
 
-    def record(i: int) -> Callable[[int, list[str] | None], dict]:
-        def values(n: int, last: list[str] | None) -> dict:
-            with lock:
-                mark = last if i == 0 or state["done0"] else state["pos0"]
-            return {"last_key": mark} if mark is not None else {}
-        return values
+    def committed(n: int, last: list[str] | None) -> None:
+        with lock:
+            total[0] += n
+            on_progress(total[0], None)  # type: ignore[arg-type]
 
-    def committed(i: int) -> Callable[[int, list[str] | None], None]:
-        def after_commit(n: int, last: list[str] | None) -> None:
-            with lock:
-                state["total"] += n
-                state[f"pos{i}"] = last
-                on_progress(state["total"], None)  # type: ignore[arg-type]
-        return after_commit
-
-    def lower() -> tuple[int, float, list[str] | None]:
+    def half(c: psycopg.Connection, after: list[str] | None, upto: list[str] | None,
+             cursor: str) -> tuple[int, float, list[str] | None]:
         try:
-            out = _copy(conn, settings, conversion_id, after=start_after, upto=split, rows_done=0,
-                        pause=lambda: 0.0, on_progress=on_progress, record=record(0), committed=committed(0),
-                        stop=stop, **common)
+            return _copy(c, settings, conversion_id, after=after, upto=upto, rows_done=0, pause=lambda: 0.0,
+                         on_progress=on_progress, cursor=cursor, committed=committed,
+                         stop=stop, **common)
         except BaseException:
             stop.set()
             raise
-        with lock:
-            state["done0"] = True
-        return out
 
-    def upper() -> tuple[int, float, list[str] | None]:
+    def upper_half() -> tuple[int, float, list[str] | None]:
         c = db.connect(settings, "partman convert worker")
         try:
-            return _copy(c, settings, conversion_id, after=split, upto=None, rows_done=0, pause=lambda: 0.0,
-                         on_progress=on_progress, record=record(1), committed=committed(1), stop=stop, **common)
-        except BaseException:
-            stop.set()
-            raise
+            return half(c, upper_after or split, None, "upper_key")
         finally:
             c.close()
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="partman-copy") as ex:
-        f1 = ex.submit(upper)
-        f0 = ex.submit(lower)
+        f1 = ex.submit(upper_half)
+        f0 = ex.submit(half, conn, start_after, split, "last_key")
         wait([f0, f1], return_when=FIRST_EXCEPTION)
         r0 = f0.result()
         r1 = f1.result()
     if stop.is_set():
         raise RuntimeError("a copy worker stopped early")  # unreachable: its exception was raised above
-    return state["total"], max(r0[1], r1[1]), r1[2] if r1[2] is not None else split
+    return total[0], max(r0[1], r1[1]), r1[2]

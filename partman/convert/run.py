@@ -278,6 +278,8 @@ def _run_phases(
             copied, longest = run_copy(
                 conn, settings, cid, qn, p.shadow, p.copy_key, p.columns,
                 overriding=p.overriding, start_after=running["last_key"], rows_done=running["rows_copied"],
+                upper=(running["upper_from"], running["upper_key"]) if running["upper_from"] else None,
+                exact=running["exact_cursor"],
                 batch_size=p.options.batch_size, sleep=p.options.sleep, on_progress=progress.update,
                 work_schema=p.work_schema, workers=settings.convert_workers or (2 if p.options.sleep == 0 else 1),
             )
@@ -361,7 +363,8 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
 
     def install(c: psycopg.Connection) -> None:
         c.execute(capture.create_trigger(CONVERT_TRIGGER, p.table, work.convert_fn))
-        catalog.update_conversion(c, settings, cid, phase="copy", last_key=None, rows_copied=0)
+        catalog.update_conversion(c, settings, cid, phase="copy", last_key=None, upper_from=None, upper_key=None,
+                                  rows_copied=0)
 
     with_lock_retry(conn, settings, f"adding the change-capture trigger to {p.table}", install,
                     lock_timeout_ms=p.options.lock_timeout_ms, tables=[p.table])
