@@ -289,3 +289,48 @@ def test_the_originals_toast_options_come_along(conn, partman, sleep):
     assert len(after) >= 8  # the months the rows span, premade ones and the default
     want = ["fillfactor=95", "toast.autovacuum_enabled=false", "toast.autovacuum_vacuum_scale_factor=0.05"]
     assert all(o == want for o in after.values()), after
+
+
+def test_a_materialized_view_is_rebuilt_after_the_swap_while_the_old_one_answers(conn, partman_proc):
+    """A materialized view of the table is not rebuilt under the swap's lock (for a summary of the
+    44M-row ledger that is as long as reading it, with every writer waiting): killed after the new
+    one is built and before it takes the old one's place, the table is already swapped and
+    writable, the old view still answers (from `<table>_old`), and the rerun puts the new one in
+    place with the old one's index, grant, comment and owner, reading the partitioned table (and
+    a revert points it back at the original)."""
+    conn.execute(
+        """
+        CREATE TABLE visits (id bigserial PRIMARY KEY, at date NOT NULL, who text NOT NULL);
+        INSERT INTO visits (at, who) SELECT date '2024-01-01' + g % 90, 'w' || g % 7 FROM generate_series(1, 900) g;
+        CREATE MATERIALIZED VIEW visits_daily AS SELECT at, count(*) AS n FROM visits GROUP BY at;
+        CREATE UNIQUE INDEX visits_daily_at ON visits_daily (at);
+        COMMENT ON MATERIALIZED VIEW visits_daily IS 'per day';
+        DROP ROLE IF EXISTS mv_reader; CREATE ROLE mv_reader;
+        GRANT SELECT ON visits_daily TO mv_reader;
+        """
+    )
+    reads = ("SELECT DISTINCT d.refobjid::regclass::text FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid "
+             "WHERE rw.ev_class = 'visits_daily'::regclass AND d.refclassid = 'pg_class'::regclass "
+             "AND d.refobjid <> 'visits_daily'::regclass")
+    args = ("convert", "visits", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
+    killed = partman_proc(*args, extra_env={"PARTMAN_FAILPOINTS": "convert.matview.built=1:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'visits'::regclass").fetchone()[0] == "p"
+    assert [r[0] for r in conn.execute(reads)] == ["visits_old"]
+    assert conn.execute("SELECT sum(n) FROM visits_daily").fetchone()[0] == 900
+    conn.execute("INSERT INTO visits (at, who) VALUES ('2024-02-01', 'new')")  # the table takes writes meanwhile
+    done = partman_proc(*args)
+    assert done.code == 0, done.err[-2000:]
+    assert [r[0] for r in conn.execute(reads)] == ["visits"]
+    assert conn.execute("SELECT sum(n) FROM visits_daily").fetchone()[0] == 901  # built from the table as it is now
+    assert conn.execute("SELECT indexrelid::regclass::text FROM pg_index "
+                        "WHERE indrelid = 'visits_daily'::regclass").fetchall() == [("visits_daily_at",)]
+    assert conn.execute("SELECT has_table_privilege('mv_reader', 'visits_daily', 'SELECT'), "
+                        "obj_description('visits_daily'::regclass, 'pg_class'), "
+                        "pg_get_userbyid(relowner) = current_user, relnamespace::regnamespace::text "
+                        "FROM pg_class WHERE oid = 'visits_daily'::regclass").fetchone() == (True, "per day", True, "public")
+    back = partman_proc("revert", "visits", "--yes")  # revert rebuilds it inside its own swap
+    assert back.code == 0, back.err[-2000:]
+    assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'visits'::regclass").fetchone()[0] == "r"
+    assert [r[0] for r in conn.execute(reads)] == ["visits"]
+    assert conn.execute("SELECT sum(n) FROM visits_daily").fetchone()[0] == 901

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from ..db import QualifiedName
-from ..introspect import Column, TableModel, key_type_of
+from ..introspect import Column, DependentView, TableModel, key_type_of
 
 _ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
 
@@ -261,25 +261,60 @@ def swap_sequences(model: TableModel, new: QualifiedName) -> list[sql.Composable
     return out
 
 
-def swap_views(model: TableModel) -> list[sql.Composable]:
+def swap_views(model: TableModel, *, materialized: bool = True) -> list[sql.Composable]:
     """Views bind to the table's OID: recreate each (same definition, so it now reads the table
-    that has the name) keeping its OID, owner and grants; a materialized view is rebuilt."""
+    that has the name) keeping its OID, owner and grants. A materialized view is rebuilt here
+    only with `materialized` (revert); the conversion's swap leaves it reading `<table>_old` and
+    rebuilds it after the swap (matview_rebuild)."""
     out: list[sql.Composable] = []
     for v in model.views:
-        query = _raw(v.definition.strip().rstrip(";"))
-        opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(_raw(o) for o in v.options)) if v.options else sql.SQL("")
         if not v.materialized:
-            out.append(sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(v.name.ident(), opts, query))
-            continue
-        out.append(sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()))
-        out.append(sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH {}").format(
-            v.name.ident(), opts, query, sql.SQL("DATA" if v.populated else "NO DATA")))
-        out.append(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(v.name.ident(), sql.Identifier(v.owner)))
-        out += [_raw(i) for i in v.indexes]
-        out += [_grant(g, v.name.ident()) for g in v.grants]
-        if v.comment is not None:
-            out.append(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(v.name.ident(), sql.Literal(v.comment)))
+            out.append(sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(v.name.ident(), _view_options(v), _query(v)))
+        elif materialized:
+            out.append(sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()))
+            out.append(_create_matview(v, v.name))
+            out += _matview_decorations(v)
     out += [_raw(f.definition) for f in model.functions]
+    return out
+
+
+def matview_rebuild(v: DependentView, temp: QualifiedName) -> tuple[list[sql.Composable], list[sql.Composable]]:
+    """(build, switch) for a materialized view of the converted table, run after the swap: build
+    `temp` (in the work schema) from the same query, which now reads the partitioned table,
+    while the old one still answers its readers; then, in a short transaction, the old one goes
+    and `temp` takes its name, schema, owner, indexes, grants and comment."""
+    build: list[sql.Composable] = [
+        sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {}").format(temp.ident()), _create_matview(v, temp)]
+    switch: list[sql.Composable] = [
+        sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()),
+        sql.SQL("ALTER MATERIALIZED VIEW {} RENAME TO {}").format(temp.ident(), sql.Identifier(v.name.name)),
+        sql.SQL("ALTER MATERIALIZED VIEW {} SET SCHEMA {}").format(
+            QualifiedName(temp.schema, v.name.name).ident(), sql.Identifier(v.name.schema)),
+        *_matview_decorations(v),
+    ]
+    return build, switch
+
+
+def _query(v: DependentView) -> sql.Composable:
+    return _raw(v.definition.strip().rstrip(";"))
+
+
+def _view_options(v: DependentView) -> sql.Composable:
+    return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(_raw(o) for o in v.options)) if v.options else sql.SQL("")
+
+
+def _create_matview(v: DependentView, name: QualifiedName) -> sql.Composable:
+    return sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH {}").format(
+        name.ident(), _view_options(v), _query(v), sql.SQL("DATA" if v.populated else "NO DATA"))
+
+
+def _matview_decorations(v: DependentView) -> list[sql.Composable]:
+    out: list[sql.Composable] = [
+        sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(v.name.ident(), sql.Identifier(v.owner))]
+    out += [_raw(i) for i in v.indexes]
+    out += [_grant(g, v.name.ident()) for g in v.grants]
+    if v.comment is not None:
+        out.append(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(v.name.ident(), sql.Literal(v.comment)))
     return out
 
 
@@ -346,7 +381,9 @@ def warnings(model: TableModel, column: str) -> list[str]:
                    "the swap (ALTER TABLE ... REPLICA IDENTITY USING INDEX).")
     for v in model.views:
         if v.materialized:
-            out.append(f"materialized view {v.name} is rebuilt inside the swap (it is re-run while writers wait).")
+            out.append(f"materialized view {v.name} is rebuilt after the swap, under another name while the old one "
+                       "keeps answering (it reads the old table until then), then takes its place in a short "
+                       "transaction: its query runs once more, writers do not wait for it.")
     if model.publications:
         out.append(f"{t} is published ({', '.join(model.publications)}): the new table is added; subscribers receive "
                    "changes per partition unless the publication sets publish_via_partition_root.")

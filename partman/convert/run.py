@@ -2,7 +2,7 @@
 killed run resumes where it stopped; a session advisory lock keeps two runs of one table apart.
 
 prepare (work schema, shadow, partitions, capture trigger) -> copy -> indexes -> catchup ->
-swap -> verify -> done. A failure before the swap removes everything partman made (the
+swap -> (materialized views rebuilt) -> verify -> done. A failure before the swap removes everything partman made (the
 original table is left as it was); a failure after it keeps both tables and exits non-zero."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .. import catalog, db, failpoints, log
 from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, UsageError
 from ..settings import Settings
-from . import capture, ddl, plan as planning, render
+from . import capture, ddl, matviews, plan as planning, render
 from .copy import run_copy
 from .progress import Progress
 from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, relation_exists, swap
@@ -411,7 +411,7 @@ def _catch_up(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
 
 
 def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any], *, json_out: bool = False) -> int:
-    """verify -> analyze -> done (also the resume path after a swap)."""
+    """materialized views -> verify -> done (also the resume path after a swap)."""
     qn = QualifiedName(running["schema_name"], running["table_name"])
     opts = running["options"]
     work = WorkNames(opts["work_schema"])
@@ -424,6 +424,7 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
 
     old_model = introspect(conn, old)
     columns = ddl.column_names(old_model)
+    matviews.rebuild(conn, settings, qn, opts.get("matviews") or [], lock_timeout_ms=opts.get("lock_timeout_ms"))
     failpoints.hit("convert.verify.before")
     sleep = float(opts.get("sleep") or 0)
     compare = dict(typed=typed_columns(old_model), partition_key=running["column_name"])

@@ -15,7 +15,7 @@ from psycopg import sql
 from .. import catalog, failpoints, log, naming
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..settings import Settings
-from . import capture, ddl
+from . import capture, ddl, matviews
 from .capture import KeyColumn
 
 CONVERT_TRIGGER = "partman_capture"
@@ -170,7 +170,7 @@ def swap(
             sql.SQL("UPDATE {} SET options = options || %s::jsonb WHERE id = %s").format(
                 catalog.ident(settings, "conversion")
             ),
-            (json.dumps({"index_renames": renames}), conversion_id),
+            (json.dumps({"index_renames": renames, "matviews": matviews.pending(c, model, work.schema)}), conversion_id),
         )
         # the shadow and its partitions move into the table's schema under their final names
         for child in child_tables(c, shadow):
@@ -188,7 +188,7 @@ def swap(
         for stmt in [
             *ddl.swap_triggers(model, source),
             *ddl.swap_sequences(model, source),
-            *ddl.swap_views(model),
+            *ddl.swap_views(model, materialized=False),  # materialized ones after the swap (matviews.py)
             *ddl.swap_publications(model, source),
         ]:
             c.execute(stmt)
