@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import psycopg
 import pytest
@@ -334,3 +336,71 @@ def test_a_materialized_view_is_rebuilt_after_the_swap_while_the_old_one_answers
     assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'visits'::regclass").fetchone()[0] == "r"
     assert [r[0] for r in conn.execute(reads)] == ["visits"]
     assert conn.execute("SELECT sum(n) FROM visits_daily").fetchone()[0] == 901
+
+
+SLOW_INT_OPS = """
+CREATE FUNCTION slow_cmp(a int, b int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN
+  IF current_setting('partman_test.slow', true) = 'on' THEN PERFORM pg_sleep(0.001); END IF;
+  RETURN btint4cmp(a, b); END $$;
+CREATE FUNCTION slow_eq(a int, b int) RETURNS bool LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN
+  IF current_setting('partman_test.slow', true) = 'on' THEN PERFORM pg_sleep(0.001); END IF;
+  RETURN a = b; END $$;
+CREATE FUNCTION slow_lt(a int, b int) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT a < b $$;
+CREATE FUNCTION slow_le(a int, b int) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT a <= b $$;
+CREATE FUNCTION slow_ge(a int, b int) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT a >= b $$;
+CREATE FUNCTION slow_gt(a int, b int) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT a > b $$;
+CREATE OPERATOR #<# (leftarg = int, rightarg = int, function = slow_lt);
+CREATE OPERATOR #<=# (leftarg = int, rightarg = int, function = slow_le);
+CREATE OPERATOR #=# (leftarg = int, rightarg = int, function = slow_eq);
+CREATE OPERATOR #>=# (leftarg = int, rightarg = int, function = slow_ge);
+CREATE OPERATOR #># (leftarg = int, rightarg = int, function = slow_gt);
+CREATE OPERATOR CLASS slow_int_ops FOR TYPE int USING btree AS
+  OPERATOR 1 #<#, OPERATOR 2 #<=#, OPERATOR 3 #=#, OPERATOR 4 #>=#, OPERATOR 5 #>#, FUNCTION 1 slow_cmp(int, int);
+"""
+
+
+def test_a_foreign_key_comes_along_and_its_validation_lets_the_referenced_tables_writers_go_on(conn, partman_proc):
+    """The converted table gets the original's foreign key, validated, with its comment. Adding it
+    to the partitioned table at once would validate every row under a SHARE ROW EXCLUSIVE lock on
+    the referenced table, stopping its writers for that long: here an operator class that sleeps
+    1 ms a comparison in partman's sessions makes the validation last seconds, and an insert into
+    the referenced table while partman validates must get its lock within 200 ms."""
+    conn.execute(SLOW_INT_OPS + """
+        CREATE TABLE residents (id int NOT NULL);
+        CREATE UNIQUE INDEX residents_id ON residents (id slow_int_ops);
+        INSERT INTO residents SELECT generate_series(1, 400);
+        CREATE TABLE care (id bigserial PRIMARY KEY, at date NOT NULL, resident int);
+        INSERT INTO care (at, resident) SELECT date '2024-01-01' + g % 120, g FROM generate_series(1, 400) g;
+        ALTER TABLE care ADD CONSTRAINT care_resident_fkey FOREIGN KEY (resident) REFERENCES residents (id) NOT VALID;
+        COMMENT ON CONSTRAINT care_resident_fkey ON care IS 'who was cared for';
+        DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET partman_test.slow = on', current_database()); END $$;
+        """)  # distinct residents: each row's lookup is its own (no Memoize), ~9 comparisons of 1 ms
+    plan = partman_proc("convert", "care", "--column", "at", "--interval", "month", "--sleep", "0", "--dry-run").out
+    steps = plan[plan.index("-- foreign keys"):]
+    assert steps.count('ADD CONSTRAINT "care_resident_fkey" FOREIGN KEY') == steps.count("NOT VALID;") + 1
+    assert steps.count("NOT VALID;") == steps.count('VALIDATE CONSTRAINT "care_resident_fkey";') > 1
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(r=partman_proc(
+        "convert", "care", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")))
+    run.start()
+    validating = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'partman%%' AND state = 'active' "
+                  "AND (query ILIKE '%%VALIDATE CONSTRAINT%%' OR query ILIKE '%%ADD CONSTRAINT%%FOREIGN KEY%%' "
+                  "     AND query NOT ILIKE '%%NOT VALID%%') AND clock_timestamp() - query_start > interval '50 ms'")
+    deadline = time.monotonic() + 120
+    while not conn.execute(validating).fetchone()[0] and run.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run.is_alive(), ("partman finished before it was seen validating", result["r"].code, result["r"].err[-1500:])
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '200ms'")
+        conn.execute("INSERT INTO residents VALUES (1000)")  # a lock timeout here: writers stopped by the validation
+    run.join(300)
+    assert result["r"].code == 0, result["r"].err[-2000:]
+    fks = conn.execute("SELECT conrelid::regclass::text, convalidated, obj_description(oid, 'pg_constraint') "
+                       "FROM pg_constraint WHERE contype = 'f' AND conparentid = 0").fetchall()
+    assert ("care", True, "who was cared for") in fks
+    partitions = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'care'::regclass").fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated AND conparentid = "
+                        "(SELECT oid FROM pg_constraint WHERE conname = 'care_resident_fkey' "
+                        "AND conrelid = 'care'::regclass)").fetchone()[0] == partitions
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("INSERT INTO care (at, resident) VALUES ('2024-02-02', 9999)")

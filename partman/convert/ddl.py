@@ -176,9 +176,46 @@ def _grant(g, target: sql.Composable, kind: str = "TABLE") -> sql.Composable:
     )
 
 
+@dataclass
+class ConstraintStep:
+    """One table's foreign key (foreign_keys): `add`, then `validate` when it is added NOT VALID."""
+
+    table: QualifiedName
+    name: str
+    add: sql.Composable
+    validate: sql.Composable | None
+    comment: sql.Composable | None = None
+
+
+def foreign_keys(model: TableModel, target: QualifiedName, partitions: list[QualifiedName]) -> list[ConstraintStep]:
+    """The original's foreign keys to other tables, on the shadow after the copy. Added to the
+    partitioned table at once, each would be validated under a SHARE ROW EXCLUSIVE lock on the
+    referenced table, which stops its writers for as long as the scan of every row takes. So each
+    partition first gets it NOT VALID (that lock for a moment), then VALIDATE (SHARE UPDATE
+    EXCLUSIVE on the partition, ROW SHARE on the referenced table: its writers go on); the
+    partitioned table's, added last, takes the partitions' validated ones as its own without
+    reading them (PostgreSQL 15 and later alike; a partitioned table cannot itself take NOT VALID
+    before 18)."""
+    out: list[ConstraintStep] = []
+    for k in model.constraints:
+        if k.kind != "f":
+            continue
+        name = sql.Identifier(k.name)
+        definition = _raw(k.definition.removesuffix(" NOT VALID"))
+        for part in partitions:
+            out.append(ConstraintStep(
+                part, k.name, sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(part.ident(), name, definition),
+                sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(part.ident(), name)))
+        comment = (sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(name, target.ident(), sql.Literal(k.comment))
+                   if k.comment is not None else None)
+        out.append(ConstraintStep(target, k.name, sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            target.ident(), name, definition), None, comment))
+    return out
+
+
 def decorate(model: TableModel, target: QualifiedName, partitions: list[QualifiedName] | tuple = ()) -> list[sql.Composable]:
-    """Owner, grants, comments, row-level security and policies, column storage, foreign keys
-    to other tables: applied to the shadow before the swap (none of it needs the data)."""
+    """Owner, grants, comments, row-level security and policies, column storage: applied to the
+    shadow before the swap (none of it needs the data). Foreign keys: foreign_keys()."""
     t = target.ident()
     out: list[sql.Composable] = [sql.SQL("ALTER TABLE {} OWNER TO {}").format(t, sql.Identifier(model.owner))]
     out += [sql.SQL("ALTER TABLE {} OWNER TO {}").format(p.ident(), sql.Identifier(model.owner)) for p in partitions]
@@ -193,10 +230,7 @@ def decorate(model: TableModel, target: QualifiedName, partitions: list[Qualifie
             out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE {}").format(
                 t, sql.Identifier(c.name), sql.SQL(storage)))
     for k in model.constraints:
-        if k.kind == "f":
-            out.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                t, sql.Identifier(k.name), _raw(k.definition.removesuffix(" NOT VALID"))))
-        if k.comment is not None and (k.kind in ("c", "f", "p", "u")):
+        if k.comment is not None and (k.kind in ("c", "p", "u")):  # a foreign key's: foreign_keys()
             out.append(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
                 sql.Identifier(k.name), t, sql.Literal(k.comment)))
     for idx in model.indexes:
@@ -373,9 +407,15 @@ def warnings(model: TableModel, column: str) -> list[str]:
             out.append(f"CHECK constraint {k.name} is NOT VALID and is not carried over; add it again after the swap.")
         if k.kind == "c" and k.no_inherit:
             out.append(f"CHECK constraint {k.name} is NO INHERIT, which a partitioned table cannot have; not carried.")
+        if k.kind == "f" and not k.validated:
+            out.append(f"foreign key {k.name} of {t} is NOT VALID: the new table's is validated (a partitioned table "
+                       "cannot keep one unvalidated before PostgreSQL 18), so a row that violates it stops the "
+                       f"conversion before its swap, rolled back. Check first: ALTER TABLE {t} VALIDATE CONSTRAINT "
+                       f"{k.name}.")
         if k.kind == "f":
-            out.append(f"foreign key {k.name} is re-created and validated on the new table after the copy "
-                       "(a SHARE ROW EXCLUSIVE lock on the referenced table while it validates).")
+            out.append(f"foreign key {k.name} is re-created on the new table after the copy: on each partition NOT VALID "
+                       "and then validated, which reads the partition while writers of the referenced table go on "
+                       "(they wait only for the moments each one is added).")
     if model.replica_identity == "i":
         out.append(f"replica identity uses index {model.replica_identity_index}; set it on each partition after "
                    "the swap (ALTER TABLE ... REPLICA IDENTITY USING INDEX).")

@@ -84,6 +84,7 @@ class ConversionPlan:
     shadow_ddl: list[sql.Composable]
     index_ddl: list[Any]  # ddl.IndexDDL
     decorate_ddl: list[sql.Composable]
+    foreign_keys: list[Any]  # ddl.ConstraintStep
     # what the swap runs on each partition before it locks the table (ddl.after_load), for the dry-run;
     # the swap runs it on the partitions the shadow has
     after_load_ddl: list[sql.Composable]
@@ -157,6 +158,8 @@ class ConversionPlan:
         out: list[tuple[str, sql.Composable]] = [("shadow", s) for s in self.shadow_ddl]
         out += [("indexes", i.statement) for i in self.index_ddl]
         out += [("decorate", s) for s in self.decorate_ddl]
+        for step in self.foreign_keys:
+            out += [("foreign keys", s) for s in (step.add, step.validate, step.comment) if s is not None]
         out += [("swap", s) for s in self.after_load_ddl]
         return out
 
@@ -212,6 +215,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
     shadow_ddl: list[sql.Composable] = []
     index_ddl: list[Any] = []
     decorate_ddl: list[sql.Composable] = []
+    foreign_keys: list[Any] = []
     after_load_ddl: list[sql.Composable] = []
     recreated: dict[str, list[str]] = {}
     widened: list[str] = []
@@ -227,7 +231,9 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
             after_load_ddl += ddl.after_load(model, leaf)
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
-        decorate_ddl = list(ddl.decorate(model, shadow, [QualifiedName(work, x.name) for x in parts] + [QualifiedName(work, default)]))
+        leaf_names = [leaf for _, leaf in leaves]
+        decorate_ddl = list(ddl.decorate(model, shadow, leaf_names))
+        foreign_keys = ddl.foreign_keys(model, shadow, leaf_names)
         recreated = describe_recreated(model)
     return ConversionPlan(
         table=table,
@@ -244,6 +250,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         shadow_ddl=shadow_ddl,
         index_ddl=index_ddl,
         decorate_ddl=decorate_ddl,
+        foreign_keys=foreign_keys,
         after_load_ddl=after_load_ddl,
         recreated=recreated,
         widened=widened,

@@ -74,6 +74,8 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
 _WHEN = {
     "indexes": {True: ": on the empty partitions, before the copy (which keeps them up to date)",
                 False: ": built after the copy, partition by partition, then attached by these statements"},
+    "foreign keys": {b: ": each partition's NOT VALID, then validated (writers of the referenced table go on), then "
+                        "the table's, which takes the partitions' as its own without reading them" for b in (True, False)},
     "swap": {False: ": autovacuum back on the partitions as on the original (off while the copy filled them), "
                     "before the table is locked",
              True: ": the partitions' autovacuum as on the original, before the table is locked"},

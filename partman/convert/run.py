@@ -385,12 +385,34 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     with Throttle(settings, p.work_schema, p.options.sleep, enabled=settings.throttle and workers == 1) as throttle:
         analyzed = indexes.build(conn, settings, todo, workers=workers, gentle=throttle.enabled, pause=throttle.pause,
                                  shadow=p.shadow, analyze=not expressions)
+    _add_foreign_keys(conn, settings, p)
     with conn.transaction():
         for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
             conn.execute(stmt)
         if not analyzed:
             indexes.analyze(conn, p.shadow, gentle=p.options.sleep > 0 and settings.throttle)
         catalog.update_conversion(conn, settings, cid, phase="catchup")
+
+
+def _add_foreign_keys(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan) -> None:
+    """ddl.foreign_keys, step by step, each in its own transaction; a resumed run skips the
+    constraints that exist (validating one again costs nothing). Adding one takes a SHARE ROW
+    EXCLUSIVE lock on the referenced table, under lock_timeout and retried."""
+    for step in p.foreign_keys:
+        exists = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s)",
+                              (step.table.literal, step.name)).fetchone()[0]
+        if not exists:
+            def add(c: psycopg.Connection, step: ddl.ConstraintStep = step) -> None:
+                for stmt in (step.add, step.comment):
+                    if stmt is not None:
+                        c.execute(stmt)
+
+            with_lock_retry(conn, settings, f"adding the foreign key {step.name} to {step.table}", add,
+                            lock_timeout_ms=p.options.lock_timeout_ms)
+        if step.validate is not None:
+            with conn.transaction():
+                conn.execute(step.validate)
+        failpoints.hit("convert.foreign_key.after_step")
 
 
 def _catch_up(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, work: WorkNames, cid: int,
