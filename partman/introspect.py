@@ -64,6 +64,7 @@ class Index:
     predicate: str | None
     nulls_not_distinct: bool
     comment: str | None
+    attnames: list[str] = field(default_factory=list)  # the index's own column names (key, then INCLUDE)
 
 
 @dataclass
@@ -389,7 +390,9 @@ def _indexes(conn: psycopg.Connection, oid: int) -> list[Index]:
                      WHERE k.o > i.indnkeyatts ORDER BY k.o) AS incl,
                pg_get_expr(i.indpred, i.indrelid) AS pred,
                {"i.indnullsnotdistinct" if nnd else "false"} AS nnd,
-               obj_description(i.indexrelid, 'pg_class') AS comment
+               obj_description(i.indexrelid, 'pg_class') AS comment,
+               ARRAY(SELECT attname FROM pg_attribute WHERE attrelid = i.indexrelid AND attnum > 0
+                     ORDER BY attnum) AS attnames
         FROM pg_index i
         JOIN pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_class tc ON tc.oid = i.indrelid
@@ -402,7 +405,7 @@ def _indexes(conn: psycopg.Connection, oid: int) -> list[Index]:
     )
     return [
         Index(r["name"], r["def"], r["prefix"], r["indisunique"], r["indisprimary"], r["con"], list(r["cols"]),
-              list(r["incl"]), r["amname"], r["pred"], r["nnd"], r["comment"])
+              list(r["incl"]), r["amname"], r["pred"], r["nnd"], r["comment"], list(r["attnames"]))
         for r in rows
     ]
 

@@ -562,7 +562,8 @@ def test_a_killed_copy_resumes_from_exact_cursors_and_deletes_nothing(conn, part
     low-watermark cursor, no `exact_cursor`) still resumes right, by deleting beyond it first."""
     make_ledger(conn, 6000)
     args = [*CONVERT, "--batch-size", "200"]
-    killed = partman_proc(*args, "--sleep", first, extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=9:kill"})
+    # 15 batches a half at full speed: by the 20th both halves have committed some, neither all
+    killed = partman_proc(*args, "--sleep", first, extra_env={"PARTMAN_FAILPOINTS": "convert.copy.after_batch=20:kill"})
     assert killed.code == -9, killed.err[-500:]
     cid, total, lower, split, upper, exact, schema = conn.execute(
         "SELECT id, rows_copied, last_key, upper_from, upper_key, exact_cursor, options->>'work_schema' "

@@ -7,6 +7,7 @@ import threading
 import time
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from helpers import relations_in
@@ -404,3 +405,36 @@ def test_a_foreign_key_comes_along_and_its_validation_lets_the_referenced_tables
                         "AND conrelid = 'care'::regclass)").fetchone()[0] == partitions
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         conn.execute("INSERT INTO care (at, resident) VALUES ('2024-02-02', 9999)")
+
+
+def test_partition_index_names_are_postgresqls_own_at_either_pace(conn, partman):
+    """At full speed partman builds each partition's indexes itself; they get the names PostgreSQL
+    gives them when the parent's index is created over the partitions (the paced path, and every
+    partition `maintain` adds later): `<partition>_pkey`, `<partition>_<columns>_key` / `_idx`, the
+    label numbered where names meet (a table name long enough that the partitions' names are cut
+    to the same prefix, two indexes on one column, an expression repeated)."""
+    table = "care_records_of_the_residents_of_the_house_by_the_lake_2024"  # 59 bytes
+    for schema in ("fast", "paced"):
+        conn.execute(sql.SQL(
+            """
+            CREATE SCHEMA {s};
+            CREATE TABLE {t} (id bigserial PRIMARY KEY, ref int UNIQUE, code int, at date NOT NULL, who text,
+                              note text);
+            CREATE UNIQUE INDEX ON {t} (code);
+            CREATE INDEX ON {t} (lower(who), lower(note));
+            CREATE INDEX ON {t} (who) INCLUDE (note);
+            CREATE INDEX ON {t} (at);
+            CREATE INDEX ON {t} (at) WHERE note IS NULL;
+            INSERT INTO {t} (ref, code, at, who) SELECT g, g, date '2022-01-01' + g, 'w' FROM generate_series(1, 900) g;
+            """).format(s=sql.Identifier(schema), t=sql.Identifier(schema, table)))
+    for schema, sleep in (("fast", "0"), ("paced", "0.01")):
+        r = partman("convert", f"{schema}.{table}", "--column", "at", "--sleep", sleep, "--yes")
+        assert r.code == 0, r.err
+    names = ("SELECT c.relname, x.relname, regexp_replace(pg_get_indexdef(x.oid), '^.* USING ', '') "
+             "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_index ix ON ix.indrelid = c.oid "
+             "JOIN pg_class x ON x.oid = ix.indexrelid WHERE i.inhparent = %s::regclass ORDER BY 1, 2")
+    fast = conn.execute(names, (f"fast.{table}",)).fetchall()
+    paced = conn.execute(names, (f"paced.{table}",)).fetchall()
+    assert fast == paced
+    assert len(fast) == 7 * len({r[0] for r in fast}) >= 7 * 4  # no index twice
+    assert any(r[1].endswith("_pkey1") for r in fast)  # the cut names met, and were numbered as PostgreSQL does

@@ -128,3 +128,14 @@ def test_a_column_may_be_given_quoted_as_in_sql():
     assert column_arg('"say ""hi"""') == 'say "hi"'
     assert column_arg("event_timestamp") == "event_timestamp"
     assert column_arg("MixedCase") == "MixedCase"  # as it is, as before: no folding
+
+
+def test_index_names_as_postgresql_chooses_them():
+    from partman.naming import pg_index_name, unique_column_names
+
+    assert pg_index_name("care_p20240101", [], "pkey", set()) == "care_p20240101_pkey"
+    assert pg_index_name("care_p20240101", ["ref", "at"], "key", set()) == "care_p20240101_ref_at_key"
+    assert pg_index_name("t", ["at"], "idx", {"t_at_idx", "t_at_idx1"}) == "t_at_idx2"
+    long = pg_index_name("p" * 60, ["c" * 30], "idx", set())  # the longer part is cut first
+    assert long == "p" * 29 + "_" + "c" * 29 + "_idx" and len(long) == 63
+    assert unique_column_names(["lower", "lower", "at"]) == ["lower", "lower1", "at"]

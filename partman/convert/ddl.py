@@ -8,10 +8,11 @@ pg_catalog-only search_path so every name in them is qualified."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg import sql
 
+from .. import naming
 from ..db import QualifiedName
 from ..introspect import Column, DependentView, TableModel, key_type_of
 
@@ -29,6 +30,10 @@ class IndexDDL:
     # the same index (or constraint) for another table under another name: a partition's own
     # index, built before the parent's statement attaches it
     build: Callable[[QualifiedName, str], sql.Composable] | None = None
+    # how PostgreSQL names a partition's index of this one (naming.pg_index_name): its label
+    # (pkey, key, idx) and column names
+    label: str = "idx"
+    columns: list[str] = field(default_factory=list)
 
 
 def _raw(text: str) -> sql.SQL:
@@ -134,6 +139,8 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
             note = (f"{what} {idx.name} ({', '.join(cols)}) becomes ({', '.join(new_cols)}): a unique key of a "
                     f"partitioned table must include its partition key, so ({', '.join(cols)}) alone is no longer "
                     f"enforced unique")
+        keys = len(idx.columns)  # the index's own column names: key columns (the partition key appended), INCLUDE
+        names = naming.unique_column_names(idx.attnames[:keys] + ([key] if widen else []) + idx.attnames[keys:])
         include = sql.SQL(" INCLUDE ({})").format(_idents(idx.include)) if idx.include else sql.SQL("")
         nnd = sql.SQL(" NULLS NOT DISTINCT") if idx.nulls_not_distinct else sql.SQL("")
         if con is not None and con.kind in ("p", "u"):
@@ -143,7 +150,8 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
                 return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}").format(
                     t.ident(), sql.Identifier(name), kind, _idents(cols), include)
 
-            out.append(IndexDDL(build(shadow, con.name), con.name, idx.name, con.name, widen, note, build))
+            out.append(IndexDDL(build(shadow, con.name), con.name, idx.name, con.name, widen, note, build,
+                                "pkey" if con.kind == "p" else "key", names))
         elif widen:
             where = sql.SQL(" WHERE {}").format(_raw(idx.predicate)) if idx.predicate else sql.SQL("")
 
@@ -152,7 +160,7 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
                 return sql.SQL("CREATE UNIQUE INDEX {} ON {} USING {} ({}){}{}{}").format(
                     sql.Identifier(name), t.ident(), sql.Identifier(idx.method), _idents(cols), include, nnd, where)
 
-            out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, True, note, build))
+            out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, True, note, build, "idx", names))
         else:
             if not idx.definition.startswith(idx.prefix):
                 raise ValueError(f"unexpected index definition for {idx.name}: {idx.definition}")
@@ -162,7 +170,7 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
                 return sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
                     sql.SQL("UNIQUE ") if unique else sql.SQL(""), sql.Identifier(name), t.ident(), _raw(tail))
 
-            out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, False, note, build))
+            out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, False, note, build, "idx", names))
     return out
 
 

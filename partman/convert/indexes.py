@@ -6,8 +6,9 @@ every partition, `ADD CONSTRAINT ... PRIMARY KEY` ACCESS EXCLUSIVE, and ANALYZE 
 EXCLUSIVE, which conflicts with SHARE: built through the parent, nothing but plain index builds
 could overlap, and the ANALYZE (as long as all the index builds together) would run after them.
 So at full speed (`workers` > 1) each index is first built partition by partition (the same
-definition on each partition, under a name of its own; a constraint as that partition's own
-constraint), which locks one partition at a time, on `workers` connections, while one of them
+definition on each partition, under the name PostgreSQL would give it: partition_index_names; a
+constraint as that partition's own constraint), which locks one partition at a time, on
+`workers` connections, while one of them
 runs the ANALYZE of the whole shadow (which visits the partitions one at a time too). Then the
 parent's own statement runs: PostgreSQL finds the matching index (and constraint) on every
 partition and attaches it instead of building it, which takes milliseconds. A partition index
@@ -30,7 +31,6 @@ own, so a killed run keeps the finished ones."""
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -63,13 +63,15 @@ def build(
     pause: Callable[[], Any] | None = None,
     shadow: QualifiedName | None = None,
     analyze: bool = False,
+    every: Sequence[Any] | None = None,
 ) -> bool:
     """Run every IndexDDL in `todo`. At full speed with a `shadow`, per partition on `workers`
     connections alongside its ANALYZE (when `analyze`); returns whether the ANALYZE was done.
     Otherwise constraints alone first, then plain indexes on up to `workers` connections.
-    `conn` is one of the connections; extra ones are opened here."""
+    `conn` is one of the connections; extra ones are opened here. `every`: all the shadow's
+    indexes, `todo` and those built already, which the partitions' index names depend on."""
     if shadow is not None and (workers > 1 or gentle):
-        return _per_partition(conn, settings, todo, workers, shadow, analyze, pause if gentle else None)
+        return _per_partition(conn, settings, todo, every or todo, workers, shadow, analyze, pause if gentle else None)
     _build_plain(conn, settings, todo, workers=workers, gentle=gentle, pause=pause)
     return False
 
@@ -191,16 +193,24 @@ def _partition_statement(idx: Any, part: QualifiedName, name: str) -> sql.Compos
     return build(part, name) if build is not None else None
 
 
-def _part_name(part: QualifiedName, idx: Any) -> str:
-    """`<partition>_<index>`, or, when that passes 63 bytes, the partition's name (shortened on a
-    character boundary) and a digest of the whole."""
-    name = f"{part.name}_{idx.temp_name}"
-    if len(name.encode()) <= naming.MAX_IDENTIFIER_BYTES:
-        return name
-    return naming.derived(part.name, "_" + hashlib.md5(name.encode()).hexdigest()[:12])
+def partition_index_names(indexes: Sequence[Any], parts: Sequence[QualifiedName],
+                          taken: set[str]) -> dict[tuple[str, str], str]:
+    """{(index, partition): name}: the names PostgreSQL gives the partitions' indexes when the
+    parent's index is created over them (the conversion's paced path, and `maintain`'s new
+    partitions), chosen in its order: index by index, partitions in bound order, the default
+    last (`parts` in creation order, as the plan made them). `taken`: the other names in the
+    schema. Independent of which builds exist already, so a resumed run finds its own."""
+    taken = set(taken) | {p.name for p in parts} | {i.temp_name for i in indexes}
+    out: dict[tuple[str, str], str] = {}
+    for idx in indexes:
+        for part in parts:
+            name = naming.pg_index_name(part.name, idx.columns, idx.label, taken)
+            taken.add(name)
+            out[(idx.temp_name, part.name)] = name
+    return out
 
 
-def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[Any], workers: int,
+def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[Any], every: Sequence[Any], workers: int,
                    shadow: QualifiedName, analyze: bool, pause: Callable[[], Any] | None = None) -> bool:
     """Gentle (`pause` given): one connection, the throttle's pause between the ANALYZE and the
     partition builds, so the application gets its share between units of a few hundred ms."""
@@ -213,12 +223,13 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
         "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass ORDER BY c.oid DESC",
         (shadow.literal,))]
+    names = partition_index_names(every, parts[::-1], _other_names(conn, shadow))
     # (statement, parent IndexDDL, partition, partition index name); per partition the
     # constraints first (they lock the partition exclusively), then the plain indexes
     items: list[tuple[Any, Any, QualifiedName, str]] = []
     for part in parts:
         for idx in sorted(todo, key=lambda i: not i.constraint):
-            name = _part_name(part, idx)
+            name = names[(idx.temp_name, part.name)]
             st = _partition_statement(idx, part, name)
             if st is not None and not relation_exists(conn, QualifiedName(part.schema, name)):
                 items.append((st, idx, part, name))
@@ -240,15 +251,25 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
     # the parents: attach what was built (a whole-parent build for shapes not known here)
     for idx in todo:
         _one(conn, idx)
-        _drop_unattached(conn, idx, parts)
+        _drop_unattached(conn, idx, parts, names)
         failpoints.hit("convert.indexes.after_index")
     return analyze
 
 
-def _drop_unattached(conn: psycopg.Connection, idx: Any, parts: list[QualifiedName]) -> None:
+def _other_names(conn: psycopg.Connection, shadow: QualifiedName) -> set[str]:
+    """The relations in the shadow's schema other than its partitions' indexes."""
+    return {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = %s::regnamespace AND NOT EXISTS "
+        "(SELECT 1 FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indrelid "
+        " WHERE x.indexrelid = c.oid AND i.inhparent = %s::regclass)",
+        (shadow.schema, shadow.literal))}
+
+
+def _drop_unattached(conn: psycopg.Connection, idx: Any, parts: list[QualifiedName],
+                     names: dict[tuple[str, str], str]) -> None:
     """A partition index of ours that the parent did not adopt would be a duplicate: drop it."""
     for part in parts:
-        name = _part_name(part, idx)
+        name = names[(idx.temp_name, part.name)]
         row = conn.execute(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid), "
             "(SELECT conname FROM pg_constraint WHERE conindid = c.oid AND conrelid = c2.oid) "

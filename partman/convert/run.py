@@ -384,7 +384,7 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     expressions = any(None in (getattr(i, "columns", None) or []) for i in getattr(model, "indexes", []))
     with Throttle(settings, p.work_schema, p.options.sleep, enabled=settings.throttle and workers == 1) as throttle:
         analyzed = indexes.build(conn, settings, todo, workers=workers, gentle=throttle.enabled, pause=throttle.pause,
-                                 shadow=p.shadow, analyze=not expressions)
+                                 shadow=p.shadow, analyze=not expressions, every=p.index_ddl)
     _add_foreign_keys(conn, settings, p)
     with conn.transaction():
         for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
