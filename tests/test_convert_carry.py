@@ -438,3 +438,27 @@ def test_partition_index_names_are_postgresqls_own_at_either_pace(conn, partman)
     assert fast == paced
     assert len(fast) == 7 * len({r[0] for r in fast}) >= 7 * 4  # no index twice
     assert any(r[1].endswith("_pkey1") for r in fast)  # the cut names met, and were numbered as PostgreSQL does
+
+
+def test_killed_between_foreign_key_steps_the_rerun_finishes_them(conn, partman_proc):
+    """Each partition's foreign key commits on its own: a run killed between them leaves some
+    partitions with it, and the rerun adds the rest (no second copy of any) and then the table's."""
+    conn.execute(
+        "CREATE TABLE homes (id int PRIMARY KEY); INSERT INTO homes SELECT generate_series(1, 10);"
+        "CREATE TABLE stays (id bigserial PRIMARY KEY, at date NOT NULL, home int REFERENCES homes);"
+        "INSERT INTO stays (at, home) SELECT date '2024-01-01' + g, 1 + g % 10 FROM generate_series(1, 300) g"
+    )
+    args = ("convert", "stays", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
+    killed = partman_proc(*args, extra_env={"PARTMAN_FAILPOINTS": "convert.foreign_key.after_step=3:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    half = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conname = 'stays_home_fkey' "
+                        "AND connamespace::regnamespace::text LIKE 'partman_catalog_w%'").fetchone()[0]
+    assert half == 3
+    done = partman_proc(*args)
+    assert done.code == 0, done.err[-2000:]
+    fks = conn.execute("SELECT conrelid::regclass::text, convalidated, conparentid = 0 FROM pg_constraint "
+                       "WHERE contype = 'f' AND conname = 'stays_home_fkey' AND conrelid <> 'stays_old'::regclass "
+                       "ORDER BY 1").fetchall()
+    partitions = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'stays'::regclass").fetchone()[0]
+    assert len(fks) == partitions + 1 and all(valid for _, valid, _ in fks)
+    assert [name for name, _, top in fks if top] == ["stays"]
