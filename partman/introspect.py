@@ -36,6 +36,8 @@ class Column:
     storage: str | None  # 'p'/'e'/'m'/'x' only when it differs from the type's
     comment: str | None
     identity_options: str | None = None  # "INCREMENT BY 1 START WITH 1 ..." for identity columns
+    stattarget: int | None = None  # ALTER COLUMN ... SET STATISTICS, when set
+    options: list[str] = field(default_factory=list)  # attoptions: n_distinct=40, n_distinct_inherited=...
 
 
 @dataclass
@@ -319,6 +321,8 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[Column]:
                CASE WHEN a.attcollation <> t.typcollation THEN co.collname END AS coll_name,
                CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage END AS storage,
                col_description(a.attrelid, a.attnum) AS comment,
+               CASE WHEN a.attstattarget >= 0 THEN a.attstattarget END AS stattarget,
+               coalesce(a.attoptions, '{}') AS attoptions,
                s.seqincrement, s.seqstart, s.seqmin, s.seqmax, s.seqcache, s.seqcycle
         FROM pg_attribute a
         JOIN pg_type t ON t.oid = a.atttypid
@@ -347,6 +351,7 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[Column]:
             default=r["def"], identity=r["attidentity"], generated=r["attgenerated"],
             collation=QualifiedName(r["coll_schema"], r["coll_name"]) if r["coll_name"] else None,
             storage=r["storage"], comment=r["comment"], identity_options=ident_opts,
+            stattarget=r["stattarget"], options=list(r["attoptions"]),
         ))
     return out
 

@@ -127,11 +127,15 @@ def with_options(options: list[str] | tuple[str, ...]) -> sql.Composable:
     return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in options))
 
 
+def _newest(parts: list[Partition]) -> Partition | None:
+    return max((p for p in parts if not p.is_default and p.lower is not None), key=lambda p: p.lower, default=None)
+
+
 def storage_options(conn: psycopg.Connection, parts: list[Partition]) -> list[str]:
     """The storage options (fillfactor, autovacuum_*; its TOAST table's as `toast.<name>`) of the
     newest bounded partition: those a partition partman creates gets. A partitioned parent cannot
     carry them; a conversion gave every partition the original table's."""
-    newest = max((p for p in parts if not p.is_default and p.lower is not None), key=lambda p: p.lower, default=None)
+    newest = _newest(parts)
     if newest is None:
         return []
     row = conn.execute(
@@ -142,3 +146,36 @@ def storage_options(conn: psycopg.Connection, parts: list[Partition]) -> list[st
 
 def create_default_sql(parent: QualifiedName, name: QualifiedName, options: list[str] | tuple[str, ...] = ()) -> sql.Composed:
     return sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT{}").format(name.ident(), parent.ident(), with_options(options))
+
+
+# a column's statistics settings: (column, statistics target or None, attribute options such as
+# n_distinct=40)
+ColumnSettings = list[tuple[str, int | None, list[str]]]
+
+
+def column_settings(conn: psycopg.Connection, parts: list[Partition]) -> ColumnSettings:
+    """The newest bounded partition's column statistics targets and options (n_distinct): a new
+    partition does not take them from its parent (PostgreSQL copies neither), so partman copies
+    them from there, as a conversion gave every partition the original table's."""
+    newest = _newest(parts)
+    if newest is None:
+        return []
+    rows = conn.execute(
+        "SELECT attname, CASE WHEN attstattarget >= 0 THEN attstattarget END, coalesce(attoptions, '{}') "
+        "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+        "AND (attstattarget >= 0 OR attoptions IS NOT NULL) ORDER BY attnum", (newest.oid,)).fetchall()
+    return [(r[0], r[1], list(r[2])) for r in rows]
+
+
+def column_settings_sql(table: QualifiedName, settings: ColumnSettings) -> list[sql.Composable]:
+    """ALTER TABLE ONLY ... ALTER COLUMN ... SET STATISTICS n / SET (options). The options are
+    PostgreSQL's own attoptions text (n_distinct=40), never .format()ted. Pure."""
+    out: list[sql.Composable] = []
+    for column, target, options in settings:
+        if target is not None:
+            out.append(sql.SQL("ALTER TABLE ONLY {} ALTER COLUMN {} SET STATISTICS {}").format(
+                table.ident(), sql.Identifier(column), sql.Literal(target)))
+        if options:
+            out.append(sql.SQL("ALTER TABLE ONLY {} ALTER COLUMN {} SET ({})").format(
+                table.ident(), sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
+    return out

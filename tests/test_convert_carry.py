@@ -462,3 +462,34 @@ def test_killed_between_foreign_key_steps_the_rerun_finishes_them(conn, partman_
     partitions = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'stays'::regclass").fetchone()[0]
     assert len(fks) == partitions + 1 and all(valid for _, valid, _ in fks)
     assert [name for name, _, top in fks if top] == ["stays"]
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_column_statistics_settings_come_along_and_reach_new_partitions(conn, partman, sleep):
+    """A DBA's statistics target and n_distinct on a column steer the planner on a big table.
+    PostgreSQL hands neither from a partitioned table to its partitions, so partman sets them on
+    the new table (n_distinct also as its n_distinct_inherited) and on every partition before the
+    ANALYZE, whose figures show them; a partition `maintain` makes later gets them too."""
+    conn.execute(
+        "CREATE TABLE meals (id bigserial PRIMARY KEY, at date NOT NULL, resident int, dish text);"
+        "ALTER TABLE meals ALTER COLUMN resident SET STATISTICS 800;"
+        "ALTER TABLE meals ALTER COLUMN resident SET (n_distinct = 40);"
+        "INSERT INTO meals (at, resident, dish) SELECT date '2024-01-01' + g % 200, g % 400, 'soup' "
+        "FROM generate_series(1, 4000) g"
+    )
+    r = partman("convert", "meals", "--column", "at", "--interval", "month", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    settings = ("SELECT c.relname, a.attstattarget, a.attoptions FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "WHERE a.attname = 'resident' AND (c.oid = 'meals'::regclass OR c.oid IN "
+                "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'meals'::regclass)) ORDER BY 1")
+    rows = conn.execute(settings).fetchall()
+    assert rows[0] == ("meals", 800, ["n_distinct=40", "n_distinct_inherited=40"])
+    assert len(rows) > 8 and all(row[1:] == (800, ["n_distinct=40"]) for row in rows[1:]), rows
+    analyzed = conn.execute("SELECT DISTINCT n_distinct FROM pg_stats WHERE attname = 'resident' AND tablename LIKE "
+                            "'meals_p2024%'").fetchall()
+    assert analyzed == [(40.0,)]  # the ANALYZE used it (the rows have 400 distinct values)
+    newest = conn.execute("SELECT max(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = 'meals'::regclass "
+                          "AND inhrelid::regclass::text <> 'meals_default'").fetchone()[0]
+    conn.execute(f"DROP TABLE {newest}")
+    assert partman("maintain").code == 0
+    assert conn.execute(settings).fetchall() == rows  # made again, as the newest had them

@@ -15,6 +15,7 @@ from psycopg import sql
 from .. import naming
 from ..db import QualifiedName
 from ..introspect import Column, DependentView, TableModel, key_type_of
+from ..partitions import column_settings_sql
 
 _ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
 
@@ -107,6 +108,24 @@ def partition_options(model: TableModel, *, loading: bool = False) -> list[str]:
     after_load()."""
     options = [o for o in model.reloptions if not (loading and _option_name(o) in LOADING_OFF)]
     return options + ([f"{name} = false" for name in LOADING_OFF] if loading else [])
+
+
+def column_statistics(model: TableModel, shadow: QualifiedName, leaves: list[QualifiedName]) -> list[sql.Composable]:
+    """The original's column statistics targets and options (n_distinct) on the shadow and on
+    every partition: PostgreSQL passes neither from a partitioned table to its partitions. On
+    the partitioned table an n_distinct also becomes its n_distinct_inherited (unless one is set),
+    the figure its whole-table statistics use. Before the ANALYZE, which they steer."""
+    own = [(c.name, c.stattarget, c.options) for c in model.columns if c.stattarget is not None or c.options]
+    parent = []
+    for name, target, options in own:
+        names = {_option_name(o) for o in options}
+        inherited = [o.replace("n_distinct", "n_distinct_inherited", 1) for o in options
+                     if _option_name(o) == "n_distinct" and "n_distinct_inherited" not in names]
+        parent.append((name, target, options + inherited))
+    out = column_settings_sql(shadow, parent)
+    for leaf in leaves:
+        out += column_settings_sql(leaf, own)
+    return out
 
 
 def after_load(model: TableModel, partition: QualifiedName) -> list[sql.Composable]:

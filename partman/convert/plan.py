@@ -229,6 +229,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         for stmt, leaf in leaves:
             shadow_ddl.append(stmt)
             after_load_ddl += ddl.after_load(model, leaf)
+        shadow_ddl += ddl.column_statistics(model, shadow, [leaf for _, leaf in leaves])
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
         leaf_names = [leaf for _, leaf in leaves]

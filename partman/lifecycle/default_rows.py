@@ -24,7 +24,8 @@ from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
-from ..partitions import Partition, list_partitions, storage_options, with_options
+from ..partitions import (Partition, column_settings, column_settings_sql, list_partitions, storage_options,
+                          with_options)
 from ..settings import Settings
 from . import aware, columns, overlaps, parent_of
 from .premake import ddl_attempts
@@ -154,9 +155,12 @@ def _move_range(
     if staging is None:
         meta = json.dumps({"parent": mt.table_name, "lower": lo.isoformat(), "upper": hi.isoformat()})
         with conn.transaction():
-            options = storage_options(conn, list_partitions(conn, parent, mt.key_type))  # as premake's partitions
+            parts = list_partitions(conn, parent, mt.key_type)
+            options = storage_options(conn, parts)  # as premake's partitions
             conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED){}").format(
                 name.ident(), parent.ident(), with_options(options)))
+            for stmt in column_settings_sql(name, column_settings(conn, parts)):
+                conn.execute(stmt)
             conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
                 name.ident(), k=sql.Identifier(mt.column_name), lo=sql.Literal(lo_lit), hi=sql.Literal(hi_lit)))
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(name.ident(), sql.Literal(f"{MARKER} {meta}")))

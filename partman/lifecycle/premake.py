@@ -12,7 +12,8 @@ from psycopg import errors as pgerrors
 from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, with_lock_retry
-from ..partitions import Partition, create_partition_sql, list_partitions, storage_options
+from ..partitions import (ColumnSettings, Partition, column_settings, column_settings_sql, create_partition_sql,
+                          list_partitions, storage_options)
 from ..settings import Settings
 from . import aware, overlaps, parent_of, server_now
 
@@ -69,13 +70,20 @@ def _covered(lo: datetime, hi: datetime, parts: list[tuple[datetime | None, date
 
 
 def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: datetime, hi: datetime,
-           options: list[str] | tuple[str, ...] = ()) -> str:
-    """One partition [lo, hi), with `options` (partitions.storage_options)."""
+           options: list[str] | tuple[str, ...] = (), columns: ColumnSettings | None = None) -> str:
+    """One partition [lo, hi), with `options` (partitions.storage_options) and the column
+    statistics settings `columns` (partitions.column_settings)."""
     parent = parent_of(mt)
     name = QualifiedName(mt.schema_name, naming.partition_name(mt.table_name, lo))
-    stmt = create_partition_sql(parent, name, lo, hi, mt.key_type, options)
+    statements = [create_partition_sql(parent, name, lo, hi, mt.key_type, options),
+                  *column_settings_sql(name, columns or [])]
+
+    def make(c: psycopg.Connection) -> None:
+        for stmt in statements:
+            c.execute(stmt)
+
     failpoints.hit("maintain.premake.before_ddl")
-    with_lock_retry(conn, settings, f"creating partition {name}", lambda c: c.execute(stmt),
+    with_lock_retry(conn, settings, f"creating partition {name}", make,
                     attempts=ddl_attempts(settings), partitions_of=[parent])
     log.get().info("partition_created", table=mt.qualified, partition=name.name,
                    lower=intervals.literal(lo, mt.key_type), upper=intervals.literal(hi, mt.key_type))
@@ -93,9 +101,10 @@ def run(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict:
     uncovered = [f"{intervals.literal(lo, mt.key_type)} .. {intervals.literal(hi, mt.key_type)} (in the way: "
                  f"{', '.join(names)})" for lo, hi, names in partial]
     options = storage_options(conn, parts) if missing else []
+    columns = column_settings(conn, parts) if missing else []
     for lo, hi in missing:
         try:
-            created.append(create(conn, settings, mt, lo, hi, options))
+            created.append(create(conn, settings, mt, lo, hi, options, columns))
         except pgerrors.CheckViolation:
             # rows for this range sit in the default partition: the default move creates it
             blocked.append(naming.partition_name(mt.table_name, lo))
