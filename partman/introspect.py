@@ -155,6 +155,7 @@ class TableModel:
     foreign_keys_in: list[ForeignKeyIn] = field(default_factory=list)
     inheritance: list[str] = field(default_factory=list)  # parents/children by inheritance
     rules: list[str] = field(default_factory=list)
+    statistics: list[str] = field(default_factory=list)  # extended statistics objects (CREATE STATISTICS)
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -270,6 +271,8 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
         )
     ]
     m.views = _views(conn, oid)
+    m.statistics = [r[0] for r in conn.execute(
+        "SELECT pg_get_statisticsobjdef(oid) FROM pg_statistic_ext WHERE stxrelid = %s ORDER BY stxname", (oid,))]
     m.functions = [
         DependentFunction(row["name"], row["def"])
         for row in fetch_dicts(

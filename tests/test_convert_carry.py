@@ -469,16 +469,20 @@ def test_column_statistics_settings_come_along_and_reach_new_partitions(conn, pa
     """A DBA's statistics target and n_distinct on a column steer the planner on a big table.
     PostgreSQL hands neither from a partitioned table to its partitions, so partman sets them on
     the new table (n_distinct also as its n_distinct_inherited) and on every partition before the
-    ANALYZE, whose figures show them; a partition `maintain` makes later gets them too."""
+    ANALYZE, whose figures show them; a partition `maintain` makes later gets them too. Extended
+    statistics objects are not carried, and the plan says so."""
     conn.execute(
         "CREATE TABLE meals (id bigserial PRIMARY KEY, at date NOT NULL, resident int, dish text);"
         "ALTER TABLE meals ALTER COLUMN resident SET STATISTICS 800;"
         "ALTER TABLE meals ALTER COLUMN resident SET (n_distinct = 40);"
+        "CREATE STATISTICS meals_deps (dependencies) ON resident, dish FROM meals;"
         "INSERT INTO meals (at, resident, dish) SELECT date '2024-01-01' + g % 200, g % 400, 'soup' "
         "FROM generate_series(1, 4000) g"
     )
     r = partman("convert", "meals", "--column", "at", "--interval", "month", "--sleep", sleep, "--yes")
     assert r.code == 0, r.err
+    # not carried (yet): said so, with the statement to run again
+    assert "extended statistics are not carried over (CREATE STATISTICS public.meals_deps (dependencies) ON " in r.err
     settings = ("SELECT c.relname, a.attstattarget, a.attoptions FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
                 "WHERE a.attname = 'resident' AND (c.oid = 'meals'::regclass OR c.oid IN "
                 "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'meals'::regclass)) ORDER BY 1")

@@ -454,6 +454,10 @@ def warnings(model: TableModel, column: str) -> list[str]:
     if model.publications:
         out.append(f"{t} is published ({', '.join(model.publications)}): the new table is added; subscribers receive "
                    "changes per partition unless the publication sets publish_via_partition_root.")
+    for stat in model.statistics:
+        out.append(f"extended statistics are not carried over ({stat}): after the swap they stay on the old "
+                   "table; create them again on the new table and on each partition (PostgreSQL does not pass them "
+                   "down), then ANALYZE it.")
     if model.persistence == "u":
         out.append(f"{t} is UNLOGGED; a partitioned table cannot be, so the new table is logged.")
     for s in model.owned_sequences:
