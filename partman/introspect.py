@@ -37,6 +37,7 @@ class Column:
     comment: str | None
     identity_options: str | None = None  # "INCREMENT BY 1 START WITH 1 ..." for identity columns
     stattarget: int | None = None  # ALTER COLUMN ... SET STATISTICS, when set
+    compression: str | None = None  # 'pglz' / 'lz4' when set on the column (SET COMPRESSION)
     options: list[str] = field(default_factory=list)  # attoptions: n_distinct=40, n_distinct_inherited=...
 
 
@@ -67,6 +68,7 @@ class Index:
     nulls_not_distinct: bool
     comment: str | None
     attnames: list[str] = field(default_factory=list)  # the index's own column names (key, then INCLUDE)
+    tablespace: str | None = None  # when not the database's default
 
 
 @dataclass
@@ -156,6 +158,7 @@ class TableModel:
     inheritance: list[str] = field(default_factory=list)  # parents/children by inheritance
     rules: list[str] = field(default_factory=list)
     statistics: list[str] = field(default_factory=list)  # extended statistics objects (CREATE STATISTICS)
+    tablespace: str | None = None  # when not the database's default
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -197,7 +200,8 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
                coalesce(c.reloptions, '{}')
                  || coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}') AS reloptions,
                obj_description(c.oid, 'pg_class') AS comment,
-               c.relrowsecurity, c.relforcerowsecurity, c.relreplident
+               c.relrowsecurity, c.relforcerowsecurity, c.relreplident,
+               (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace) AS tablespace
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
         WHERE n.nspname = %s AND c.relname = %s
@@ -213,7 +217,7 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
         persistence=r["relpersistence"], estimated_rows=int(r["reltuples"]), total_bytes=int(r["bytes"]),
         reloptions=list(r["reloptions"]), comment=r["comment"], row_security=r["relrowsecurity"],
         force_row_security=r["relforcerowsecurity"], replica_identity=r["relreplident"],
-        replica_identity_index=None,
+        replica_identity_index=None, tablespace=r["tablespace"],
     )
     if m.relkind not in ("r", "p"):
         return m  # refused by the plan; nothing more to read
@@ -325,6 +329,7 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[Column]:
                CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage END AS storage,
                col_description(a.attrelid, a.attnum) AS comment,
                CASE WHEN a.attstattarget >= 0 THEN a.attstattarget END AS stattarget,
+               CASE a.attcompression WHEN 'p' THEN 'pglz' WHEN 'l' THEN 'lz4' END AS compression,
                coalesce(a.attoptions, '{}') AS attoptions,
                s.seqincrement, s.seqstart, s.seqmin, s.seqmax, s.seqcache, s.seqcycle
         FROM pg_attribute a
@@ -354,7 +359,7 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[Column]:
             default=r["def"], identity=r["attidentity"], generated=r["attgenerated"],
             collation=QualifiedName(r["coll_schema"], r["coll_name"]) if r["coll_name"] else None,
             storage=r["storage"], comment=r["comment"], identity_options=ident_opts,
-            stattarget=r["stattarget"], options=list(r["attoptions"]),
+            stattarget=r["stattarget"], options=list(r["attoptions"]), compression=r["compression"],
         ))
     return out
 
@@ -400,7 +405,8 @@ def _indexes(conn: psycopg.Connection, oid: int) -> list[Index]:
                {"i.indnullsnotdistinct" if nnd else "false"} AS nnd,
                obj_description(i.indexrelid, 'pg_class') AS comment,
                ARRAY(SELECT attname FROM pg_attribute WHERE attrelid = i.indexrelid AND attnum > 0
-                     ORDER BY attnum) AS attnames
+                     ORDER BY attnum) AS attnames,
+               (SELECT spcname FROM pg_tablespace WHERE oid = ic.reltablespace) AS tablespace
         FROM pg_index i
         JOIN pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_class tc ON tc.oid = i.indrelid
@@ -413,7 +419,7 @@ def _indexes(conn: psycopg.Connection, oid: int) -> list[Index]:
     )
     return [
         Index(r["name"], r["def"], r["prefix"], r["indisunique"], r["indisprimary"], r["con"], list(r["cols"]),
-              list(r["incl"]), r["amname"], r["pred"], r["nnd"], r["comment"], list(r["attnames"]))
+              list(r["incl"]), r["amname"], r["pred"], r["nnd"], r["comment"], list(r["attnames"]), r["tablespace"])
         for r in rows
     ]
 

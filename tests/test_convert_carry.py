@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
+import uuid
 
 import psycopg
-from psycopg import sql
 import pytest
+from psycopg import sql
 
 from helpers import relations_in
+from partman.pgtemp import SYSTEM_USER
 
 pytestmark = pytest.mark.conversion
 
@@ -497,3 +501,42 @@ def test_column_statistics_settings_come_along_and_reach_new_partitions(conn, pa
     conn.execute(f"DROP TABLE {newest}")
     assert partman("maintain").code == 0
     assert conn.execute(settings).fetchall() == rows  # made again, as the newest had them
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_compression_and_tablespaces_come_along_and_reach_new_partitions(conn, partman, pg_server, sleep):
+    """A column's compression and the table's and its indexes' tablespaces are the new table's
+    and every partition's (their indexes too), also of a partition the default-partition move
+    makes later: a DBA who put the ledger on its own volume finds it all there."""
+    if pg_server.temp is None:
+        pytest.skip("a tablespace needs a directory on the server's machine: only with the tests' own server")
+    space = "ts_" + uuid.uuid4().hex[:8]
+    path = os.path.join(pg_server.temp.root, space)
+    os.makedirs(path)
+    if os.geteuid() == 0:
+        shutil.chown(path, SYSTEM_USER)
+    conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(path)))
+    conn.execute(sql.SQL(
+        """
+        CREATE TABLE notes (id bigserial, at date NOT NULL, body text COMPRESSION pglz, who int) TABLESPACE {s};
+        ALTER TABLE notes ADD PRIMARY KEY (id) USING INDEX TABLESPACE {s};
+        CREATE INDEX notes_who ON notes (who) TABLESPACE {s} WHERE who > 0;
+        ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL;
+        INSERT INTO notes (at, body, who) SELECT date '2024-01-01' + g, 'n', g FROM generate_series(1, 300) g;
+        """).format(s=sql.Identifier(space)))
+    r = partman("convert", "notes", "--column", "at", "--interval", "month", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    conn.execute("INSERT INTO notes (at, body, who) VALUES ('2031-05-05', 'later', 1)")  # into the default partition
+    assert partman("maintain").code == 0
+    assert conn.execute("SELECT count(*) FROM notes_p20310501").fetchone()[0] == 1  # moved into its partition
+    relations = conn.execute(
+        "SELECT c.relname, t.spcname FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace "
+        "WHERE c.oid = 'notes'::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'notes'::regclass) "
+        "OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'notes'::regclass OR indrelid IN "
+        "             (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'notes'::regclass))").fetchall()
+    assert len(relations) > 30 and all(s == space for _, s in relations), [r for r in relations if r[1] != space]
+    columns = conn.execute(
+        "SELECT DISTINCT attcompression, attstorage FROM pg_attribute WHERE attname = 'body' AND (attrelid = "
+        "'notes'::regclass OR attrelid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'notes'::regclass))"
+    ).fetchall()
+    assert columns == [("p", "e")]

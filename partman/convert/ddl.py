@@ -57,6 +57,8 @@ def needs_overriding(model: TableModel) -> bool:
 
 def _column_def(c: Column) -> sql.Composable:
     parts: list[sql.Composable] = [sql.Identifier(c.name), _raw(c.type)]
+    if c.compression is not None:  # the partitions take it from the partitioned table
+        parts += [sql.SQL("COMPRESSION"), sql.Identifier(c.compression)]
     if c.collation is not None:
         parts += [sql.SQL("COLLATE"), c.collation.ident()]
     if c.generated == "s" and c.default is not None:
@@ -77,14 +79,22 @@ def _carried_checks(model: TableModel) -> list:
 
 
 def create_shadow(model: TableModel, shadow: QualifiedName, key: str) -> list[sql.Composable]:
-    """CREATE TABLE <shadow> (columns, CHECK constraints) PARTITION BY RANGE (key)."""
+    """CREATE TABLE <shadow> (columns, CHECK constraints) PARTITION BY RANGE (key) [TABLESPACE
+    the original's]: its partitions, and those `maintain` adds later, are created in the
+    partitioned table's tablespace."""
     elements: list[sql.Composable] = [_column_def(c) for c in model.columns]
     for k in _carried_checks(model):
         elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(k.name), _raw(k.definition)))
-    stmt = sql.SQL("CREATE TABLE {} ({}) PARTITION BY RANGE ({})").format(
-        shadow.ident(), sql.SQL(", ").join(elements), sql.Identifier(key)
+    stmt = sql.SQL("CREATE TABLE {} ({}) PARTITION BY RANGE ({}){}").format(
+        shadow.ident(), sql.SQL(", ").join(elements), sql.Identifier(key), _tablespace(model.tablespace)
     )
     return [stmt]
+
+
+def _tablespace(name: str | None, using_index: bool = False) -> sql.Composable:
+    if name is None:
+        return sql.SQL("")
+    return sql.SQL(" USING INDEX TABLESPACE {}" if using_index else " TABLESPACE {}").format(sql.Identifier(name))
 
 
 # Off on the shadow's partitions while a copy at full speed fills them (`loading`), back as the
@@ -162,12 +172,14 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
         names = naming.unique_column_names(idx.attnames[:keys] + ([key] if widen else []) + idx.attnames[keys:])
         include = sql.SQL(" INCLUDE ({})").format(_idents(idx.include)) if idx.include else sql.SQL("")
         nnd = sql.SQL(" NULLS NOT DISTINCT") if idx.nulls_not_distinct else sql.SQL("")
+        space = idx.tablespace  # the partitions' indexes are built in the parent index's tablespace
         if con is not None and con.kind in ("p", "u"):
             kind = sql.SQL("PRIMARY KEY") if con.kind == "p" else sql.SQL("UNIQUE") + nnd
 
-            def build(t: QualifiedName, name: str, kind=kind, cols=new_cols, include=include) -> sql.Composable:
-                return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}").format(
-                    t.ident(), sql.Identifier(name), kind, _idents(cols), include)
+            def build(t: QualifiedName, name: str, kind=kind, cols=new_cols, include=include,
+                      space=space) -> sql.Composable:
+                return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}{}").format(
+                    t.ident(), sql.Identifier(name), kind, _idents(cols), include, _tablespace(space, True))
 
             out.append(IndexDDL(build(shadow, con.name), con.name, idx.name, con.name, widen, note, build,
                                 "pkey" if con.kind == "p" else "key", names))
@@ -175,19 +187,25 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
             where = sql.SQL(" WHERE {}").format(_raw(idx.predicate)) if idx.predicate else sql.SQL("")
 
             def build(t: QualifiedName, name: str, idx=idx, cols=new_cols, include=include, nnd=nnd,
-                      where=where) -> sql.Composable:
-                return sql.SQL("CREATE UNIQUE INDEX {} ON {} USING {} ({}){}{}{}").format(
-                    sql.Identifier(name), t.ident(), sql.Identifier(idx.method), _idents(cols), include, nnd, where)
+                      where=where, space=space) -> sql.Composable:
+                return sql.SQL("CREATE UNIQUE INDEX {} ON {} USING {} ({}){}{}{}{}").format(
+                    sql.Identifier(name), t.ident(), sql.Identifier(idx.method), _idents(cols), include, nnd,
+                    _tablespace(space), where)
 
             out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, True, note, build, "idx", names))
         else:
             if not idx.definition.startswith(idx.prefix):
                 raise ValueError(f"unexpected index definition for {idx.name}: {idx.definition}")
             tail = idx.definition[len(idx.prefix):]
+            # pg_get_indexdef leaves the tablespace out; it goes before the predicate
+            where_tail = f" WHERE {idx.predicate}" if idx.predicate and tail.endswith(f" WHERE {idx.predicate}") else ""
+            head = tail[:len(tail) - len(where_tail)]
 
-            def build(t: QualifiedName, name: str, unique=idx.unique, tail=tail) -> sql.Composable:
-                return sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
-                    sql.SQL("UNIQUE ") if unique else sql.SQL(""), sql.Identifier(name), t.ident(), _raw(tail))
+            def build(t: QualifiedName, name: str, unique=idx.unique, head=head, where_tail=where_tail,
+                      space=space) -> sql.Composable:
+                return sql.SQL("CREATE {}INDEX {} ON {} USING {}{}{}").format(
+                    sql.SQL("UNIQUE ") if unique else sql.SQL(""), sql.Identifier(name), t.ident(), _raw(head),
+                    _tablespace(space), _raw(where_tail))
 
             out.append(IndexDDL(build(shadow, idx.name), idx.name, idx.name, None, False, note, build, "idx", names))
     return out

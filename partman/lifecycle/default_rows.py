@@ -157,8 +157,15 @@ def _move_range(
         with conn.transaction():
             parts = list_partitions(conn, parent, mt.key_type)
             options = storage_options(conn, parts)  # as premake's partitions
-            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED){}").format(
-                name.ident(), parent.ident(), with_options(options)))
+            # what a partition created PARTITION OF would take from the parent: the columns' storage
+            # and compression, the parent's tablespace
+            space = conn.execute("SELECT spcname FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace "
+                                 "WHERE c.oid = %s::regclass", (parent.literal,)).fetchone()
+            conn.execute(sql.SQL(
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
+                "INCLUDING STORAGE INCLUDING COMPRESSION){}{}").format(
+                name.ident(), parent.ident(), with_options(options),
+                sql.SQL(" TABLESPACE {}").format(sql.Identifier(space[0])) if space else sql.SQL("")))
             for stmt in column_settings_sql(name, column_settings(conn, parts)):
                 conn.execute(stmt)
             conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
