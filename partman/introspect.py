@@ -114,6 +114,7 @@ class DependentView:
     indexes: list[str]  # CREATE INDEX statements of a materialized view
     grants: list[Grant]
     comment: str | None
+    dependents: list[str] = field(default_factory=list)  # views that read this one (a materialized view's)
 
 
 @dataclass
@@ -464,8 +465,12 @@ def _views(conn: psycopg.Connection, oid: int) -> list[DependentView]:
         ] if r["mat"] else []
         grants = _grants(conn, "SELECT relacl AS acl, relowner AS owner, NULL::name AS col FROM pg_class WHERE oid = %s",
                          (r["oid"],))
+        dependents = [row[0] for row in conn.execute(
+            "SELECT DISTINCT rw.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid "
+            "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
+            "AND d.refobjid = %s AND rw.ev_class <> %s ORDER BY 1", (r["oid"], r["oid"]))] if r["mat"] else []
         out.append(DependentView(QualifiedName(r["nspname"], r["relname"]), r["mat"], r["def"], list(r["opts"]),
-                                 r["owner"], r["relispopulated"], indexes, grants, r["comment"]))
+                                 r["owner"], r["relispopulated"], indexes, grants, r["comment"], dependents))
     return out
 
 

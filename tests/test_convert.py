@@ -227,6 +227,13 @@ def test_sequences_identity_views_and_generated_columns_survive(conn, partman):
             ["t", "--column", "ts"],
             "t_old already exist",
         ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, ts timestamptz NOT NULL); "
+            "CREATE MATERIALIZED VIEW t_daily AS SELECT ts::date AS day, count(*) FROM t GROUP BY 1; "
+            "CREATE VIEW t_busy AS SELECT * FROM t_daily WHERE count > 10",
+            ["t", "--column", "ts"],
+            "is read by public.t_busy",
+        ),
     ],
 )
 def test_bad_input_is_refused_cleanly(conn, partman, setup, args, words):

@@ -430,6 +430,11 @@ def refusals(model: TableModel, column: str) -> list[str]:
         if idx.unique and None in idx.columns:
             out.append(f"unique index {idx.name} is on an expression; a partitioned table's unique index must be on "
                        "plain columns including the partition key. Drop or rewrite it first.")
+    for v in model.views:
+        if v.materialized and v.dependents:
+            out.append(f"materialized view {v.name} reads {t} and is read by {', '.join(v.dependents)}: partman "
+                       f"rebuilds it after the swap, which those views prevent. Drop them first and create them "
+                       "again after the conversion.")
     if model.inheritance:
         out.append(f"{t} takes part in table inheritance ({', '.join(model.inheritance)}), which partman does not "
                    "convert.")
