@@ -53,6 +53,7 @@ def rebuild(conn: psycopg.Connection, settings: Settings, table: QualifiedName, 
             continue
         if state[0]:
             continue  # switched by an earlier run
+        logger.info("materialized_view_building", view=str(name))
         with conn.transaction():
             for stmt in item["build"]:
                 conn.execute(stmt)

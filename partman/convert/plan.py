@@ -157,9 +157,9 @@ class ConversionPlan:
         """(phase, statement) in execution order, for the dry-run."""
         out: list[tuple[str, sql.Composable]] = [("shadow", s) for s in self.shadow_ddl]
         out += [("indexes", i.statement) for i in self.index_ddl]
-        out += [("decorate", s) for s in self.decorate_ddl]
         for step in self.foreign_keys:
             out += [("foreign keys", s) for s in (step.add, step.validate, step.comment) if s is not None]
+        out += [("decorate", s) for s in self.decorate_ddl]
         out += [("swap", s) for s in self.after_load_ddl]
         return out
 
