@@ -240,15 +240,32 @@ def execute(
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _connection_lost(conn):
                 raise  # resumable: the recorded state stays, the next run continues
             if _rollback(conn, settings, p, running["id"], exc) and isinstance(exc, (PartmanError, psycopg.Error)):
-                reason = str(exc)
-                if isinstance(exc, psycopg.Error):
-                    diag = exc.diag.message_primary if exc.diag is not None else None
-                    reason = f"PostgreSQL error: {(diag or str(exc)).strip().rstrip('.')}."
                 raise PartmanError(
-                    f"{reason} The conversion was rolled back: {qn} is as it was, and partman's work schema is gone; "
-                    "fix the cause and run the command again."
+                    f"{_reason(exc)} The conversion was rolled back: {qn} is as it was, and partman's work schema is "
+                    "gone; fix the cause and run the command again."
+                ) from None
+            if isinstance(exc, psycopg.Error) and _swapped(conn, settings, qn):
+                raise PartmanError(
+                    f"{_reason(exc)} This came after the swap: {qn} is the partitioned table and in use, the original "
+                    f"is kept as {p.old}, no row is lost. Fix the cause and run the same command again: it finishes "
+                    "what is left (materialized views, verification)."
                 ) from None
             raise
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error):
+        diag = exc.diag.message_primary if exc.diag is not None else None
+        return f"PostgreSQL error: {(diag or str(exc)).strip().rstrip('.')}."
+    return str(exc)
+
+
+def _swapped(conn: psycopg.Connection, settings: Settings, qn: QualifiedName) -> bool:
+    try:
+        running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
+    except psycopg.Error:
+        return False
+    return bool(running and running["phase"] in AFTER_SWAP)
 
 
 def _connection_lost(conn: psycopg.Connection) -> bool:
