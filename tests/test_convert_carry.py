@@ -560,6 +560,8 @@ def test_a_materialized_view_that_fails_after_the_swap_is_reported_and_the_rerun
     assert "rolled back" not in r.err and "Traceback" not in r.err
     assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'checks'::regclass").fetchone()[0] == "p"
     assert conn.execute("SELECT count(*) FROM checks").fetchone()[0] == 300
+    again = partman(*args)  # the resume, which starts after the swap, says the same
+    assert again.code == 1 and "This came after the swap" in again.err.strip().splitlines()[-1]
     conn.execute("DROP MATERIALIZED VIEW checks_odd")
     done = partman(*args)
     assert done.code == 0, done.err

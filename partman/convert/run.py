@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog, db, failpoints, log
+from .. import catalog, db, failpoints, log, naming
 from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, UsageError
 from ..settings import Settings
@@ -61,7 +61,12 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                 return 0
             with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),
                                   f"Another `partman convert` of {qn} is running. Wait for it to finish."):
-                return _finish(conn, settings, running)
+                try:
+                    return _finish(conn, settings, running)
+                except psycopg.Error as exc:
+                    if _connection_lost(conn):
+                        raise
+                    raise _after_swap_error(exc, qn, QualifiedName(qn.schema, naming.old_name(qn.name))) from None
         if running:
             _check_resumable(qn, running, opts)
         p, model = make_plan(conn, settings, qn, opts)
@@ -245,12 +250,16 @@ def execute(
                     "gone; fix the cause and run the command again."
                 ) from None
             if isinstance(exc, psycopg.Error) and _swapped(conn, settings, qn):
-                raise PartmanError(
-                    f"{_reason(exc)} This came after the swap: {qn} is the partitioned table and in use, the original "
-                    f"is kept as {p.old}, no row is lost. Fix the cause and run the same command again: it finishes "
-                    "what is left (materialized views, verification)."
-                ) from None
+                raise _after_swap_error(exc, qn, p.old) from None
             raise
+
+
+def _after_swap_error(exc: psycopg.Error, qn: QualifiedName, old: QualifiedName) -> PartmanError:
+    return PartmanError(
+        f"{_reason(exc)} This came after the swap: {qn} is the partitioned table and in use, the original is kept "
+        f"as {old}, no row is lost. Fix the cause and run the same command again: it finishes what is left "
+        "(materialized views, verification)."
+    )
 
 
 def _reason(exc: BaseException) -> str:
