@@ -1,9 +1,10 @@
 """`partman convert`: the phase state machine. Each phase records itself in the catalog, so a
 killed run resumes where it stopped; a session advisory lock keeps two runs of one table apart.
 
-prepare (work schema, shadow, partitions, capture trigger) -> copy -> indexes -> catchup ->
-swap -> (materialized views rebuilt) -> verify -> done. A failure before the swap removes everything partman made (the
-original table is left as it was); a failure after it keeps both tables and exits non-zero."""
+prepare (work schema, shadow, partitions, capture trigger) -> copy -> indexes (and foreign keys)
+-> catchup -> swap -> (materialized views rebuilt) -> verify -> done. A failure before the swap
+removes everything partman made (the original table is left as it was); a failure after it keeps
+both tables and exits non-zero, and the same command finishes the job."""
 
 from __future__ import annotations
 
