@@ -15,6 +15,7 @@ import psycopg
 
 from .db import QualifiedName, fetch_dicts
 from .errors import PartmanError
+from .partitions import ExtendedStatistics, extended_statistics
 
 # partman's own triggers are never part of the model (they are not the user's)
 PARTMAN_TRIGGERS = ("partman_capture", "partman_revert_capture")
@@ -158,7 +159,9 @@ class TableModel:
     foreign_keys_in: list[ForeignKeyIn] = field(default_factory=list)
     inheritance: list[str] = field(default_factory=list)  # parents/children by inheritance
     rules: list[str] = field(default_factory=list)
-    statistics: list[str] = field(default_factory=list)  # extended statistics objects (CREATE STATISTICS)
+    statistics: list[ExtendedStatistics] = field(default_factory=list)  # CREATE STATISTICS objects on it
+    # the statistics objects' names in the table's schema, each with the schema of the table it is on
+    statistics_taken: list[tuple[str, str]] = field(default_factory=list)
     tablespace: str | None = None  # when not the database's default
 
     def column(self, name: str) -> Column | None:
@@ -276,8 +279,11 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
         )
     ]
     m.views = _views(conn, oid)
-    m.statistics = [r[0] for r in conn.execute(
-        "SELECT pg_get_statisticsobjdef(oid) FROM pg_statistic_ext WHERE stxrelid = %s ORDER BY stxname", (oid,))]
+    m.statistics = extended_statistics(conn, oid)
+    m.statistics_taken = [(r[0], r[1]) for r in conn.execute(
+        "SELECT s.stxname, n.nspname FROM pg_statistic_ext s JOIN pg_class c ON c.oid = s.stxrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE s.stxnamespace = (SELECT relnamespace FROM pg_class WHERE oid = %s)", (oid,))]
     m.functions = [
         DependentFunction(row["name"], row["def"])
         for row in fetch_dicts(

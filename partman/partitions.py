@@ -10,6 +10,7 @@ from datetime import date, datetime
 import psycopg
 from psycopg import sql
 
+from . import naming
 from .db import QualifiedName
 from .intervals import literal
 
@@ -179,3 +180,88 @@ def column_settings_sql(table: QualifiedName, settings: ColumnSettings) -> list[
             out.append(sql.SQL("ALTER TABLE ONLY {} ALTER COLUMN {} SET ({})").format(
                 table.ident(), sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
     return out
+
+
+@dataclass(frozen=True)
+class ExtendedStatistics:
+    """An extended statistics object (CREATE STATISTICS) on a table. PostgreSQL builds the one on a
+    partitioned table from a sample of all its partitions and never hands it down: a query that
+    reads one partition uses that partition's own object, if it has one."""
+
+    name: QualifiedName
+    elements: str  # pg_get_statisticsobjdef_columns(): `a, b`, `lower(x)`, `a, (a + b)`
+    element_names: tuple[str, ...]  # the columns in that order, `expr` for each expression
+    kinds: tuple[str, ...]  # ndistinct, dependencies, mcv; none for one expression's
+    target: int | None  # ALTER STATISTICS ... SET STATISTICS, None: the default
+    owner: str
+    comment: str | None
+
+
+_STATISTICS_KINDS = {"d": "ndistinct", "f": "dependencies", "m": "mcv"}  # 'e' (expressions) comes by itself
+
+
+def extended_statistics(conn: psycopg.Connection, relid: int) -> list[ExtendedStatistics]:
+    """The extended statistics objects on one table, in name order."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, s.stxname, pg_get_statisticsobjdef_columns(s.oid),
+               ARRAY(SELECT a.attname::text FROM unnest(s.stxkeys::int2[]) k
+                     JOIN pg_attribute a ON a.attrelid = s.stxrelid AND a.attnum = k ORDER BY k),
+               coalesce(cardinality(pg_get_statisticsobjdef_expressions(s.oid)), 0),
+               s.stxkind::text[], CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END,
+               pg_get_userbyid(s.stxowner), obj_description(s.oid, 'pg_statistic_ext')
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+        WHERE s.stxrelid = %s ORDER BY s.stxname, n.nspname
+        """, (relid,)).fetchall()
+    return [ExtendedStatistics(
+        QualifiedName(r[0], r[1]), r[2], tuple(r[3]) + ("expr",) * r[4],
+        tuple(_STATISTICS_KINDS[k] for k in r[5] if k in _STATISTICS_KINDS), r[6], r[7], r[8]) for r in rows]
+
+
+def statistics_sql(stat: ExtendedStatistics, name: QualifiedName, table: QualifiedName, *,
+                   comment: bool = True) -> list[sql.Composable]:
+    """`stat` again as `name` on `table`: same elements, kinds, statistics target and owner (and
+    comment). The elements are PostgreSQL's own text (read with search_path = pg_catalog, so
+    qualified), never .format()ted. Pure."""
+    kinds = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.SQL, stat.kinds))) if stat.kinds else sql.SQL("")
+    out: list[sql.Composable] = [sql.SQL("CREATE STATISTICS {}{} ON {} FROM {}").format(
+        name.ident(), kinds, sql.SQL(stat.elements), table.ident())]
+    if stat.target is not None:
+        out.append(sql.SQL("ALTER STATISTICS {} SET STATISTICS {}").format(name.ident(), sql.Literal(stat.target)))
+    out.append(sql.SQL("ALTER STATISTICS {} OWNER TO {}").format(name.ident(), sql.Identifier(stat.owner)))
+    if comment and stat.comment is not None:
+        out.append(sql.SQL("COMMENT ON STATISTICS {} IS {}").format(name.ident(), sql.Literal(stat.comment)))
+    return out
+
+
+def partition_statistics_sql(stats: list[ExtendedStatistics], partition: QualifiedName, taken: set[str],
+                             schema: str | None = None) -> list[sql.Composable]:
+    """`stats` (the parent's, or another partition's) on `partition`, each in `schema` (the
+    partition's own by default) under the name PostgreSQL (16 and later) gives an unnamed one:
+    `<partition>_<columns>_stat`, numbered past `taken` (the statistics names in that schema, to
+    which the new ones are added). Pure."""
+    out: list[sql.Composable] = []
+    for stat in stats:
+        name = naming.pg_index_name(partition.name, list(stat.element_names), "stat", taken)
+        taken.add(name)
+        out += statistics_sql(stat, QualifiedName(schema or partition.schema, name), partition, comment=False)
+    return out
+
+
+def statistics_names(conn: psycopg.Connection, schema: str) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT s.stxname FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE n.nspname = %s",
+        (schema,))}
+
+
+def newest_statistics(conn: psycopg.Connection, parts: list[Partition]) -> list[ExtendedStatistics]:
+    """The newest bounded partition's extended statistics objects, for a partition made beside it
+    (as its column settings: column_settings)."""
+    newest = _newest(parts)
+    return extended_statistics(conn, newest.oid) if newest is not None else []
+
+
+def clone_statistics_sql(conn: psycopg.Connection, stats: list[ExtendedStatistics],
+                         partition: QualifiedName) -> list[sql.Composable]:
+    """partition_statistics_sql, the names chosen against the partition's schema as it is now."""
+    return partition_statistics_sql(stats, partition, statistics_names(conn, partition.schema)) if stats else []

@@ -47,8 +47,15 @@ def test_full_speed_parallel_copy_and_index_builds_killed_the_rerun_finishes(con
         _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=("--sleep", "0", "--batch-size", "200"))
 
 
+# an extended statistics object: made with the shadow, handed over in the swap (and back in revert)
+STATISTICS = "CREATE STATISTICS ledger_actor_action (dependencies) ON actor, action FROM audit_log_ledger"
+STATISTICS_ON = ("SELECT stxrelid::regclass::text, stxname FROM pg_statistic_ext "
+                 "WHERE stxname LIKE 'ledger_actor_action%' ORDER BY 1")
+
+
 def _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=()):
     make_ledger(conn, 2500)
+    conn.execute(STATISTICS)
     with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
         first = partman_proc(*CONVERT, *args, extra_env={"PARTMAN_FAILPOINTS": point})
         assert first.code == -9, f"expected the failpoint to kill partman: {first.code} {first.err[-500:]}"
@@ -69,6 +76,13 @@ def _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=()):
     # no orphans: nothing of partman's in the table's schema, one work schema (the revert window)
     assert not [n for n in relations_in(conn, "public") if "partman" in n]
     assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman_catalog_w%'").fetchone()[0] == 1
+    partitions = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_log_ledger'::regclass").fetchone()[0]
+    assert conn.execute(STATISTICS_ON).fetchall() == [
+        ("audit_log_ledger", "ledger_actor_action"), ("audit_log_ledger_old", "ledger_actor_action_old")]
+    on_partitions = conn.execute(
+        "SELECT count(*), count(DISTINCT s.stxrelid) FROM pg_statistic_ext s JOIN pg_inherits i ON i.inhrelid = s.stxrelid "
+        "WHERE i.inhparent = 'audit_log_ledger'::regclass").fetchone()
+    assert on_partitions == (partitions, partitions)  # one each, none twice
     entry.outcome = (f"ok: {len(got)} rows exactly once ({len(w.committed)} written meanwhile, 0 failed inserts), "
                      "chain valid, no orphans")
 
@@ -80,6 +94,7 @@ REVERT_POINTS = ["revert.after_round=1:kill", "revert.swap.locked=1:kill", "reve
 def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_proc, point):
     with matrix_entry("revert", point.split("=")[0]) as entry:
         make_ledger(conn, 1500)
+        conn.execute(STATISTICS)
         assert partman_proc(*CONVERT, "--sleep", "0").code == 0
         with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
             time.sleep(0.3)
@@ -94,6 +109,9 @@ def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_pro
         got = ids(conn, LEDGER)
         assert len(got) == len(set(got)) == 1500 + len(w.committed)
         assert verify_chain(conn, LEDGER)["ok"]
+        assert conn.execute(STATISTICS_ON).fetchall() == [
+            ("audit_log_ledger", "ledger_actor_action"),
+            ("audit_log_ledger_partitioned", "ledger_actor_action_partitioned")]
         entry.outcome = f"ok: {len(got)} rows exactly once in the original table, chain valid"
 
 

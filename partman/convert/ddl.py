@@ -15,7 +15,7 @@ from psycopg import sql
 from .. import naming
 from ..db import QualifiedName
 from ..introspect import Column, DependentView, TableModel, key_type_of
-from ..partitions import column_settings_sql
+from ..partitions import ExtendedStatistics, column_settings_sql, partition_statistics_sql, statistics_sql
 
 _ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
 
@@ -146,6 +146,31 @@ def after_load(model: TableModel, partition: QualifiedName) -> list[sql.Composab
     own = [o for o in model.reloptions if _option_name(o) in LOADING_OFF]
     if own:
         out.append(sql.SQL("ALTER TABLE {} SET ({})").format(partition.ident(), sql.SQL(", ").join(_raw(o) for o in own)))
+    return out
+
+
+def shadow_statistics(model: TableModel) -> list[tuple[ExtendedStatistics, str]]:
+    """Each of the original's extended statistics objects, with the name its copy on the shadow
+    has in the work schema until the swap moves it to the original's schema: the original's
+    own name, numbered only when two of them (in different schemas) share one."""
+    names = [s.name.name for s in model.statistics]
+    return [(s, s.name.name if names.count(s.name.name) == 1 else naming.derived(s.name.name, f"_{i}"))
+            for i, s in enumerate(model.statistics)]
+
+
+def extended_statistics(model: TableModel, shadow: QualifiedName, leaves: list[QualifiedName]) -> list[sql.Composable]:
+    """The original's extended statistics objects on the shadow (in the work schema until the
+    swap) and on every partition, as PostgreSQL does not hand them down and a query that reads
+    one partition uses that partition's own. A partition's goes straight into the table's schema,
+    where its partition will be after the swap, under the name PostgreSQL would give it. Before
+    the ANALYZE, which builds them."""
+    out: list[sql.Composable] = []
+    for stat, name in shadow_statistics(model):
+        out += statistics_sql(stat, QualifiedName(shadow.schema, name), shadow)
+    # (a partition's of an earlier, interrupted prepare went with its work schema)
+    taken = {name for name, on in model.statistics_taken if on != shadow.schema}
+    for leaf in leaves:
+        out += partition_statistics_sql(model.statistics, leaf, taken, model.table.schema)
     return out
 
 
@@ -477,10 +502,6 @@ def warnings(model: TableModel, column: str) -> list[str]:
     if model.publications:
         out.append(f"{t} is published ({', '.join(model.publications)}): the new table is added; subscribers receive "
                    "changes per partition unless the publication sets publish_via_partition_root.")
-    for stat in model.statistics:
-        out.append(f"extended statistics are not carried over ({stat}): after the swap they stay on the old "
-                   "table; create them again on the new table and on each partition (PostgreSQL does not pass them "
-                   "down), then ANALYZE it.")
     if model.persistence == "u":
         out.append(f"{t} is UNLOGGED; a partitioned table cannot be, so the new table is logged.")
     for s in model.owned_sequences:

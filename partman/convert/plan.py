@@ -230,6 +230,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
             shadow_ddl.append(stmt)
             after_load_ddl += ddl.after_load(model, leaf)
         shadow_ddl += ddl.column_statistics(model, shadow, [leaf for _, leaf in leaves])
+        shadow_ddl += ddl.extended_statistics(model, shadow, [leaf for _, leaf in leaves])
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
         leaf_names = [leaf for _, leaf in leaves]
@@ -281,4 +282,5 @@ def describe_recreated(model: Any) -> dict[str, list[str]]:
     out["sequences"] = [str(getattr(s, "sequence", s)) for s in (getattr(model, "owned_sequences", None) or [])]
     out["policies"] = names("policies")
     out["publications"] = [str(p) for p in (getattr(model, "publications", None) or [])]
+    out["statistics"] = [str(s.name) for s in (getattr(model, "statistics", None) or [])]
     return {k: v for k, v in out.items() if v}

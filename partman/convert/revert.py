@@ -1,8 +1,9 @@
 """`partman revert TABLE`: while `<table>_old` exists, put it back. Rows changed in the
 partitioned table since the swap (recorded by the revert capture trigger) are replayed into the
 old table with its triggers off (a hash chain must not be recomputed), in short rounds and a
-final round inside one short swap transaction that also restores names, views, sequence
-ownership and the registration. The partitioned table is kept as `<table>_partitioned`.
+final round inside one short swap transaction that also restores names (extended statistics'
+too), views, sequence ownership and the registration. The partitioned table is kept as
+`<table>_partitioned`.
 
 Before the swap there is nothing to put back: revert then abandons the interrupted conversion
 (the capture trigger off the table, partman's work schema dropped), as a failed one would be."""
@@ -21,7 +22,8 @@ from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..settings import Settings
 from . import capture, ddl, triggers
-from .swap import AFTER_SWAP, REVERT_TRIGGER, WorkNames, hand_over_identity_names, index_names, relation_exists
+from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, hand_over_identity_names, index_names, relation_exists,
+                   rename_statistics, statistics_exists)
 
 ROUND = 10_000
 
@@ -133,6 +135,11 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
             if relation_exists(c, QualifiedName(qn.schema, renamed)):
                 c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
                     sql.Identifier(qn.schema, renamed), sql.Identifier(original)))
+        for schema, spare, original in conv["options"].get("statistics_renames", []):
+            if statistics_exists(c, QualifiedName(schema, original)):  # the partitioned table's
+                rename_statistics(c, QualifiedName(schema, original), naming.derived(original, "_partitioned"))
+            if statistics_exists(c, QualifiedName(schema, spare)):
+                rename_statistics(c, QualifiedName(schema, spare), original)
         for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:
             c.execute(stmt)
         hand_over_identity_names(c, new_model, partitioned, qn, "_partitioned", undoing="_old")

@@ -84,6 +84,36 @@ def hand_over_identity_names(conn: psycopg.Connection, model: Any, giver: Qualif
         conn.execute(sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(taken.ident(), sql.Identifier(given.name)))
 
 
+def statistics_exists(conn: psycopg.Connection, qn: QualifiedName) -> bool:
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace "
+        "WHERE n.nspname = %s AND s.stxname = %s)", (qn.schema, qn.name)).fetchone()[0]
+
+
+def rename_statistics(conn: psycopg.Connection, qn: QualifiedName, name: str) -> None:
+    conn.execute(sql.SQL("ALTER STATISTICS {} RENAME TO {}").format(qn.ident(), sql.Identifier(name)))
+
+
+def hand_over_statistics(conn: psycopg.Connection, model: Any, work_schema: str) -> list[list[str]]:
+    """Inside the swap: each of the original's extended statistics objects becomes `<name>_old`,
+    and the shadow's copy (ddl.extended_statistics) moves from the work schema into its place.
+    Returns [[schema, old name, name]] for revert. A shadow prepared by a partman that did not
+    copy them has none to move; an original dropped meanwhile has none to rename."""
+    done: list[list[str]] = []
+    for stat, work_name in ddl.shadow_statistics(model):
+        if statistics_exists(conn, stat.name):
+            spare = naming.derived(stat.name.name, "_old")
+            rename_statistics(conn, stat.name, spare)
+            done.append([stat.name.schema, spare, stat.name.name])
+        copy = QualifiedName(work_schema, work_name)
+        if statistics_exists(conn, copy):
+            conn.execute(sql.SQL("ALTER STATISTICS {} SET SCHEMA {}").format(
+                copy.ident(), sql.Identifier(stat.name.schema)))
+            if work_name != stat.name.name:
+                rename_statistics(conn, QualifiedName(stat.name.schema, work_name), stat.name.name)
+    return done
+
+
 def index_names(conn: psycopg.Connection, table: QualifiedName) -> list[str]:
     return [
         r[0]
@@ -166,11 +196,13 @@ def swap(
             c.execute(
                 sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old.schema, name), sql.Identifier(renamed))
             )
+        statistics_renames = hand_over_statistics(c, model, work.schema)
         c.execute(
             sql.SQL("UPDATE {} SET options = options || %s::jsonb WHERE id = %s").format(
                 catalog.ident(settings, "conversion")
             ),
-            (json.dumps({"index_renames": renames, "matviews": matviews.pending(c, model, work.schema)}), conversion_id),
+            (json.dumps({"index_renames": renames, "statistics_renames": statistics_renames,
+                         "matviews": matviews.pending(c, model, work.schema)}), conversion_id),
         )
         # the shadow and its partitions move into the table's schema under their final names
         for child in child_tables(c, shadow):

@@ -24,8 +24,8 @@ from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
-from ..partitions import (Partition, column_settings, column_settings_sql, list_partitions, storage_options,
-                          with_options)
+from ..partitions import (Partition, clone_statistics_sql, column_settings, column_settings_sql, list_partitions,
+                          newest_statistics, storage_options, with_options)
 from ..settings import Settings
 from . import aware, columns, overlaps, parent_of
 from .premake import ddl_attempts
@@ -166,7 +166,8 @@ def _move_range(
                 "INCLUDING STORAGE INCLUDING COMPRESSION){}{}").format(
                 name.ident(), parent.ident(), with_options(options),
                 sql.SQL(" TABLESPACE {}").format(sql.Identifier(space[0])) if space else sql.SQL("")))
-            for stmt in column_settings_sql(name, column_settings(conn, parts)):
+            for stmt in [*column_settings_sql(name, column_settings(conn, parts)),
+                         *clone_statistics_sql(conn, newest_statistics(conn, parts), name)]:
                 conn.execute(stmt)
             conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
                 name.ident(), k=sql.Identifier(mt.column_name), lo=sql.Literal(lo_lit), hi=sql.Literal(hi_lit)))

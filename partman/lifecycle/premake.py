@@ -12,8 +12,9 @@ from psycopg import errors as pgerrors
 from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, with_lock_retry
-from ..partitions import (ColumnSettings, Partition, column_settings, column_settings_sql, create_partition_sql,
-                          list_partitions, storage_options)
+from ..partitions import (ColumnSettings, ExtendedStatistics, Partition, clone_statistics_sql, column_settings,
+                          column_settings_sql, create_partition_sql, list_partitions, newest_statistics,
+                          storage_options)
 from ..settings import Settings
 from . import aware, overlaps, parent_of, server_now
 
@@ -70,13 +71,15 @@ def _covered(lo: datetime, hi: datetime, parts: list[tuple[datetime | None, date
 
 
 def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: datetime, hi: datetime,
-           options: list[str] | tuple[str, ...] = (), columns: ColumnSettings | None = None) -> str:
-    """One partition [lo, hi), with `options` (partitions.storage_options) and the column
-    statistics settings `columns` (partitions.column_settings)."""
+           options: list[str] | tuple[str, ...] = (), columns: ColumnSettings | None = None,
+           statistics: list[ExtendedStatistics] | None = None) -> str:
+    """One partition [lo, hi), with `options` (partitions.storage_options), the column
+    statistics settings `columns` (partitions.column_settings) and the extended statistics
+    objects `statistics` (partitions.newest_statistics)."""
     parent = parent_of(mt)
     name = QualifiedName(mt.schema_name, naming.partition_name(mt.table_name, lo))
     statements = [create_partition_sql(parent, name, lo, hi, mt.key_type, options),
-                  *column_settings_sql(name, columns or [])]
+                  *column_settings_sql(name, columns or []), *clone_statistics_sql(conn, statistics or [], name)]
 
     def make(c: psycopg.Connection) -> None:
         for stmt in statements:
@@ -102,9 +105,10 @@ def run(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict:
                  f"{', '.join(names)})" for lo, hi, names in partial]
     options = storage_options(conn, parts) if missing else []
     columns = column_settings(conn, parts) if missing else []
+    statistics = newest_statistics(conn, parts) if missing else []
     for lo, hi in missing:
         try:
-            created.append(create(conn, settings, mt, lo, hi, options, columns))
+            created.append(create(conn, settings, mt, lo, hi, options, columns, statistics))
         except pgerrors.CheckViolation:
             # rows for this range sit in the default partition: the default move creates it
             blocked.append(naming.partition_name(mt.table_name, lo))
