@@ -128,7 +128,8 @@ def with_options(options: list[str] | tuple[str, ...]) -> sql.Composable:
     return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in options))
 
 
-def _newest(parts: list[Partition]) -> Partition | None:
+def newest_partition(parts: list[Partition]) -> Partition | None:
+    """The bounded partition with the latest lower bound: the model for one partman makes."""
     return max((p for p in parts if not p.is_default and p.lower is not None), key=lambda p: p.lower, default=None)
 
 
@@ -136,7 +137,7 @@ def storage_options(conn: psycopg.Connection, parts: list[Partition]) -> list[st
     """The storage options (fillfactor, autovacuum_*; its TOAST table's as `toast.<name>`) of the
     newest bounded partition: those a partition partman creates gets. A partitioned parent cannot
     carry them; a conversion gave every partition the original table's."""
-    newest = _newest(parts)
+    newest = newest_partition(parts)
     if newest is None:
         return []
     row = conn.execute(
@@ -158,7 +159,7 @@ def column_settings(conn: psycopg.Connection, parts: list[Partition]) -> ColumnS
     """The newest bounded partition's column statistics targets and options (n_distinct): a new
     partition does not take them from its parent (PostgreSQL copies neither), so partman copies
     them from there, as a conversion gave every partition the original table's."""
-    newest = _newest(parts)
+    newest = newest_partition(parts)
     if newest is None:
         return []
     rows = conn.execute(
@@ -257,7 +258,7 @@ def statistics_names(conn: psycopg.Connection, schema: str) -> set[str]:
 def newest_statistics(conn: psycopg.Connection, parts: list[Partition]) -> list[ExtendedStatistics]:
     """The newest bounded partition's extended statistics objects, for a partition made beside it
     (as its column settings: column_settings)."""
-    newest = _newest(parts)
+    newest = newest_partition(parts)
     return extended_statistics(conn, newest.oid) if newest is not None else []
 
 
@@ -265,3 +266,32 @@ def clone_statistics_sql(conn: psycopg.Connection, stats: list[ExtendedStatistic
                          partition: QualifiedName) -> list[sql.Composable]:
     """partition_statistics_sql, the names chosen against the partition's schema as it is now."""
     return partition_statistics_sql(stats, partition, statistics_names(conn, partition.schema)) if stats else []
+
+
+_REPLICA_IDENTITY = """
+WITH src AS (SELECT relkind, relreplident FROM pg_class WHERE oid = %(source)s),
+     own AS (SELECT indexrelid FROM pg_index WHERE indrelid = %(source)s AND indisreplident),
+     top AS (SELECT CASE WHEN (SELECT relkind FROM src) = 'p' THEN (SELECT indexrelid FROM own)
+                         ELSE (SELECT inhparent FROM pg_inherits WHERE inhrelid = (SELECT indexrelid FROM own)) END AS oid)
+SELECT (SELECT relreplident FROM src),
+       (SELECT c.relname FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid
+          JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = (SELECT oid FROM top) AND x.indrelid = %(target)s::regclass)
+"""
+
+
+def replica_identity_sql(conn: psycopg.Connection, source: int, target: QualifiedName) -> list[sql.Composable]:
+    """The replica identity of `source` (a partitioned table, or a partition beside `target`) for
+    the partition `target`: PostgreSQL hands it to no partition, and logical replication logs a
+    changed row's old values by the partition's own. FULL and NOTHING as they are; USING INDEX
+    with `target`'s index that belongs to the same index of the parent. [] for the default (the
+    primary key), or when `target` has no such index."""
+    row = conn.execute(_REPLICA_IDENTITY, {"source": source, "target": target.literal}).fetchone()
+    kind, index = row if row else ("d", None)
+    if kind == "f":
+        return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target.ident())]
+    if kind == "n":
+        return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(target.ident())]
+    if kind == "i" and index is not None:
+        return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(target.ident(), sql.Identifier(index))]
+    return []

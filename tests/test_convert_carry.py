@@ -592,6 +592,62 @@ def test_extended_statistics_come_along_to_every_partition_and_go_back_on_revert
         assert [row[0] for row in theirs] == ours and len(set(ours)) == 3
 
 
+_IDENTITY = ("SELECT c.relname, c.relreplident, (SELECT x.indexrelid::regclass::text FROM pg_index x "
+             "WHERE x.indrelid = c.oid AND x.indisreplident) FROM pg_class c WHERE c.oid = %s::regclass OR c.oid IN "
+             "(SELECT inhrelid FROM pg_inherits WHERE inhparent = %s::regclass) ORDER BY 1")
+
+
+@pytest.mark.parametrize("identity, sleep", [("FULL", "0"), ("USING INDEX", "0"), ("USING INDEX", "0.01")])
+def test_replica_identity_reaches_every_partition(conn, partman, identity, sleep):
+    """Logical replication (a CDC feed of the ledger, say) logs a changed row's old values by the
+    partition's own replica identity, which PostgreSQL hands to no partition. So FULL, or USING
+    INDEX (each partition's index of the same index), is set on the new table and on every
+    partition, including those `maintain` makes later and the default move's."""
+    conn.execute(
+        "CREATE TABLE feeds (id bigserial PRIMARY KEY, at date NOT NULL, code text NOT NULL, body text);"
+        "CREATE UNIQUE INDEX feeds_code ON feeds (code, at);"
+        "INSERT INTO feeds (at, code, body) SELECT date '2024-01-01' + g % 200, 'c' || g, 'b' FROM generate_series(1, 2000) g;"
+        + ("ALTER TABLE feeds REPLICA IDENTITY FULL" if identity == "FULL" else
+           "ALTER TABLE feeds REPLICA IDENTITY USING INDEX feeds_code"))
+    dry = partman("convert", "feeds", "--column", "at", "--interval", "month", "--dry-run")
+    said = "FULL" if identity == "FULL" else "USING INDEX feeds_code"
+    assert f"-- recreated on the new table: replica identity: {said}, on every partition too" in dry.out
+    r = partman("convert", "feeds", "--column", "at", "--interval", "month", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    assert "replica identity" not in r.err  # nothing to warn about
+    conn.execute("INSERT INTO feeds (at, code) VALUES ('2031-05-05', 'later')")  # into the default partition
+    newest = conn.execute("SELECT max(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = 'feeds'::regclass "
+                          "AND inhrelid::regclass::text <> 'feeds_default'").fetchone()[0]
+    conn.execute(f"DROP TABLE {newest}")
+    assert partman("maintain").code == 0
+    rows = conn.execute(_IDENTITY, ("feeds", "feeds")).fetchall()
+    names = [row[0] for row in rows]
+    assert newest in names and "feeds_p20310501" in names and len(rows) > 10  # made again, and the moved rows'
+    if identity == "FULL":
+        assert all(row[1:] == ("f", None) for row in rows), rows
+    else:
+        assert rows[0] == ("feeds", "i", "feeds_code")
+        # each partition's own index of feeds_code, as PostgreSQL names it
+        assert all(row[1:] == ("i", f"{row[0]}_code_at_idx") for row in rows[1:]), rows
+    assert conn.execute(_IDENTITY, ("feeds_old", "feeds_old")).fetchall() == [
+        ("feeds_old", "f" if identity == "FULL" else "i", None if identity == "FULL" else "feeds_code_old")]
+
+
+def test_a_replica_identity_index_that_cannot_stay_one_is_said_before(conn, partman):
+    """A unique index without the partition key gets it appended; when that column is nullable,
+    the index cannot be a replica identity: the plan says so (and how to keep it) instead of the
+    conversion failing after its copy."""
+    conn.execute(
+        "CREATE TABLE feeds (id bigserial PRIMARY KEY, at date, code text NOT NULL);"
+        "CREATE UNIQUE INDEX feeds_code ON feeds (code);"
+        "ALTER TABLE feeds REPLICA IDENTITY USING INDEX feeds_code;"
+        "INSERT INTO feeds (at, code) SELECT date '2024-01-01' + g % 200, 'c' || g FROM generate_series(1, 500) g")
+    r = partman("convert", "feeds", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
+    assert r.code == 0, r.err
+    assert "the replica identity of public.feeds is index feeds_code, which gets at appended" in " ".join(r.err.split())
+    assert {row[1] for row in conn.execute(_IDENTITY, ("feeds", "feeds")).fetchall()} == {"d"}
+
+
 @pytest.mark.parametrize("sleep", ["0", "0.01"])
 def test_compression_and_tablespaces_come_along_and_reach_new_partitions(conn, partman, pg_server, sleep):
     """A column's compression and the table's and its indexes' tablespaces are the new table's

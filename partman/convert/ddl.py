@@ -327,12 +327,26 @@ def decorate(model: TableModel, target: QualifiedName, partitions: list[Qualifie
     return out
 
 
-def replica_identity(model: TableModel, target: QualifiedName) -> list[sql.Composable]:
+def replica_identity(model: TableModel, target: QualifiedName, indexes: list[IndexDDL], column: str) -> list[sql.Composable]:
+    """The original's replica identity on the partitioned table, after its indexes are built (USING
+    INDEX names the shadow's copy of the original's index). Its partitions get it from there once
+    theirs exist (partitions.replica_identity_sql): PostgreSQL hands it to none of them."""
     if model.replica_identity == "f":
         return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target.ident())]
     if model.replica_identity == "n":
         return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(target.ident())]
+    idx = next((i for i in indexes if i.final_name == model.replica_identity_index), None)
+    if model.replica_identity == "i" and idx is not None and not _replica_index_unusable(model, column):
+        return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(target.ident(), sql.Identifier(idx.temp_name))]
     return []
+
+
+def _replica_index_unusable(model: TableModel, column: str) -> bool:
+    """The replica identity index gets the partition key appended (a unique index of a partitioned
+    table must include it), and that column is nullable: such an index cannot be a replica identity."""
+    idx = next((i for i in model.indexes if i.name == model.replica_identity_index), None)
+    col = model.column(column)
+    return idx is not None and column not in idx.columns and col is not None and not col.notnull
 
 
 def swap_triggers(model: TableModel, new: QualifiedName) -> list[sql.Composable]:
@@ -491,9 +505,11 @@ def warnings(model: TableModel, column: str) -> list[str]:
             out.append(f"foreign key {k.name} is re-created on the new table after the copy: on each partition NOT VALID "
                        "and then validated, which reads the partition while writers of the referenced table go on "
                        "(they wait only for the moments each one is added).")
-    if model.replica_identity == "i":
-        out.append(f"replica identity uses index {model.replica_identity_index}; set it on each partition after "
-                   "the swap (ALTER TABLE ... REPLICA IDENTITY USING INDEX).")
+    if model.replica_identity == "i" and _replica_index_unusable(model, column):
+        out.append(f"the replica identity of {t} is index {model.replica_identity_index}, which gets {column} appended "
+                   f"(a unique index of a partitioned table must include its partition key), and {column} is nullable, "
+                   "so it cannot be one: the new table and its partitions keep the default (the primary key). To keep "
+                   f"it, SET NOT NULL on {column} first.")
     for v in model.views:
         if v.materialized:
             out.append(f"materialized view {v.name} is rebuilt after the swap, under another name while the old one "

@@ -234,7 +234,8 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
         widened = [i.note for i in index_ddl if getattr(i, "widened", False)]
         leaf_names = [leaf for _, leaf in leaves]
-        decorate_ddl = list(ddl.decorate(model, shadow, leaf_names))
+        decorate_ddl = list(ddl.decorate(model, shadow, leaf_names)) + ddl.replica_identity(
+            model, shadow, index_ddl, options.column)
         foreign_keys = ddl.foreign_keys(model, shadow, leaf_names)
         recreated = describe_recreated(model)
     return ConversionPlan(
@@ -283,4 +284,7 @@ def describe_recreated(model: Any) -> dict[str, list[str]]:
     out["policies"] = names("policies")
     out["publications"] = [str(p) for p in (getattr(model, "publications", None) or [])]
     out["statistics"] = [str(s.name) for s in (getattr(model, "statistics", None) or [])]
+    identity = {"f": "FULL", "n": "NOTHING", "i": f"USING INDEX {getattr(model, 'replica_identity_index', '')}"}
+    if getattr(model, "replica_identity", "d") in identity:
+        out["replica identity"] = [identity[model.replica_identity] + ", on every partition too"]
     return {k: v for k, v in out.items() if v}

@@ -15,14 +15,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog, db, failpoints, log, naming
+from .. import catalog, db, failpoints, log, naming, partitions
 from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, UsageError
 from ..settings import Settings
 from . import capture, ddl, matviews, plan as planning, render
 from .copy import run_copy
 from .progress import Progress
-from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, relation_exists, swap
+from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, child_tables, relation_exists, swap
 from .verify import GENTLE_FIRST_RANGE, GENTLE_RANGE_MS, typed_columns, verify
 
 CATCHUP_ROUND = 10_000
@@ -414,8 +414,12 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
                                  shadow=p.shadow, analyze=not expressions, every=p.index_ddl)
     _add_foreign_keys(conn, settings, p)
     with conn.transaction():
-        for stmt in [*p.decorate_ddl, *ddl.replica_identity(model, p.shadow)]:
+        for stmt in p.decorate_ddl:
             conn.execute(stmt)
+        shadow_oid = conn.execute("SELECT %s::regclass::oid", (p.shadow.literal,)).fetchone()[0]
+        for child in child_tables(conn, p.shadow):  # the partitions' replica identity, from the table's
+            for stmt in partitions.replica_identity_sql(conn, shadow_oid, child):
+                conn.execute(stmt)
         if not analyzed:
             indexes.analyze(conn, p.shadow, gentle=p.options.sleep > 0 and settings.throttle)
         catalog.update_conversion(conn, settings, cid, phase="catchup")

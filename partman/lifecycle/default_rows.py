@@ -25,7 +25,7 @@ from ..catalog import ManagedTable
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
 from ..partitions import (Partition, clone_statistics_sql, column_settings, column_settings_sql, list_partitions,
-                          newest_statistics, storage_options, with_options)
+                          newest_partition, newest_statistics, replica_identity_sql, storage_options, with_options)
 from ..settings import Settings
 from . import aware, columns, overlaps, parent_of
 from .premake import ddl_attempts
@@ -197,8 +197,11 @@ def _move_range(
         rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
         _restore(c, restore)
         failpoints.hit("maintain.default.attach")
+        like = newest_partition(list_partitions(c, parent, mt.key_type))
         c.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             parent.ident(), name.ident(), sql.Literal(lo_lit), sql.Literal(hi_lit)))
+        for stmt in replica_identity_sql(c, like.oid, name) if like is not None else []:  # its indexes: the attach's
+            c.execute(stmt)
         c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT partman_range").format(name.ident()))
         c.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(name.ident()))
         return rest

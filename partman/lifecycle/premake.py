@@ -13,8 +13,8 @@ from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, with_lock_retry
 from ..partitions import (ColumnSettings, ExtendedStatistics, Partition, clone_statistics_sql, column_settings,
-                          column_settings_sql, create_partition_sql, list_partitions, newest_statistics,
-                          storage_options)
+                          column_settings_sql, create_partition_sql, list_partitions, newest_partition,
+                          newest_statistics, replica_identity_sql, storage_options)
 from ..settings import Settings
 from . import aware, overlaps, parent_of, server_now
 
@@ -72,10 +72,11 @@ def _covered(lo: datetime, hi: datetime, parts: list[tuple[datetime | None, date
 
 def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: datetime, hi: datetime,
            options: list[str] | tuple[str, ...] = (), columns: ColumnSettings | None = None,
-           statistics: list[ExtendedStatistics] | None = None) -> str:
+           statistics: list[ExtendedStatistics] | None = None, like: Partition | None = None) -> str:
     """One partition [lo, hi), with `options` (partitions.storage_options), the column
-    statistics settings `columns` (partitions.column_settings) and the extended statistics
-    objects `statistics` (partitions.newest_statistics)."""
+    statistics settings `columns` (partitions.column_settings), the extended statistics
+    objects `statistics` (partitions.newest_statistics) and the replica identity of `like` (the
+    newest partition)."""
     parent = parent_of(mt)
     name = QualifiedName(mt.schema_name, naming.partition_name(mt.table_name, lo))
     statements = [create_partition_sql(parent, name, lo, hi, mt.key_type, options),
@@ -83,6 +84,8 @@ def create(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, lo: d
 
     def make(c: psycopg.Connection) -> None:
         for stmt in statements:
+            c.execute(stmt)
+        for stmt in replica_identity_sql(c, like.oid, name) if like is not None else []:  # once its indexes exist
             c.execute(stmt)
 
     failpoints.hit("maintain.premake.before_ddl")
@@ -108,7 +111,7 @@ def run(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict:
     statistics = newest_statistics(conn, parts) if missing else []
     for lo, hi in missing:
         try:
-            created.append(create(conn, settings, mt, lo, hi, options, columns, statistics))
+            created.append(create(conn, settings, mt, lo, hi, options, columns, statistics, newest_partition(parts)))
         except pgerrors.CheckViolation:
             # rows for this range sit in the default partition: the default move creates it
             blocked.append(naming.partition_name(mt.table_name, lo))
