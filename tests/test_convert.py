@@ -104,6 +104,26 @@ def test_paced_conversion_indexes_the_empty_partitions_before_the_copy(conn, par
     assert names == old_names
 
 
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_the_analyze_reads_every_partition_once_however_many_connections_share_it(conn, partman, monkeypatch, workers):
+    """At full speed two connections share the ANALYZE: one analyzes its half of the partitions,
+    the other the partitioned table's own sample and the other half, passing over the first
+    half's. Every partition is analyzed exactly once and the new table has its whole-table
+    statistics, as with one connection."""
+    make_ledger(conn, 3000)
+    monkeypatch.setenv("PARTMAN_CONVERT_WORKERS", workers)
+    r = partman(*CONVERT, "--sleep", "0", "--yes")
+    assert r.code == 0, r.err
+    counts = conn.execute(
+        "SELECT c.relname, s.analyze_count, c.reltuples FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE i.inhparent = 'audit_log_ledger'::regclass").fetchall()
+    assert len(counts) > 10 and all(n == 1 for _, n, _ in counts), counts
+    assert sum(rows for *_, rows in counts) == 3000
+    whole = conn.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'audit_log_ledger' "
+                         "AND inherited").fetchone()[0]
+    assert whole == 7  # every column of the ledger
+
+
 def test_out_of_order_commits_are_not_lost(conn, dsn, partman):
     conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, note text)")
     conn.execute(

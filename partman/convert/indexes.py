@@ -5,14 +5,14 @@ Locks decide what can overlap. On the partitioned shadow, `CREATE INDEX` takes S
 every partition, `ADD CONSTRAINT ... PRIMARY KEY` ACCESS EXCLUSIVE, and ANALYZE SHARE UPDATE
 EXCLUSIVE, which conflicts with SHARE: built through the parent, nothing but plain index builds
 could overlap, and the ANALYZE (as long as all the index builds together) would run after them.
-So at full speed (`workers` > 1) each index is first built partition by partition (the same
-definition on each partition, under the name PostgreSQL would give it: partition_index_names; a
-constraint as that partition's own constraint), which locks one partition at a time, on
-`workers` connections, while one of them
-runs the ANALYZE of the whole shadow (which visits the partitions one at a time too). Then the
-parent's own statement runs: PostgreSQL finds the matching index (and constraint) on every
-partition and attaches it instead of building it, which takes milliseconds. A partition index
-that did not get attached (a definition that did not match) is dropped, so nothing is left twice.
+So at full speed (`workers` > 1) the ANALYZE of the whole shadow comes first, its work shared
+by two connections (_analyze_split), and then each index is built partition by partition (the
+same definition on each partition, under the name PostgreSQL would give it:
+partition_index_names; a constraint as that partition's own constraint), which locks one
+partition at a time, on `workers` connections. Then the parent's own statement runs:
+PostgreSQL finds the matching index (and constraint) on every partition and attaches it instead
+of building it, which takes milliseconds. A partition index that did not get attached (a
+definition that did not match) is dropped, so nothing is left twice.
 
 Paced (--sleep > 0) the indexes were created on the empty partitions before the copy
 (plan.ConversionPlan.indexes_first), so only the ANALYZE is left here; should some be missing
@@ -187,6 +187,75 @@ def _analyze(shadow: QualifiedName, *, gentle: bool) -> Callable[[psycopg.Connec
     return lambda c: analyze(c, shadow, gentle=gentle)
 
 
+def analyze_halves(conn: psycopg.Connection, shadow: QualifiedName) -> tuple[list[QualifiedName], list[QualifiedName]] | None:
+    """The shadow's partitions in two halves of about equal ANALYZE work, the first in OID order
+    (the order ANALYZE visits them) and weighed with the parent's own sample on the second's
+    side; None when fewer than two hold rows. A partition's ANALYZE reads up to
+    300 x default_statistics_target pages of it, whatever its size."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, least(pg_relation_size(c.oid) / current_setting('block_size')::int, "
+        "300 * current_setting('default_statistics_target')::int) FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE i.inhparent = %s::regclass ORDER BY c.oid", (shadow.literal,)).fetchall()
+    if sum(1 for r in rows if r[2] > 0) < 2:
+        return None
+    half = (sum(r[2] for r in rows) + max(r[2] for r in rows)) / 2  # the parent's sample: as much as the largest
+    first: list[QualifiedName] = []
+    work = 0
+    for schema, name, pages in rows:
+        if work >= half:
+            break
+        first.append(QualifiedName(schema, name))
+        work += pages
+    return first, [QualifiedName(r[0], r[1]) for r in rows[len(first):]]
+
+
+STARTED_WITHIN = 60.0  # _analyze_split: how long the first job waits for the second to start
+
+
+def _analyze_split(shadow: QualifiedName, first: list[QualifiedName],
+                   second: list[QualifiedName]) -> list[Callable[[psycopg.Connection], None]]:
+    """The shadow's ANALYZE as two jobs of about equal work, for two connections (both cores)
+    instead of one. On PostgreSQL before 18 the partitioned table's ANALYZE always analyzes every
+    partition too (18 has ANALYZE ONLY), so: the first job locks its partitions (SHARE UPDATE
+    EXCLUSIVE, ANALYZE's own lock) and analyzes them in one transaction; the second, once they
+    are locked, locks the parent and the other partitions and runs the parent's ANALYZE with
+    SKIP_LOCKED, which takes the parent's sample of all partitions and analyzes those it holds,
+    passing over the first job's (silently: PostgreSQL reports a skipped partition only when it
+    was named). Each job holds its partitions until the parent's ANALYZE is over: no index build
+    slips in and makes it pass over one of the second job's, and it cannot analyze the first
+    job's again. The two must run at the same time (the first submitted first, on two
+    connections); should the second not start within STARTED_WITHIN seconds, the first commits
+    and the second analyzes those partitions again: slower, never wrong."""
+    locked, started, done = threading.Event(), threading.Event(), threading.Event()
+
+    def own(c: psycopg.Connection) -> None:
+        try:
+            with c.transaction():
+                c.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(p.ident() for p in first)))
+                locked.set()
+                for p in first:
+                    c.execute(sql.SQL("ANALYZE {}").format(p.ident()))
+                if started.wait(STARTED_WITHIN):
+                    done.wait()
+        finally:
+            locked.set()  # failed: the other job then analyzes them all
+
+    def parent(c: psycopg.Connection) -> None:
+        started.set()
+        try:
+            locked.wait()
+            with c.transaction():
+                c.execute(sql.SQL("LOCK TABLE ONLY {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join([shadow.ident(), *(p.ident() for p in second)])))
+                c.execute(sql.SQL("ANALYZE (SKIP_LOCKED) {}").format(shadow.ident()))
+        finally:
+            done.set()
+
+    return [own, parent]
+
+
 def _partition_statement(idx: Any, part: QualifiedName, name: str) -> sql.Composable | None:
     """The parent's index (or constraint) for one partition, under the partition's own name."""
     build = getattr(idx, "build", None)
@@ -224,10 +293,18 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass ORDER BY c.oid DESC",
         (shadow.literal,))]
     names = partition_index_names(every, parts[::-1], _other_names(conn, shadow))
+    jobs: list[Callable[[psycopg.Connection], None]] = []
+    order = parts
+    halves = analyze_halves(conn, shadow) if analyze and pause is None and workers > 1 else None
+    if halves is not None:  # both connections analyze first; then the first half's builds, whose locks go first
+        jobs = _analyze_split(shadow, *halves)
+        order = [*halves[0], *halves[1]]
+    elif analyze:
+        jobs = [_analyze(shadow, gentle=pause is not None)]
     # (statement, parent IndexDDL, partition, partition index name); per partition the
     # constraints first (they lock the partition exclusively), then the plain indexes
     items: list[tuple[Any, Any, QualifiedName, str]] = []
-    for part in parts:
+    for part in order:
         for idx in sorted(todo, key=lambda i: not i.constraint):
             name = names[(idx.temp_name, part.name)]
             st = _partition_statement(idx, part, name)
@@ -236,7 +313,6 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
     # (an index of a shape not known here has no items: its parent statement builds it whole)
     if pause is not None:
         workers = 1
-    jobs = [_analyze(shadow, gentle=pause is not None)] if analyze else []
     jobs += [_statement(st) for st, *_ in items]
     # one process per build: the connections already keep the cores busy, and a partition's
     # build with parallel workers on top of them only adds their start-up and merge cost
