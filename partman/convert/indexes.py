@@ -294,17 +294,15 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
         (shadow.literal,))]
     names = partition_index_names(every, parts[::-1], _other_names(conn, shadow))
     jobs: list[Callable[[psycopg.Connection], None]] = []
-    order = parts
     halves = analyze_halves(conn, shadow) if analyze and pause is None and workers > 1 else None
-    if halves is not None:  # both connections analyze first; then the first half's builds, whose locks go first
+    if halves is not None:  # both connections analyze first, and release all the partitions at once
         jobs = _analyze_split(shadow, *halves)
-        order = [*halves[0], *halves[1]]
     elif analyze:
         jobs = [_analyze(shadow, gentle=pause is not None)]
     # (statement, parent IndexDDL, partition, partition index name); per partition the
     # constraints first (they lock the partition exclusively), then the plain indexes
     items: list[tuple[Any, Any, QualifiedName, str]] = []
-    for part in order:
+    for part in parts:
         for idx in sorted(todo, key=lambda i: not i.constraint):
             name = names[(idx.temp_name, part.name)]
             st = _partition_statement(idx, part, name)
