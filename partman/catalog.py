@@ -214,6 +214,12 @@ def update_conversion(conn: psycopg.Connection, settings: Settings, conversion_i
     conn.execute(q, [*values.values(), conversion_id])
 
 
+def merge_options(conn: psycopg.Connection, settings: Settings, conversion_id: int, values: dict[str, Any]) -> None:
+    """Set keys of a conversion's options (what later phases and revert read back)."""
+    conn.execute(sql.SQL("UPDATE {} SET options = options || %s::jsonb WHERE id = %s").format(
+        ident(settings, "conversion")), (json.dumps(values), conversion_id))
+
+
 def add_copied(conn: psycopg.Connection, settings: Settings, conversion_id: int, rows: int, **values: Any) -> None:
     """A copy batch's bookkeeping, in its transaction: `rows` more copied (an increment, so two
     workers' batches add up exactly whatever order they commit in), and `values` set."""

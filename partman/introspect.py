@@ -70,6 +70,7 @@ class Index:
     comment: str | None
     attnames: list[str] = field(default_factory=list)  # the index's own column names (key, then INCLUDE)
     tablespace: str | None = None  # when not the database's default
+    decorations: str = ""  # decorations(): a digest of what ddl.redecorate sets
 
 
 @dataclass
@@ -257,10 +258,7 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
             (oid,),
         )
     ]
-    m.grants = _grants(conn, "SELECT relacl AS acl, relowner AS owner, NULL::name AS col FROM pg_class WHERE oid = %s "
-                       "UNION ALL SELECT a.attacl, c.relowner, a.attname FROM pg_attribute a "
-                       "JOIN pg_class c ON c.oid = a.attrelid WHERE a.attrelid = %s AND a.attacl IS NOT NULL "
-                       "AND NOT a.attisdropped", (oid, oid))
+    m.grants = _grants(conn, _ACL, (oid, oid))
     m.owned_sequences = [
         OwnedSequence(QualifiedName(row["nspname"], row["relname"]), row["attname"], row["deptype"] == "i")
         for row in fetch_dicts(
@@ -279,6 +277,7 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
         )
     ]
     m.views = _views(conn, oid)
+    m.decorations = decorations(conn, oid)
     m.statistics = extended_statistics(conn, oid)
     m.statistics_taken = [(r[0], r[1]) for r in conn.execute(
         "SELECT s.stxname, n.nspname FROM pg_statistic_ext s JOIN pg_class c ON c.oid = s.stxrelid "
@@ -431,6 +430,12 @@ def _indexes(conn: psycopg.Connection, oid: int) -> list[Index]:
     ]
 
 
+# a table's privileges and its columns' (oid, oid), for _grants
+_ACL = ("SELECT relacl AS acl, relowner AS owner, NULL::name AS col FROM pg_class WHERE oid = %s "
+        "UNION ALL SELECT a.attacl, c.relowner, a.attname FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid WHERE a.attrelid = %s AND a.attacl IS NOT NULL AND NOT a.attisdropped")
+
+
 def _grants(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> list[Grant]:
     rows = fetch_dicts(
         conn,
@@ -478,6 +483,35 @@ def _views(conn: psycopg.Connection, oid: int) -> list[DependentView]:
         out.append(DependentView(QualifiedName(r["nspname"], r["relname"]), r["mat"], r["def"], list(r["opts"]),
                                  r["owner"], r["relispopulated"], indexes, grants, r["comment"], dependents))
     return out
+
+
+_DECORATIONS = """
+SELECT md5(json_build_array(
+    pg_get_userbyid(c.relowner), c.relacl::text, obj_description(c.oid, 'pg_class'),
+    c.relrowsecurity, c.relforcerowsecurity, c.relreplident,
+    (SELECT x.relname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+      WHERE i.indrelid = c.oid AND i.indisreplident),
+    (SELECT json_agg(json_build_array(a.attname, a.attacl::text, col_description(c.oid, a.attnum)) ORDER BY a.attnum)
+       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))::text)
+FROM pg_class c WHERE c.oid = %s
+"""
+
+
+def decorations(conn: psycopg.Connection, oid: int) -> str:
+    """A digest of what a DBA may change on a table while it is converted without changing what
+    it is (owner, grants, comments on it and its columns, row-level security switches, replica
+    identity): the swap compares it with the one of the table it decorated the new one from, and
+    sets them again when they differ (convert.run). Names only: the same whatever search_path."""
+    row = conn.execute(_DECORATIONS, (oid,)).fetchone()
+    if row is None:
+        raise PartmanError(f"The table with oid {oid} no longer exists.")
+    return row[0]
+
+
+def grantees(conn: psycopg.Connection, oid: int) -> list[str]:
+    """The roles (and PUBLIC) that hold a privilege on a table or on one of its columns, other
+    than its owner's own."""
+    return sorted({g.grantee for g in _grants(conn, _ACL, (oid, oid))})
 
 
 _FINGERPRINT = """

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import relations_in
+from helpers import is_partitioned, relations_in
+from partman.db import QualifiedName
 from partman import naming
 from partman.pgtemp import SYSTEM_USER
 
@@ -631,6 +632,51 @@ def test_replica_identity_reaches_every_partition(conn, partman, identity, sleep
         assert all(row[1:] == ("i", f"{row[0]}_code_at_idx") for row in rows[1:]), rows
     assert conn.execute(_IDENTITY, ("feeds_old", "feeds_old")).fetchall() == [
         ("feeds_old", "f" if identity == "FULL" else "i", None if identity == "FULL" else "feeds_code_old")]
+
+
+def test_grants_comments_and_replica_identity_changed_during_the_conversion_reach_the_new_table(
+        conn, partman, partman_proc):
+    """A paced conversion of the ledger takes hours, and a DBA may GRANT the new reporting role,
+    REVOKE a departed one or set REPLICA IDENTITY FULL for a new CDC feed meanwhile. The new table
+    was decorated from the original as it was; the swap, under its lock, finds the original's
+    changed since and sets them again, so the table that takes its place neither refuses the new
+    reader nor admits the revoked one. Nothing is set again when nothing changed."""
+    tag = uuid.uuid4().hex[:8]
+    gone, new = f"gone_{tag}", f"reporting_{tag}"
+    conn.execute(sql.SQL(
+        """
+        CREATE ROLE {gone}; CREATE ROLE {new};
+        CREATE TABLE rounds (id bigserial PRIMARY KEY, at date NOT NULL, who text, note text);
+        GRANT SELECT ON rounds TO {gone}; GRANT UPDATE (note) ON rounds TO {gone};
+        COMMENT ON TABLE rounds IS 'before'; COMMENT ON COLUMN rounds.note IS 'free text';
+        INSERT INTO rounds (at, who) SELECT date '2024-01-01' + g % 200, 'w' FROM generate_series(1, 1500) g;
+        CREATE TABLE calm (id bigserial PRIMARY KEY, at date NOT NULL);
+        INSERT INTO calm (at) SELECT date '2024-01-01' + g % 200 FROM generate_series(1, 300) g;
+        """).format(gone=sql.Identifier(gone), new=sql.Identifier(new)))
+    calm = partman("convert", "calm", "--column", "at", "--interval", "month", "--yes")
+    assert calm.code == 0 and "decorations_reapplied" not in calm.err
+    args = ("convert", "rounds", "--column", "at", "--interval", "month", "--sleep", "0.01")
+    killed = partman_proc(*args, extra_env={"PARTMAN_FAILPOINTS": "convert.swap.before=1:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    conn.execute(sql.SQL(
+        """
+        GRANT SELECT, INSERT ON rounds TO {new}; REVOKE ALL ON rounds FROM {gone};
+        COMMENT ON TABLE rounds IS 'after'; COMMENT ON COLUMN rounds.note IS NULL;
+        ALTER TABLE rounds REPLICA IDENTITY FULL; ALTER TABLE rounds ENABLE ROW LEVEL SECURITY;
+        """).format(gone=sql.Identifier(gone), new=sql.Identifier(new)))
+    r = partman(*args, "--yes")
+    assert r.code == 0, r.err
+    assert "decorations_reapplied" in r.err
+    assert is_partitioned(conn, QualifiedName("public", "rounds"))
+    privileges = conn.execute(
+        "SELECT has_table_privilege(%(new)s, 'rounds', 'SELECT'), has_table_privilege(%(new)s, 'rounds', 'INSERT'), "
+        "has_table_privilege(%(gone)s, 'rounds', 'SELECT'), has_column_privilege(%(gone)s, 'rounds', 'note', 'UPDATE')",
+        {"new": new, "gone": gone}).fetchone()
+    assert privileges == (True, True, False, False)
+    assert conn.execute("SELECT obj_description('rounds'::regclass, 'pg_class'), col_description('rounds'::regclass, 4), "
+                        "relrowsecurity FROM pg_class WHERE oid = 'rounds'::regclass").fetchone() == ("after", None, True)
+    identities = {row[1] for row in conn.execute(_IDENTITY, ("rounds", "rounds")).fetchall()}
+    assert identities == {"f"}  # the table and every partition
 
 
 def test_a_replica_identity_index_that_cannot_stay_one_is_said_before(conn, partman):

@@ -7,7 +7,7 @@ pg_catalog-only search_path so every name in them is qualified."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -287,8 +287,7 @@ def decorate(model: TableModel, target: QualifiedName, partitions: list[Qualifie
     """Owner, grants, comments, row-level security and policies, column storage: applied to the
     shadow before the swap (none of it needs the data). Foreign keys: foreign_keys()."""
     t = target.ident()
-    out: list[sql.Composable] = [sql.SQL("ALTER TABLE {} OWNER TO {}").format(t, sql.Identifier(model.owner))]
-    out += [sql.SQL("ALTER TABLE {} OWNER TO {}").format(p.ident(), sql.Identifier(model.owner)) for p in partitions]
+    out = _owners(model, target, partitions)
     out += [_grant(g, t) for g in model.grants]
     if model.comment is not None:
         out.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(t, sql.Literal(model.comment)))
@@ -324,6 +323,34 @@ def decorate(model: TableModel, target: QualifiedName, partitions: list[Qualifie
         if p.check is not None:
             stmt += sql.SQL(" WITH CHECK ({})").format(_raw(p.check))
         out.append(stmt)
+    return out
+
+
+def _owners(model: TableModel, target: QualifiedName, partitions: Sequence[QualifiedName]) -> list[sql.Composable]:
+    return [sql.SQL("ALTER TABLE {} OWNER TO {}").format(x.ident(), sql.Identifier(model.owner))
+            for x in (target, *partitions)]
+
+
+def redecorate(model: TableModel, target: QualifiedName, partitions: Sequence[QualifiedName], grantees: list[str],
+               indexes: list[IndexDDL], column: str) -> list[sql.Composable]:
+    """What a DBA may change on the table while it is being converted without changing what it
+    is (its owner, grants, comments on it and its columns, row-level security switches, replica
+    identity), set again on `target` from `model` (read under the swap's lock), each to its state
+    whether or not decorate() set it: first the grants `target` has (to `grantees`) revoked."""
+    t = target.ident()
+    out = _owners(model, target, partitions)
+    out += [sql.SQL("REVOKE ALL ON TABLE {} FROM {} CASCADE").format(
+        t, sql.SQL("PUBLIC") if g == "PUBLIC" else sql.Identifier(g)) for g in grantees]
+    out += [_grant(g, t) for g in model.grants]
+    out.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(t, sql.Literal(model.comment)))
+    out += [sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(t, sql.Identifier(c.name), sql.Literal(c.comment))
+            for c in model.columns]
+    out.append(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(
+        t, sql.SQL("ENABLE" if model.row_security else "DISABLE")))
+    out.append(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(
+        t, sql.SQL("FORCE" if model.force_row_security else "NO FORCE")))
+    out += replica_identity(model, target, indexes, column) or [
+        sql.SQL("ALTER TABLE {} REPLICA IDENTITY DEFAULT").format(t)]
     return out
 
 

@@ -330,7 +330,8 @@ def _run_phases(
                 conn, settings, conversion_id=cid, source=qn, old=p.old, shadow=p.shadow, work=work, model=model,
                 index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding, part=p.partition_key,
                 registration=_registration(p), lock_timeout_ms=p.options.lock_timeout_ms,
-                check=lambda c: check_unchanged(c, qn, model.oid, expected),
+                check=lambda c: (check_unchanged(c, qn, model.oid, expected),
+                                 redecorate_if_changed(c, settings, p, model.oid, cid)),
             )
             logger.info("swapped", lock_ms=round(stats["lock_ms"], 1), replay_ms=round(stats["replay_ms"], 1),
                         commit_ms=round(stats["commit_ms"], 1), caught_up=stats.get("caught_up"),
@@ -416,13 +417,44 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     with conn.transaction():
         for stmt in p.decorate_ddl:
             conn.execute(stmt)
-        shadow_oid = conn.execute("SELECT %s::regclass::oid", (p.shadow.literal,)).fetchone()[0]
-        for child in child_tables(conn, p.shadow):  # the partitions' replica identity, from the table's
-            for stmt in partitions.replica_identity_sql(conn, shadow_oid, child):
-                conn.execute(stmt)
+        _partitions_replica_identity(conn, p.shadow)
+        # what the decorations were made from: the swap sets them again if the original's change
+        catalog.merge_options(conn, settings, cid, {"decorations": model.decorations})
         if not analyzed:
             indexes.analyze(conn, p.shadow, gentle=p.options.sleep > 0 and settings.throttle)
         catalog.update_conversion(conn, settings, cid, phase="catchup")
+
+
+def _partitions_replica_identity(conn: psycopg.Connection, shadow: QualifiedName) -> None:
+    """Each partition's replica identity from the table's (PostgreSQL hands it to none of them)."""
+    shadow_oid = conn.execute("SELECT %s::regclass::oid", (shadow.literal,)).fetchone()[0]
+    for child in child_tables(conn, shadow):
+        for stmt in partitions.replica_identity_sql(conn, shadow_oid, child):
+            conn.execute(stmt)
+
+
+def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, oid: int,
+                          cid: int) -> None:
+    """Under the swap's lock: when the original's owner, grants, comments, row-level security
+    switches or replica identity changed since the new table was decorated from it (a GRANT
+    during a conversion of hours), set them again from the original as it is now, rather than
+    put a table in its place that refuses the new reader or still admits the revoked one. A
+    conversion decorated by an earlier partman has no digest to compare with: left as it is."""
+    from ..introspect import decorations, grantees, introspect
+
+    row = c.execute(sql.SQL("SELECT options->>'decorations' FROM {} WHERE id = %s").format(
+        catalog.ident(settings, "conversion")), (cid,)).fetchone()
+    if row is None or row[0] is None or decorations(c, oid) == row[0]:
+        return
+    now = introspect(c, p.table)
+    shadow_oid = c.execute("SELECT %s::regclass::oid", (p.shadow.literal,)).fetchone()[0]
+    for stmt in ddl.redecorate(now, p.shadow, child_tables(c, p.shadow), grantees(c, shadow_oid), p.index_ddl,
+                               p.options.column):
+        c.execute(stmt)
+    _partitions_replica_identity(c, p.shadow)
+    catalog.merge_options(c, settings, cid, {"decorations": now.decorations})
+    log.get().warning("decorations_reapplied", table=str(p.table), reason="the original's owner, grants, comments, "
+                      "row-level security or replica identity changed during the conversion")
 
 
 def _add_foreign_keys(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan) -> None:

@@ -4,7 +4,6 @@ partitioned table in the original's place with everything it carries."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -197,13 +196,9 @@ def swap(
                 sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old.schema, name), sql.Identifier(renamed))
             )
         statistics_renames = hand_over_statistics(c, model, work.schema)
-        c.execute(
-            sql.SQL("UPDATE {} SET options = options || %s::jsonb WHERE id = %s").format(
-                catalog.ident(settings, "conversion")
-            ),
-            (json.dumps({"index_renames": renames, "statistics_renames": statistics_renames,
-                         "matviews": matviews.pending(c, model, work.schema)}), conversion_id),
-        )
+        catalog.merge_options(c, settings, conversion_id, {
+            "index_renames": renames, "statistics_renames": statistics_renames,
+            "matviews": matviews.pending(c, model, work.schema)})
         # the shadow and its partitions move into the table's schema under their final names
         for child in child_tables(c, shadow):
             c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(child.ident(), sql.Identifier(source.schema)))
