@@ -679,6 +679,37 @@ def test_grants_comments_and_replica_identity_changed_during_the_conversion_reac
     assert identities == {"f"}  # the table and every partition
 
 
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_a_not_valid_check_constraint_comes_along_not_valid(conn, partman, sleep):
+    """A CHECK added NOT VALID guards new rows while old ones may break it. It comes along as it
+    is, after the copy (the old rows copied as they are), on the table and on every partition;
+    new rows that break it are refused as before, also in a partition `maintain` makes later."""
+    conn.execute(
+        "CREATE TABLE doses (id bigserial PRIMARY KEY, at date NOT NULL, mg int);"
+        "INSERT INTO doses (at, mg) SELECT date '2024-01-01' + g % 200, g % 50 - 5 FROM generate_series(1, 1000) g;"
+        "ALTER TABLE doses ADD CONSTRAINT mg_positive CHECK (mg > 0) NOT VALID;"
+        "COMMENT ON CONSTRAINT mg_positive ON doses IS 'new doses only'")
+    r = partman("convert", "doses", "--column", "at", "--interval", "month", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    assert "mg_positive" not in r.err  # nothing to warn about
+    assert conn.execute("SELECT count(*) FROM doses WHERE mg <= 0").fetchone()[0] == 120  # copied as they were
+    newest = conn.execute("SELECT max(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = 'doses'::regclass "
+                          "AND inhrelid::regclass::text <> 'doses_default'").fetchone()[0]
+    conn.execute(f"DROP TABLE {newest}")
+    assert partman("maintain").code == 0
+    checks = conn.execute(
+        "SELECT c.relname, k.convalidated FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "WHERE k.conname = 'mg_positive' AND (c.oid = 'doses'::regclass OR c.oid IN "
+        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'doses'::regclass))").fetchall()
+    parts = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'doses'::regclass").fetchone()[0]
+    assert len(checks) == parts + 1 and ("doses", False) in checks
+    assert (newest, True) in checks  # made by maintain, empty: valid from the start
+    assert conn.execute("SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint WHERE conname = 'mg_positive' "
+                        "AND conrelid = 'doses'::regclass").fetchone()[0] == "new doses only"
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO doses (at, mg) VALUES ('2024-03-03', -1)")
+
+
 def test_a_replica_identity_index_that_cannot_stay_one_is_said_before(conn, partman):
     """A unique index without the partition key gets it appended; when that column is nullable,
     the index cannot be a replica identity: the plan says so (and how to keep it) instead of the

@@ -284,8 +284,9 @@ def foreign_keys(model: TableModel, target: QualifiedName, partitions: list[Qual
 
 
 def decorate(model: TableModel, target: QualifiedName, partitions: list[QualifiedName] | tuple = ()) -> list[sql.Composable]:
-    """Owner, grants, comments, row-level security and policies, column storage: applied to the
-    shadow before the swap (none of it needs the data). Foreign keys: foreign_keys()."""
+    """Owner, grants, comments, row-level security and policies, column storage, CHECK constraints
+    the original has NOT VALID (as NOT VALID: PostgreSQL passes them to the partitions so): applied
+    to the shadow after the copy, before the swap. Foreign keys: foreign_keys()."""
     t = target.ident()
     out = _owners(model, target, partitions)
     out += [_grant(g, t) for g in model.grants]
@@ -298,6 +299,9 @@ def decorate(model: TableModel, target: QualifiedName, partitions: list[Qualifie
             storage = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}[c.storage]
             out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE {}").format(
                 t, sql.Identifier(c.name), sql.SQL(storage)))
+    for k in model.constraints:  # an unvalidated CHECK after the copy, whose old rows may break it
+        if k.kind == "c" and not k.validated and not k.no_inherit:
+            out.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(t, sql.Identifier(k.name), _raw(k.definition)))
     for k in model.constraints:
         if k.comment is not None and (k.kind in ("c", "p", "u")):  # a foreign key's: foreign_keys()
             out.append(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
@@ -519,8 +523,6 @@ def warnings(model: TableModel, column: str) -> list[str]:
         out.append(f"column {column} of {t} is nullable: rows with a NULL key would land in the default partition. "
                    f"Consider ALTER TABLE ... ALTER COLUMN {column} SET NOT NULL.")
     for k in model.constraints:
-        if k.kind == "c" and not k.validated:
-            out.append(f"CHECK constraint {k.name} is NOT VALID and is not carried over; add it again after the swap.")
         if k.kind == "c" and k.no_inherit:
             out.append(f"CHECK constraint {k.name} is NO INHERIT, which a partitioned table cannot have; not carried.")
         if k.kind == "f" and not k.validated:
