@@ -536,6 +536,9 @@ def test_extended_statistics_come_along_to_every_partition_and_go_back_on_revert
         CREATE STATISTICS stats_elsewhere.rounds_note ON lower(note) FROM rounds;
         INSERT INTO rounds (at, ward, room, note)
         SELECT date '2024-01-01' + g % 200, g % 100 / 10, g % 100, 'Note ' || g % 7 FROM generate_series(1, 6000) g;
+        CREATE TABLE decoy (a int, b int);  -- names the swap would give the old table's
+        CREATE STATISTICS rounds_ward_room_old ON a, b FROM decoy;
+        CREATE INDEX rounds_pkey_old ON decoy (a);
         """).format(o=sql.Identifier(owner)))
     me = conn.execute("SELECT current_user").fetchone()[0]
     before = conn.execute(_STATISTICS, ("rounds",)).fetchall()
@@ -549,8 +552,11 @@ def test_extended_statistics_come_along_to_every_partition_and_go_back_on_revert
     r = partman("convert", "rounds", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
     assert r.code == 0, r.err
     assert conn.execute(_STATISTICS, ("rounds",)).fetchall() == before  # the partitioned table's now
+    # the old table's take <name>_old, numbered where a name is taken (a failed rename would fail the swap)
     assert [row[:3] for row in conn.execute(_STATISTICS, ("rounds_old",)).fetchall()] == [
-        ("stats_elsewhere", "rounds_note_old", "rounds_old"), ("public", "rounds_ward_room_old", "rounds_old")]
+        ("stats_elsewhere", "rounds_note_old", "rounds_old"), ("public", "rounds_ward_room_old1", "rounds_old")]
+    assert conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'rounds_old'::regclass"
+                        ).fetchall() == [("rounds_pkey_old1",)]
     parts = _partition_statistics(conn, "rounds")
     assert len(parts) > 8
     for part, stats in parts.items():
@@ -575,6 +581,8 @@ def test_extended_statistics_come_along_to_every_partition_and_go_back_on_revert
     # revert: the original's names back, the partitioned table's set aside
     assert partman("revert", "rounds", "--yes").code == 0
     assert conn.execute(_STATISTICS, ("rounds",)).fetchall() == before
+    assert conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'rounds'::regclass"
+                        ).fetchall() == [("rounds_pkey",)]
     assert [row[:3] for row in conn.execute(_STATISTICS, ("rounds_partitioned",)).fetchall()] == [
         ("stats_elsewhere", "rounds_note_partitioned", "rounds_partitioned"),
         ("public", "rounds_ward_room_partitioned", "rounds_partitioned")]

@@ -22,8 +22,8 @@ from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..settings import Settings
 from . import capture, ddl, triggers
-from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, hand_over_identity_names, index_names, relation_exists,
-                   rename_statistics, statistics_exists)
+from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, free_name, hand_over_identity_names, index_names,
+                   relation_exists, rename_statistics, statistics_exists)
 
 ROUND = 10_000
 
@@ -129,7 +129,8 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
         for name in index_names(c, partitioned):
             if name in original_names:
                 c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(qn.schema, name), sql.Identifier(naming.derived(name, "_partitioned"))))
+                    sql.Identifier(qn.schema, name), sql.Identifier(
+                        free_name(name, "_partitioned", lambda n: relation_exists(c, QualifiedName(qn.schema, n))))))
         c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old.ident(), sql.Identifier(qn.name)))
         for renamed, original in renames.items():
             if relation_exists(c, QualifiedName(qn.schema, renamed)):
@@ -137,7 +138,8 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
                     sql.Identifier(qn.schema, renamed), sql.Identifier(original)))
         for schema, spare, original in conv["options"].get("statistics_renames", []):
             if statistics_exists(c, QualifiedName(schema, original)):  # the partitioned table's
-                rename_statistics(c, QualifiedName(schema, original), naming.derived(original, "_partitioned"))
+                rename_statistics(c, QualifiedName(schema, original), free_name(
+                    original, "_partitioned", lambda n, s=schema: statistics_exists(c, QualifiedName(s, n))))
             if statistics_exists(c, QualifiedName(schema, spare)):
                 rename_statistics(c, QualifiedName(schema, spare), original)
         for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:

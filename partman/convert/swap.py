@@ -5,6 +5,7 @@ partitioned table in the original's place with everything it carries."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,17 @@ def hand_over_identity_names(conn: psycopg.Connection, model: Any, giver: Qualif
         conn.execute(sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(taken.ident(), sql.Identifier(given.name)))
 
 
+def free_name(name: str, suffix: str, taken: Callable[[str], bool]) -> str:
+    """`<name><suffix>`, or numbered (`<name><suffix>1`, ...) past the names `taken` answers for: a
+    rename in the swap must not fail on a name somebody happens to use."""
+    n = 0
+    while True:
+        candidate = naming.derived(name, suffix + (str(n) if n else ""))
+        if not taken(candidate):
+            return candidate
+        n += 1
+
+
 def statistics_exists(conn: psycopg.Connection, qn: QualifiedName) -> bool:
     return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace "
@@ -101,7 +113,7 @@ def hand_over_statistics(conn: psycopg.Connection, model: Any, work_schema: str)
     done: list[list[str]] = []
     for stat, work_name in ddl.shadow_statistics(model):
         if statistics_exists(conn, stat.name):
-            spare = naming.derived(stat.name.name, "_old")
+            spare = free_name(stat.name.name, "_old", lambda n: statistics_exists(conn, QualifiedName(stat.name.schema, n)))
             rename_statistics(conn, stat.name, spare)
             done.append([stat.name.schema, spare, stat.name.name])
         copy = QualifiedName(work_schema, work_name)
@@ -190,7 +202,7 @@ def swap(
         c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(source.ident(), sql.Identifier(old.name)))
         renames: dict[str, str] = {}
         for name in index_names(c, old):
-            renamed = naming.derived(name, "_old")
+            renamed = free_name(name, "_old", lambda n: relation_exists(c, QualifiedName(old.schema, n)))
             renames[renamed] = name
             c.execute(
                 sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old.schema, name), sql.Identifier(renamed))
