@@ -216,8 +216,8 @@ STARTED_WITHIN = 60.0  # _analyze_split: how long the first job waits for the se
 def _analyze_split(shadow: QualifiedName, first: list[QualifiedName],
                    second: list[QualifiedName]) -> list[Callable[[psycopg.Connection], None]]:
     """The shadow's ANALYZE as two jobs of about equal work, for two connections (both cores)
-    instead of one. On PostgreSQL before 18 the partitioned table's ANALYZE always analyzes every
-    partition too (18 has ANALYZE ONLY), so: the first job locks its partitions (SHARE UPDATE
+    instead of one. A partitioned table's ANALYZE analyzes every partition too (short of
+    PostgreSQL 18's ANALYZE ONLY), so: the first job locks its partitions (SHARE UPDATE
     EXCLUSIVE, ANALYZE's own lock) and analyzes them in one transaction; the second, once they
     are locked, locks the parent and the other partitions and runs the parent's ANALYZE with
     SKIP_LOCKED, which takes the parent's sample of all partitions and analyzes those it holds,
