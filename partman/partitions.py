@@ -295,3 +295,24 @@ def replica_identity_sql(conn: psycopg.Connection, source: int, target: Qualifie
     if kind == "i" and index is not None:
         return [sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(target.ident(), sql.Identifier(index))]
     return []
+
+
+def standalone_partition_sql(conn: psycopg.Connection, parent: QualifiedName, parts: list[Partition],
+                             name: QualifiedName) -> list[sql.Composable]:
+    """A table that becomes a partition of `parent` by ATTACH later (the default move's staging
+    table, a restored partition): `CREATE TABLE ... (LIKE parent ...)` with what a partition
+    created PARTITION OF takes from the parent (defaults, constraints, generated columns, the
+    columns' storage and compression, the parent's tablespace) and what `maintain` gives its
+    partitions from the newest one (storage options, column statistics settings, extended
+    statistics). Its indexes come with the ATTACH; its replica identity after it
+    (replica_identity_sql)."""
+    space = conn.execute("SELECT spcname FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace "
+                         "WHERE c.oid = %s::regclass", (parent.literal,)).fetchone()
+    return [
+        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
+                "INCLUDING STORAGE INCLUDING COMPRESSION){}{}").format(
+            name.ident(), parent.ident(), with_options(storage_options(conn, parts)),
+            sql.SQL(" TABLESPACE {}").format(sql.Identifier(space[0])) if space else sql.SQL("")),
+        *column_settings_sql(name, column_settings(conn, parts)),
+        *clone_statistics_sql(conn, newest_statistics(conn, parts), name),
+    ]

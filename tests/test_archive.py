@@ -229,6 +229,27 @@ def test_a_partition_with_generated_columns_is_restored_and_attached(conn, partm
     assert conn.execute("SELECT array_agg(o::text ORDER BY id) FROM orders o").fetchone()[0] == before
 
 
+def test_a_restored_partition_is_made_as_maintain_makes_one(conn, partman, s3):
+    """Attached again, a restored partition is like the partitions `maintain` makes: the newest
+    partition's storage options, column statistics targets, extended statistics and replica
+    identity, the parent's column compression."""
+    orders_with_a_generated_column_archived(conn, partman)
+    newest = conn.execute("SELECT max(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = 'orders'::regclass "
+                          "AND inhrelid::regclass::text <> 'orders_default'").fetchone()[0]
+    conn.execute(sql.SQL(
+        "ALTER TABLE orders ALTER COLUMN price SET COMPRESSION pglz; ALTER TABLE {n} SET (fillfactor = 80); "
+        "ALTER TABLE {n} ALTER COLUMN qty SET STATISTICS 300; CREATE STATISTICS newest_qty_price ON qty, price FROM {n}; "
+        "ALTER TABLE {n} REPLICA IDENTITY FULL").format(n=sql.Identifier(newest)))
+    r = partman("restore", "orders", "orders_p20120101", "--attach")
+    assert r.code == 0, r.err
+    got = conn.execute(
+        "SELECT c.reloptions, c.relreplident, (SELECT attstattarget FROM pg_attribute WHERE attrelid = c.oid "
+        "AND attname = 'qty'), (SELECT attcompression FROM pg_attribute WHERE attrelid = c.oid AND attname = 'price'), "
+        "(SELECT array_agg(stxname) FROM pg_statistic_ext WHERE stxrelid = c.oid) "
+        "FROM pg_class c WHERE c.oid = 'orders_p20120101'::regclass").fetchone()
+    assert got == (["fillfactor=80"], "f", 300, "p", ["orders_p20120101_qty_price_stat"])
+
+
 def test_a_generated_column_that_computes_other_values_now_is_refused(conn, partman, s3):
     orders_with_a_generated_column_archived(conn, partman)
     conn.execute("ALTER TABLE orders DROP COLUMN total")

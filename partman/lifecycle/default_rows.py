@@ -24,8 +24,8 @@ from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
-from ..partitions import (Partition, clone_statistics_sql, column_settings, column_settings_sql, list_partitions,
-                          newest_partition, newest_statistics, replica_identity_sql, storage_options, with_options)
+from ..partitions import (Partition, list_partitions, newest_partition, replica_identity_sql,
+                          standalone_partition_sql)
 from ..settings import Settings
 from . import aware, columns, overlaps, parent_of
 from .premake import ddl_attempts
@@ -155,19 +155,7 @@ def _move_range(
     if staging is None:
         meta = json.dumps({"parent": mt.table_name, "lower": lo.isoformat(), "upper": hi.isoformat()})
         with conn.transaction():
-            parts = list_partitions(conn, parent, mt.key_type)
-            options = storage_options(conn, parts)  # as premake's partitions
-            # what a partition created PARTITION OF would take from the parent: the columns' storage
-            # and compression, the parent's tablespace
-            space = conn.execute("SELECT spcname FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace "
-                                 "WHERE c.oid = %s::regclass", (parent.literal,)).fetchone()
-            conn.execute(sql.SQL(
-                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED "
-                "INCLUDING STORAGE INCLUDING COMPRESSION){}{}").format(
-                name.ident(), parent.ident(), with_options(options),
-                sql.SQL(" TABLESPACE {}").format(sql.Identifier(space[0])) if space else sql.SQL("")))
-            for stmt in [*column_settings_sql(name, column_settings(conn, parts)),
-                         *clone_statistics_sql(conn, newest_statistics(conn, parts), name)]:
+            for stmt in standalone_partition_sql(conn, parent, list_partitions(conn, parent, mt.key_type), name):
                 conn.execute(stmt)
             conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
                 name.ident(), k=sql.Identifier(mt.column_name), lo=sql.Literal(lo_lit), hi=sql.Literal(hi_lit)))

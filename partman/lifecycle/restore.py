@@ -1,6 +1,7 @@
 """`partman restore TABLE PARTITION [--attach]`: bring an archived partition back from S3 as a
-plain table named `<partition>` in the parent's schema, after checking the object's sha256
-(against the manifest and the removal record) and its row count; `--attach` re-attaches it."""
+plain table named `<partition>` in the parent's schema (made as the default move makes a
+partition: partitions.standalone_partition_sql), after checking the object's sha256 (against the
+manifest and the removal record) and its row count; `--attach` re-attaches it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from psycopg.rows import dict_row
 from .. import archive, catalog, log
 from ..db import QualifiedName, connect, resolve_table, split_name, with_lock_retry
 from ..errors import PartmanError, UsageError
+from ..partitions import key_column, list_partitions, newest_partition, replica_identity_sql, standalone_partition_sql
 from ..settings import Settings
 from . import relation_kind
 
@@ -106,10 +108,11 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
             )
         tmp.seek(0)
         cols = [c["name"] for c in manifest["columns"]]
-        with conn.transaction():
-            conn.execute(sql.SQL(
-                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)").format(
-                target.ident(), parent.ident()))
+        by = key_column(conn, parent)
+        parts = list_partitions(conn, parent, by[1]) if by else []
+        with conn.transaction():  # made as the default move makes a partition it attaches
+            for stmt in standalone_partition_sql(conn, parent, parts, target):
+                conn.execute(stmt)
             have = dict(conn.execute(
                 "SELECT attname, attgenerated <> '' FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
                 "AND NOT attisdropped", (target.literal,)).fetchall())
@@ -155,8 +158,15 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         hi_sql = sql.SQL("MAXVALUE") if hi is None else sql.Literal(hi)
         stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             parent.ident(), target.ident(), lo_sql, hi_sql)
+        like = newest_partition(parts)
+
+        def attach_it(c: psycopg.Connection) -> None:
+            c.execute(stmt)
+            for identity in replica_identity_sql(c, like.oid, target) if like is not None else []:
+                c.execute(identity)  # as the newest partition's, on the indexes the attach made
+
         try:
-            with_lock_retry(conn, settings, f"attaching {target} to {parent}", lambda c: c.execute(stmt),
+            with_lock_retry(conn, settings, f"attaching {target} to {parent}", attach_it,
                             tables=[target], partitions_of=[parent])
         except psycopg.Error as exc:
             raise PartmanError(
