@@ -71,6 +71,7 @@ class Index:
     attnames: list[str] = field(default_factory=list)  # the index's own column names (key, then INCLUDE)
     tablespace: str | None = None  # when not the database's default
     decorations: str = ""  # decorations(): a digest of what ddl.redecorate sets
+    server_version: int = 0  # the server's, as libpq gives it (150004, 180001)
 
 
 @dataclass
@@ -278,6 +279,7 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
     ]
     m.views = _views(conn, oid)
     m.decorations = decorations(conn, oid)
+    m.server_version = conn.info.server_version
     m.statistics = extended_statistics(conn, oid)
     m.statistics_taken = [(r[0], r[1]) for r in conn.execute(
         "SELECT s.stxname, n.nspname FROM pg_statistic_ext s JOIN pg_class c ON c.oid = s.stxrelid "

@@ -379,6 +379,7 @@ def test_a_foreign_key_comes_along_and_its_validation_lets_the_referenced_tables
         CREATE TABLE care (id bigserial PRIMARY KEY, at date NOT NULL, resident int);
         INSERT INTO care (at, resident) SELECT date '2024-01-01' + g % 120, g FROM generate_series(1, 400) g;
         ALTER TABLE care ADD CONSTRAINT care_resident_fkey FOREIGN KEY (resident) REFERENCES residents (id) NOT VALID;
+        ALTER TABLE care VALIDATE CONSTRAINT care_resident_fkey;  -- quick: the slow operators are not on yet
         COMMENT ON CONSTRAINT care_resident_fkey ON care IS 'who was cared for';
         DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET partman_test.slow = on', current_database()); END $$;
         """)  # distinct residents: each row's lookup is its own (no Memoize), ~9 comparisons of 1 ms
@@ -411,6 +412,34 @@ def test_a_foreign_key_comes_along_and_its_validation_lets_the_referenced_tables
                         "AND conrelid = 'care'::regclass)").fetchone()[0] == partitions
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         conn.execute("INSERT INTO care (at, resident) VALUES ('2024-02-02', 9999)")
+
+
+def test_a_not_valid_foreign_key_stays_not_valid_from_postgresql_18_and_is_checked_before(conn, partman, pg_server):
+    """An original NOT VALID foreign key (old rows break it: a resident long gone). From PostgreSQL
+    18 a partitioned table can keep one, so it comes along NOT VALID, the old rows copied as they
+    are, new ones checked. Before 18 it cannot: the plan says so, and the row that breaks it stops
+    the conversion before its swap, rolled back, the table as it was."""
+    conn.execute(
+        "CREATE TABLE residents (id int PRIMARY KEY); INSERT INTO residents VALUES (1), (2);"
+        "CREATE TABLE care (id bigserial PRIMARY KEY, at date NOT NULL, resident int);"
+        "INSERT INTO care (at, resident) SELECT date '2024-01-01' + g % 120, g % 2 + 1 FROM generate_series(1, 300) g;"
+        "INSERT INTO care (at, resident) VALUES ('2024-02-02', 99);"
+        "ALTER TABLE care ADD CONSTRAINT care_resident_fkey FOREIGN KEY (resident) REFERENCES residents (id) NOT VALID")
+    r = partman("convert", "care", "--column", "at", "--interval", "month", "--sleep", "0", "--yes")
+    said = "foreign key care_resident_fkey of public.care is NOT VALID: the new table's is validated"
+    if pg_server.version >= 180000:
+        assert r.code == 0, r.err
+        assert said not in r.err
+        parts = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'care'::regclass").fetchone()[0]
+        assert conn.execute("SELECT count(*), bool_or(convalidated) FROM pg_constraint WHERE conname = 'care_resident_fkey' "
+                            "AND conrelid <> 'care_old'::regclass").fetchone() == (parts + 1, False)
+        assert conn.execute("SELECT count(*) FROM care WHERE resident = 99").fetchone()[0] == 1
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO care (at, resident) VALUES ('2024-03-03', 98)")
+    else:
+        assert r.code == 1 and said in r.err and "rolled back" in r.err, r.err
+        assert not is_partitioned(conn, QualifiedName("public", "care"))
+        assert conn.execute("SELECT count(*) FROM care").fetchone()[0] == 301
 
 
 def test_partition_index_names_are_postgresqls_own_at_either_pace(conn, partman):

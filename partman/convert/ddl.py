@@ -14,7 +14,7 @@ from psycopg import sql
 
 from .. import naming
 from ..db import QualifiedName
-from ..introspect import Column, DependentView, TableModel, key_type_of
+from ..introspect import Column, Constraint, DependentView, TableModel, key_type_of
 from ..partitions import ExtendedStatistics, column_settings_sql, partition_statistics_sql, statistics_sql
 
 _ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
@@ -265,22 +265,31 @@ def foreign_keys(model: TableModel, target: QualifiedName, partitions: list[Qual
     EXCLUSIVE on the partition, ROW SHARE on the referenced table: its writers go on); the
     partitioned table's, added last, takes the partitions' validated ones as its own without
     reading them (PostgreSQL 15 and later alike; a partitioned table cannot itself take NOT VALID
-    before 18)."""
+    before 18). On 18 an original NOT VALID one stays NOT VALID: on the partitions and then on
+    the partitioned table, which takes theirs as its own, and no VALIDATE (its old rows may break
+    it, as they may in the original)."""
     out: list[ConstraintStep] = []
     for k in model.constraints:
         if k.kind != "f":
             continue
         name = sql.Identifier(k.name)
         definition = _raw(k.definition.removesuffix(" NOT VALID"))
+        unvalidated = _keeps_not_valid(model, k)
         for part in partitions:
             out.append(ConstraintStep(
                 part, k.name, sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(part.ident(), name, definition),
-                sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(part.ident(), name)))
+                None if unvalidated else sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(part.ident(), name)))
         comment = (sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(name, target.ident(), sql.Literal(k.comment))
                    if k.comment is not None else None)
-        out.append(ConstraintStep(target, k.name, sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            target.ident(), name, definition), None, comment))
+        out.append(ConstraintStep(target, k.name, sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}{}").format(
+            target.ident(), name, definition, sql.SQL(" NOT VALID" if unvalidated else "")), None, comment))
     return out
+
+
+def _keeps_not_valid(model: TableModel, k: Constraint) -> bool:
+    """An original NOT VALID foreign key that stays NOT VALID: from PostgreSQL 18, whose
+    partitioned tables can have one."""
+    return k.kind == "f" and not k.validated and model.server_version >= 180000
 
 
 def decorate(model: TableModel, target: QualifiedName, partitions: list[QualifiedName] | tuple = ()) -> list[sql.Composable]:
@@ -525,12 +534,15 @@ def warnings(model: TableModel, column: str) -> list[str]:
     for k in model.constraints:
         if k.kind == "c" and k.no_inherit:
             out.append(f"CHECK constraint {k.name} is NO INHERIT, which a partitioned table cannot have; not carried.")
-        if k.kind == "f" and not k.validated:
+        if k.kind == "f" and not k.validated and not _keeps_not_valid(model, k):
             out.append(f"foreign key {k.name} of {t} is NOT VALID: the new table's is validated (a partitioned table "
                        "cannot keep one unvalidated before PostgreSQL 18), so a row that violates it stops the "
                        f"conversion before its swap, rolled back. Check first: ALTER TABLE {t} VALIDATE CONSTRAINT "
                        f"{k.name}.")
-        if k.kind == "f":
+        if k.kind == "f" and _keeps_not_valid(model, k):
+            out.append(f"foreign key {k.name} is re-created on the new table after the copy NOT VALID, as the original "
+                       "has it (on each partition and on the table; PostgreSQL 18): its old rows are not checked.")
+        elif k.kind == "f":
             out.append(f"foreign key {k.name} is re-created on the new table after the copy: on each partition NOT VALID "
                        "and then validated, which reads the partition while writers of the referenced table go on "
                        "(they wait only for the moments each one is added).")
