@@ -417,7 +417,7 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     with conn.transaction():
         for stmt in p.decorate_ddl:
             conn.execute(stmt)
-        _partitions_replica_identity(conn, p.shadow)
+        _partitions_replica_identity(conn, p.shadow, _oid(conn, p.shadow))
         # what the decorations were made from: the swap sets them again if the original's change
         catalog.merge_options(conn, settings, cid, {"decorations": model.decorations})
         if not analyzed:
@@ -425,9 +425,12 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
         catalog.update_conversion(conn, settings, cid, phase="catchup")
 
 
-def _partitions_replica_identity(conn: psycopg.Connection, shadow: QualifiedName) -> None:
+def _oid(conn: psycopg.Connection, table: QualifiedName) -> int:
+    return conn.execute("SELECT %s::regclass::oid", (table.literal,)).fetchone()[0]
+
+
+def _partitions_replica_identity(conn: psycopg.Connection, shadow: QualifiedName, shadow_oid: int) -> None:
     """Each partition's replica identity from the table's (PostgreSQL hands it to none of them)."""
-    shadow_oid = conn.execute("SELECT %s::regclass::oid", (shadow.literal,)).fetchone()[0]
     for child in child_tables(conn, shadow):
         for stmt in partitions.replica_identity_sql(conn, shadow_oid, child):
             conn.execute(stmt)
@@ -447,11 +450,11 @@ def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning
     if row is None or row[0] is None or decorations(c, oid) == row[0]:
         return
     now = introspect(c, p.table)
-    shadow_oid = c.execute("SELECT %s::regclass::oid", (p.shadow.literal,)).fetchone()[0]
+    shadow_oid = _oid(c, p.shadow)
     for stmt in ddl.redecorate(now, p.shadow, child_tables(c, p.shadow), grantees(c, shadow_oid), p.index_ddl,
                                p.options.column):
         c.execute(stmt)
-    _partitions_replica_identity(c, p.shadow)
+    _partitions_replica_identity(c, p.shadow, shadow_oid)
     catalog.merge_options(c, settings, cid, {"decorations": now.decorations})
     log.get().warning("decorations_reapplied", table=str(p.table), reason="the original's owner, grants, comments, "
                       "row-level security or replica identity changed during the conversion")

@@ -14,6 +14,7 @@ from psycopg import sql
 
 from .. import catalog, failpoints, log, naming
 from ..db import QualifiedName, lock_private_first, with_lock_retry
+from ..partitions import statistics_names
 from ..settings import Settings
 from . import capture, ddl, matviews
 from .capture import KeyColumn
@@ -96,9 +97,7 @@ def free_name(name: str, suffix: str, taken: Callable[[str], bool]) -> str:
 
 
 def statistics_exists(conn: psycopg.Connection, qn: QualifiedName) -> bool:
-    return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace "
-        "WHERE n.nspname = %s AND s.stxname = %s)", (qn.schema, qn.name)).fetchone()[0]
+    return qn.name in statistics_names(conn, qn.schema)
 
 
 def rename_statistics(conn: psycopg.Connection, qn: QualifiedName, name: str) -> None:
