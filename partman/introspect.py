@@ -133,6 +133,25 @@ class ForeignKeyIn:
 
 
 @dataclass
+class Publication:
+    """A publication that publishes the table: named in it ("table"), through its schema
+    ("schema", FOR TABLES IN SCHEMA) or as one of all tables ("all")."""
+
+    name: str
+    scope: str
+    via_root: bool  # publish_via_partition_root
+    updates: bool  # publishes UPDATE or DELETE
+    columns: list[str] | None = None  # its column list for the table ("table" only)
+    row_filter: str | None = None  # its WHERE for the table ("table" only)
+
+    def __str__(self) -> str:
+        cols = f" ({', '.join(self.columns)})" if self.columns is not None else ""
+        where = f" WHERE {self.row_filter}" if self.row_filter is not None else ""
+        scope = {"schema": " (its schema)", "all": " (all tables)"}.get(self.scope, "")
+        return f"{self.name}{scope}{cols}{where}"
+
+
+@dataclass
 class TableModel:
     table: QualifiedName
     oid: int
@@ -157,7 +176,7 @@ class TableModel:
     owned_sequences: list[OwnedSequence] = field(default_factory=list)
     views: list[DependentView] = field(default_factory=list)
     functions: list[DependentFunction] = field(default_factory=list)
-    publications: list[str] = field(default_factory=list)
+    publications: list[Publication] = field(default_factory=list)
     foreign_keys_in: list[ForeignKeyIn] = field(default_factory=list)
     inheritance: list[str] = field(default_factory=list)  # parents/children by inheritance
     rules: list[str] = field(default_factory=list)
@@ -298,11 +317,7 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
             (oid,),
         )
     ]
-    m.publications = [
-        row[0] for row in conn.execute(
-            "SELECT p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid "
-            "WHERE pr.prrelid = %s ORDER BY 1", (oid,))
-    ]
+    m.publications = publications(conn, oid)
     m.foreign_keys_in = [
         ForeignKeyIn(row["conname"], QualifiedName(row["nspname"], row["relname"]))
         for row in fetch_dicts(
@@ -485,6 +500,39 @@ def _views(conn: psycopg.Connection, oid: int) -> list[DependentView]:
         out.append(DependentView(QualifiedName(r["nspname"], r["relname"]), r["mat"], r["def"], list(r["opts"]),
                                  r["owner"], r["relispopulated"], indexes, grants, r["comment"], dependents))
     return out
+
+
+_PUBLICATIONS = """
+SELECT p.pubname, 'table', p.pubviaroot, p.pubupdate OR p.pubdelete,
+       CASE WHEN pr.prattrs IS NOT NULL THEN
+         (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+           WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::int2[])) END,
+       pg_get_expr(pr.prqual, pr.prrelid)
+  FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %(oid)s
+UNION ALL
+SELECT p.pubname, 'schema', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL
+  FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid
+  JOIN pg_class c ON c.relnamespace = pn.pnnspid WHERE c.oid = %(oid)s
+UNION ALL
+SELECT p.pubname, 'all', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL
+  FROM pg_publication p WHERE p.puballtables
+ORDER BY 1, 2
+"""
+# PostgreSQL 14: no column lists, row filters or FOR TABLES IN SCHEMA
+_PUBLICATIONS_14 = """
+SELECT p.pubname, 'table', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL::text[], NULL::text
+  FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %(oid)s
+UNION ALL
+SELECT p.pubname, 'all', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL
+  FROM pg_publication p WHERE p.puballtables
+ORDER BY 1, 2
+"""
+
+
+def publications(conn: psycopg.Connection, oid: int) -> list[Publication]:
+    """The publications that publish the table, with its column list and row filter in each."""
+    query = _PUBLICATIONS if conn.info.server_version >= 150000 else _PUBLICATIONS_14
+    return [Publication(*row) for row in conn.execute(query, {"oid": oid})]
 
 
 _DECORATIONS = """

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import is_partitioned, relations_in
+from helpers import is_partitioned, relations_in, wait_for_phase
 from partman.db import QualifiedName
 from partman import naming
 from partman.pgtemp import SYSTEM_USER
@@ -825,3 +825,164 @@ def test_a_materialized_view_that_fails_after_the_swap_is_reported_and_the_rerun
     done = partman(*args)
     assert done.code == 0, done.err
     assert conn.execute("SELECT verify->>'ok' FROM partman_catalog.conversion").fetchone()[0] == "true"
+
+
+_PUBLISHED = ("SELECT pubname, attnames, rowfilter FROM pg_publication_tables WHERE schemaname = 'public' "
+              "AND tablename = %s ORDER BY 1")
+
+
+def _wait_for(read, expected, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := read()) != expected:
+        assert time.monotonic() < deadline, f"{what}: {got!r}, expected {expected!r}"
+        time.sleep(0.2)
+
+
+def test_subscribers_keep_receiving_a_published_table_with_its_column_list_and_row_filter(pg_server, partman):
+    """A reporting replica subscribes to the visits table without its diagnosis column and only
+    to even ids (a column list and a row filter, published via the partition root). After the
+    conversion the subscriber goes on receiving the table's inserts, updates and deletes under its
+    own name, still without the column and the odd rows: a new table published whole would send a
+    column the subscriber does not have, and stop its replication."""
+    from partman.pgtemp import TempServer
+
+    if pg_server.version < 150000:
+        pytest.skip("column lists and row filters need PostgreSQL 15")
+    major = str(pg_server.version // 10000)
+    publisher = TempServer(version=major, password="pub-pw", settings={"wal_level": "logical"})
+    subscriber = TempServer(version=major, password="sub-pw")
+    try:
+        publisher.init().start()
+        subscriber.init().start()
+        with psycopg.connect(publisher.dsn(), autocommit=True) as pub, \
+                psycopg.connect(subscriber.dsn(), autocommit=True) as sub:
+            pub.execute(
+                "CREATE TABLE visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL, "
+                "resident text NOT NULL, diagnosis text);"
+                "INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2023-01-01' + g * interval '1 day', "
+                "'r' || g, 'confidential' FROM generate_series(1, 600) g;"
+                "CREATE PUBLICATION reporting FOR TABLE visits (id, at, resident) WHERE (id % 2 = 0) "
+                "WITH (publish_via_partition_root = true)")
+            sub.execute("CREATE TABLE visits (id bigint PRIMARY KEY, at timestamptz NOT NULL, resident text NOT NULL)")
+            sub.execute(sql.SQL("CREATE SUBSCRIPTION reporting CONNECTION {} PUBLICATION reporting").format(
+                sql.Literal(publisher.dsn())))
+            count = lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1) FROM visits").fetchone()
+            _wait_for(count, (300, 0), "the subscriber's initial copy")
+
+            r = partman("convert", "visits", "--column", "at", "--dsn", publisher.dsn(), "--yes")
+            assert r.code == 0, r.err
+            assert is_partitioned(pub, QualifiedName("public", "visits"))
+            pub.execute("INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2025-06-01' + g * "
+                        "interval '1 hour', 'late' || g, 'confidential' FROM generate_series(1, 100) g")
+            pub.execute("UPDATE visits SET resident = 'moved' WHERE id = 2")  # fails if the list lacks the key
+            pub.execute("DELETE FROM visits WHERE id = 4")
+            _wait_for(lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1), max(id), "
+                                          "bool_or(resident = 'moved'), bool_or(id = 4) FROM visits").fetchone(),
+                      (349, 0, 700, True, False), "the subscriber after the conversion")
+            published = pub.execute(_PUBLISHED, ("visits",)).fetchall()
+            assert published == [("reporting", ["id", "at", "resident"], "((id % (2)::bigint) = 0)")]
+            sub.execute("ALTER SUBSCRIPTION reporting DISABLE")
+            sub.execute("ALTER SUBSCRIPTION reporting SET (slot_name = NONE)")
+            sub.execute("DROP SUBSCRIPTION reporting")
+    finally:
+        subscriber.cleanup()
+        publisher.cleanup()
+
+
+def test_a_column_list_or_row_filter_is_refused_unless_published_via_the_partition_root(conn, partman, pg_server):
+    """PostgreSQL takes a column list or a row filter on a partitioned table only in a publication
+    that publishes via the partition root; adding the new table without them would publish every
+    column and row. The plan refuses, naming the fix, and leaves nothing behind; so does a column
+    list without the partition key where the widened key would make every UPDATE fail."""
+    if pg_server.version < 150000:
+        pytest.skip("column lists and row filters need PostgreSQL 15")
+    conn.execute(
+        "CREATE TABLE visits (id bigserial PRIMARY KEY, at date NOT NULL, resident text, diagnosis text);"
+        "INSERT INTO visits (at, resident) SELECT date '2023-01-01' + g, 'r' FROM generate_series(1, 300) g;"
+        "CREATE PUBLICATION narrow FOR TABLE visits (id, at, resident);"
+        "CREATE PUBLICATION evens FOR TABLE visits WHERE (id % 2 = 0)")
+    r = partman("convert", "visits", "--column", "at", "--yes")
+    assert r.code == 1
+    for name in ("narrow", "evens"):
+        assert f"ALTER PUBLICATION {name} SET (publish_via_partition_root = true)" in r.err, r.err
+    assert "Traceback" not in r.err
+    assert not is_partitioned(conn, QualifiedName("public", "visits"))
+    assert relations_in(conn, "public") == {"visits", "visits_pkey", "visits_id_seq"}
+
+    conn.execute("ALTER PUBLICATION narrow SET (publish_via_partition_root = true);"
+                 "ALTER PUBLICATION evens SET (publish_via_partition_root = true);"
+                 "CREATE PUBLICATION keyless FOR TABLE visits (id, resident) WITH (publish_via_partition_root = true)")
+    r = partman("convert", "visits", "--column", "at", "--yes")
+    assert r.code == 1
+    assert "publication keyless" in r.err and "UPDATE and DELETE" in r.err, r.err
+    assert "narrow" not in r.err and "evens" not in r.err
+    conn.execute("ALTER PUBLICATION keyless SET (publish = 'insert')")
+
+    plan = json.loads(partman("convert", "visits", "--column", "at", "--dry-run", "--json").out)
+    assert plan["recreated"]["publications"] == [
+        "evens WHERE ((id % (2)::bigint) = 0)", "keyless (id, resident)", "narrow (id, at, resident)"]
+    r = partman("convert", "visits", "--column", "at", "--yes")
+    assert r.code == 0, r.err
+    assert is_partitioned(conn, QualifiedName("public", "visits"))
+    published = {n: (a, f) for n, a, f in conn.execute(_PUBLISHED, ("visits",)).fetchall()}
+    assert published["narrow"] == (["id", "at", "resident"], None)
+    assert published["keyless"] == (["id", "resident"], None)
+    assert published["evens"] == (["id", "at", "resident", "diagnosis"], "((id % (2)::bigint) = 0)")
+
+
+def test_publications_are_read_under_the_swaps_lock(conn, partman, partman_proc, pg_server):
+    """A paced conversion runs for hours, and the table may join a publication meanwhile. The swap
+    reads the table's publications under its lock: one that cannot take the new table as it is
+    (a column list without publishing via the partition root) stops the swap, the original left
+    as it was and the conversion resumable; fixed, the rerun finishes and publishes the new table
+    as the original is."""
+    if pg_server.version < 150000:
+        pytest.skip("column lists and row filters need PostgreSQL 15")
+    conn.execute(
+        "CREATE TABLE rounds (id bigserial PRIMARY KEY, at date NOT NULL, who text, note text);"
+        "INSERT INTO rounds (at, who) SELECT date '2024-01-01' + g % 200, 'w' FROM generate_series(1, 1500) g;")
+    args = ("convert", "rounds", "--column", "at", "--interval", "month", "--sleep", "0.01", "--yes")
+    outcome: dict[str, object] = {}
+    run = threading.Thread(target=lambda: outcome.update(first=partman_proc(
+        *args, extra_env={"PARTMAN_FAILPOINTS": "convert.swap.before=1:sleep(3)"})))
+    run.start()
+    wait_for_phase(conn, "swap", timeout=120)
+    conn.execute("CREATE PUBLICATION late FOR TABLE rounds (id, at, who);"
+                 "CREATE PUBLICATION later FOR TABLE rounds WHERE (id > 10) WITH (publish_via_partition_root = true)")
+    run.join()
+    first = outcome["first"]
+    assert first.code == 1, first.err
+    assert "changed while it was being converted" in first.err
+    assert "ALTER PUBLICATION late SET (publish_via_partition_root = true)" in first.err
+    assert "publication later" not in first.err and "Traceback" not in first.err
+    assert not is_partitioned(conn, QualifiedName("public", "rounds"))
+    assert [r[0] for r in conn.execute(_PUBLISHED, ("rounds",))] == ["late", "later"]  # still the original
+
+    conn.execute("ALTER PUBLICATION late SET (publish_via_partition_root = true)")
+    r = partman(*args)
+    assert r.code == 0, r.err
+    assert is_partitioned(conn, QualifiedName("public", "rounds"))
+    assert conn.execute(_PUBLISHED, ("rounds",)).fetchall() == [
+        ("late", ["id", "at", "who"], None), ("later", ["id", "at", "who", "note"], "(id > 10)")]
+
+
+def test_the_plan_warns_of_publications_that_publish_partitions_or_all_tables(conn, partman):
+    """Published without publish_via_partition_root, the new table's changes reach subscribers
+    under its partitions' names; a publication of all tables also publishes partman's own work
+    tables while the conversion runs. A subscriber without such tables stops replicating, so the
+    plan says so, naming them."""
+    conn.execute(
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, at date NOT NULL);"
+        "INSERT INTO notes (at) SELECT date '2024-01-01' + g FROM generate_series(1, 100) g;"
+        "CREATE PUBLICATION everything FOR ALL TABLES; CREATE PUBLICATION plain FOR TABLE notes;"
+        "CREATE PUBLICATION rooted FOR TABLE notes WITH (publish_via_partition_root = true)")
+    plan = json.loads(partman("convert", "notes", "--column", "at", "--dry-run", "--json").out)
+    assert plan["recreated"]["publications"] == ["everything (all tables)", "plain", "rooted"]
+    per_partition = [w for w in plan["warnings"] if "partitions' names" in w]
+    assert len(per_partition) == 1 and "by everything, plain, which do not" in per_partition[0]
+    everything = [w for w in plan["warnings"] if "publishes all tables" in w]
+    assert len(everything) == 1, plan["warnings"]
+    assert f"schema {plan['work_schema']}" in everything[0] and "schema partman_catalog" in everything[0]
+    conn.execute("DROP PUBLICATION everything; DROP PUBLICATION plain")
+    plan = json.loads(partman("convert", "notes", "--column", "at", "--dry-run", "--json").out)
+    assert not [w for w in plan["warnings"] if "publish" in w]

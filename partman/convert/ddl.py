@@ -14,7 +14,7 @@ from psycopg import sql
 
 from .. import naming
 from ..db import QualifiedName
-from ..introspect import Column, Constraint, DependentView, TableModel, key_type_of
+from ..introspect import Column, Constraint, DependentView, Publication, TableModel, key_type_of
 from ..partitions import ExtendedStatistics, column_settings_sql, partition_statistics_sql, statistics_sql
 
 _ENABLE = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
@@ -476,9 +476,61 @@ def _matview_decorations(v: DependentView) -> list[sql.Composable]:
     return out
 
 
-def swap_publications(model: TableModel, new: QualifiedName) -> list[sql.Composable]:
-    return [sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(p), new.ident())
-            for p in model.publications]
+def swap_publications(publications: Sequence[Publication], new: QualifiedName) -> list[sql.Composable]:
+    """The new table joins each publication that names the original, with the same column list
+    and row filter; one that publishes its schema or all tables takes it in by itself."""
+    out: list[sql.Composable] = []
+    for p in publications:
+        if p.scope != "table":
+            continue
+        stmt = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(p.name), new.ident())
+        if p.columns is not None:
+            stmt += sql.SQL(" ({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in p.columns))
+        if p.row_filter is not None:
+            stmt += sql.SQL(" WHERE ({})").format(sql.SQL(p.row_filter))  # pg_get_expr's text
+        out.append(stmt)
+    return out
+
+
+def _identity_gains(model: TableModel, column: str) -> list[str] | None:
+    """The original's replica identity columns when the new table's identity gains `column`
+    (the primary key or the identity index widened to include it), else None."""
+    if model.replica_identity == "d":
+        index = next((i for i in model.indexes if i.primary), None)
+    elif model.replica_identity == "i":
+        index = next((i for i in model.indexes if i.name == model.replica_identity_index), None)
+    else:
+        return None
+    if index is None or column in index.columns:
+        return None
+    return [c for c in index.columns if c is not None]
+
+
+def publication_refusals(model: TableModel, column: str | None, publications: Sequence[Publication]) -> list[str]:
+    """Why the new table cannot be published as the original is (empty: it can)."""
+    t = model.table
+    out: list[str] = []
+    identity = _identity_gains(model, column) if column is not None else None
+    for p in publications:
+        if p.scope != "table":
+            continue
+        narrowed = [what for what, value in (("a column list", p.columns), ("a row filter", p.row_filter))
+                    if value is not None]
+        if narrowed and not p.via_root:
+            what = " and ".join(narrowed)
+            out.append(f"publication {p.name} publishes {t} with {what}, which PostgreSQL allows on a partitioned "
+                       "table only when the publication publishes via its partition root (otherwise the partitions "
+                       f"would be published whole). Set it first: ALTER PUBLICATION {p.name} SET "
+                       "(publish_via_partition_root = true), after which its subscribers receive the new table's "
+                       f"changes under {t}'s name, as they do now; or take the {what} off.")
+        elif (p.columns is not None and p.updates and identity is not None and column not in p.columns
+              and set(identity) <= set(p.columns)):
+            out.append(f"publication {p.name} publishes the columns ({', '.join(p.columns)}) of {t} and its updates "
+                       f"or deletes; the new table's replica identity gets {column} (its key widened to include it), "
+                       "which that column list lacks, so every UPDATE and DELETE of the table would fail after the "
+                       f"swap. Add {column} to {p.name}'s column list for {t} (and to its subscribers' table) first, "
+                       f"or have it publish inserts only (ALTER PUBLICATION {p.name} SET (publish = 'insert')).")
+    return out
 
 
 def refusals(model: TableModel, column: str) -> list[str]:
@@ -521,6 +573,7 @@ def refusals(model: TableModel, column: str) -> list[str]:
         out.append(f"{t} has rules ({', '.join(model.rules)}), which partman does not carry over; drop them first.")
     if model.persistence == "t":
         out.append(f"{t} is a temporary table.")
+    out += publication_refusals(model, column, model.publications)
     return out
 
 
@@ -556,9 +609,14 @@ def warnings(model: TableModel, column: str) -> list[str]:
             out.append(f"materialized view {v.name} is rebuilt after the swap, under another name while the old one "
                        "keeps answering (it reads the old table until then), then takes its place in a short "
                        "transaction: its query runs once more, writers do not wait for it.")
-    if model.publications:
-        out.append(f"{t} is published ({', '.join(model.publications)}): the new table is added; subscribers receive "
-                   "changes per partition unless the publication sets publish_via_partition_root.")
+    per_partition = [p.name for p in model.publications if not p.via_root]
+    if per_partition:
+        verb = "does" if len(per_partition) == 1 else "do"
+        out.append(f"{t} is published by {', '.join(per_partition)}, which {verb} not publish via the partition root: "
+                   f"after the swap their subscribers receive the new table's changes under its partitions' names "
+                   f"({t.name}_p<YYYYMMDD>, {naming.default_name(t.name)}), "
+                   "so each subscriber needs tables of those names (partitions of one table, to keep one); "
+                   "ALTER PUBLICATION ... SET (publish_via_partition_root = true) keeps the table's own name.")
     if model.persistence == "u":
         out.append(f"{t} is UNLOGGED; a partitioned table cannot be, so the new table is logged.")
     for s in model.owned_sequences:

@@ -198,6 +198,15 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         tz = intervals.zone("UTC")
     work = work_schema_for(catalog_schema, model.oid)
     shadow = QualifiedName(work, naming.shadow_name(table.name))
+    everything = [p.name for p in getattr(model, "publications", []) if p.scope == "all"]
+    if everything:
+        warnings.append(
+            f"{', '.join(everything)} {'publishes' if len(everything) == 1 else 'publish'} all tables, so while the "
+            f"conversion runs partman's work tables are published too (schema {work}: the shadow table "
+            f"{shadow.name}, its partitions and the change log), as partman's catalog is (schema {catalog_schema}): "
+            "a subscriber without tables of those names stops "
+            "replicating (\"logical replication target relation ... does not exist\") until it has them."
+        )
     ranges = (
         intervals.ranges(stats.min_key, stats.max_key, stats.now, options.interval, tz, options.premake)
         if key_type

@@ -14,6 +14,8 @@ from psycopg import sql
 
 from .. import catalog, failpoints, log, naming
 from ..db import QualifiedName, lock_private_first, with_lock_retry
+from ..errors import PartmanError
+from ..introspect import publications
 from ..partitions import statistics_names
 from ..settings import Settings
 from . import capture, ddl, matviews
@@ -193,6 +195,13 @@ def swap(
         failpoints.hit("convert.swap.locked")
         if check is not None:
             check(c)  # the table is fenced: nobody can alter it between this check and the commit
+        # read now, not at the plan: a paced conversion runs for hours, and ALTER PUBLICATION waits for this lock
+        published = publications(c, model.oid)
+        refused = ddl.publication_refusals(model, part.name if part is not None else None, published)
+        if refused:
+            raise PartmanError(f"The publications of {source} changed while it was being converted, and the new table "
+                               f"cannot be published as it is: {' '.join(refused)} Nothing was swapped; run the same "
+                               "command again afterwards to finish.")
         t_replay = time.perf_counter()
         caught = replay_all(c, consume=False)  # the log goes with the work schema
         stats["replay_ms"] = (time.perf_counter() - t_replay) * 1000
@@ -227,7 +236,7 @@ def swap(
             *ddl.swap_triggers(model, source),
             *ddl.swap_sequences(model, source),
             *ddl.swap_views(model, materialized=False),  # materialized ones after the swap (matviews.py)
-            *ddl.swap_publications(model, source),
+            *ddl.swap_publications(published, source),
         ]:
             c.execute(stmt)
         # after swap_sequences, which reads the old sequence by its name
