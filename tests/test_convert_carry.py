@@ -843,7 +843,7 @@ def test_subscribers_keep_receiving_a_published_table_with_its_column_list_and_r
     to even ids (a column list and a row filter, published via the partition root). After the
     conversion the subscriber goes on receiving the table's inserts, updates and deletes under its
     own name, still without the column and the odd rows: a new table published whole would send a
-    column the subscriber does not have, and stop its replication."""
+    column the subscriber does not have, and stop its replication. So it does after a revert."""
     from partman.pgtemp import TempServer
 
     if pg_server.version < 150000:
@@ -881,6 +881,21 @@ def test_subscribers_keep_receiving_a_published_table_with_its_column_list_and_r
                       (349, 0, 700, True, False), "the subscriber after the conversion")
             published = pub.execute(_PUBLISHED, ("visits",)).fetchall()
             assert published == [("reporting", ["id", "at", "resident"], "((id % (2)::bigint) = 0)")]
+            assert pub.execute(_PUBLISHED, ("visits_old",)).fetchall() == []
+
+            # revert copies the rows written since the swap into the original, unpublished: the
+            # subscriber has them already, and has no table of the original's interim name
+            r = partman("revert", "visits", "--dsn", publisher.dsn(), "--yes")
+            assert r.code == 0, r.err
+            assert not is_partitioned(pub, QualifiedName("public", "visits"))
+            assert pub.execute(_PUBLISHED, ("visits",)).fetchall() == published
+            assert pub.execute(_PUBLISHED, ("visits_partitioned",)).fetchall() == []
+            pub.execute("INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2025-09-01' + g * "
+                        "interval '1 hour', 'after' || g, 'confidential' FROM generate_series(1, 10) g")
+            pub.execute("UPDATE visits SET resident = 'back' WHERE id = 2")
+            _wait_for(lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1), max(id), "
+                                          "bool_or(resident = 'back') FROM visits").fetchone(),
+                      (354, 0, 710, True), "the subscriber after the revert")
             sub.execute("ALTER SUBSCRIPTION reporting DISABLE")
             sub.execute("ALTER SUBSCRIPTION reporting SET (slot_name = NONE)")
             sub.execute("DROP SUBSCRIPTION reporting")

@@ -476,20 +476,30 @@ def _matview_decorations(v: DependentView) -> list[sql.Composable]:
     return out
 
 
-def swap_publications(publications: Sequence[Publication], new: QualifiedName) -> list[sql.Composable]:
+def swap_publications(publications: Sequence[Publication], new: QualifiedName,
+                      old: QualifiedName) -> list[sql.Composable]:
     """The new table joins each publication that names the original, with the same column list
-    and row filter; one that publishes its schema or all tables takes it in by itself."""
+    and row filter, and the original (`old`, by then renamed) leaves it: what revert copies into it
+    later must not reach subscribers, who have those rows already and no table of its interim
+    name. A publication of the schema or of all tables takes the new table in by itself."""
     out: list[sql.Composable] = []
     for p in publications:
-        if p.scope != "table":
-            continue
-        stmt = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(p.name), new.ident())
-        if p.columns is not None:
-            stmt += sql.SQL(" ({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in p.columns))
-        if p.row_filter is not None:
-            stmt += sql.SQL(" WHERE ({})").format(sql.SQL(p.row_filter))  # pg_get_expr's text
-        out.append(stmt)
+        if p.scope == "table":
+            out += [leave_publication(p, old), join_publication(p, new)]
     return out
+
+
+def join_publication(p: Publication, table: QualifiedName) -> sql.Composable:
+    stmt = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(p.name), table.ident())
+    if p.columns is not None:
+        stmt += sql.SQL(" ({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in p.columns))
+    if p.row_filter is not None:
+        stmt += sql.SQL(" WHERE ({})").format(sql.SQL(p.row_filter))  # pg_get_expr's text
+    return stmt
+
+
+def leave_publication(p: Publication, table: QualifiedName) -> sql.Composable:
+    return sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(p.name), table.ident())
 
 
 def _identity_gains(model: TableModel, column: str) -> list[str] | None:

@@ -2,7 +2,7 @@
 partitioned table since the swap (recorded by the revert capture trigger) are replayed into the
 old table with its triggers off (a hash chain must not be recomputed), in short rounds and a
 final round inside one short swap transaction that also restores names (extended statistics'
-too), views, sequence ownership and the registration. The partitioned table is kept as
+too), views, sequence ownership, publications and the registration. The partitioned table is kept as
 `<table>_partitioned`.
 
 Before the swap there is nothing to put back: revert then abandons the interrupted conversion
@@ -20,6 +20,7 @@ from psycopg import sql
 from .. import catalog, db, failpoints, log, naming
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
+from ..introspect import publications
 from ..settings import Settings
 from . import capture, ddl, triggers
 from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, free_name, hand_over_identity_names, index_names,
@@ -144,6 +145,14 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
                 rename_statistics(c, QualifiedName(schema, spare), original)
         for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:
             c.execute(stmt)
+        # the publications hand back, as they are now: the original left them in the swap (so what
+        # was just copied into it is not published twice), unless an older partman swapped it
+        kept = {p.name for p in publications(c, old_model.oid) if p.scope == "table"}
+        for p in publications(c, new_model.oid):
+            if p.scope == "table":
+                c.execute(ddl.leave_publication(p, partitioned))
+                if p.name not in kept:
+                    c.execute(ddl.join_publication(p, qn))
         hand_over_identity_names(c, new_model, partitioned, qn, "_partitioned", undoing="_old")
         catalog.delete_managed(c, settings, qn.schema, qn.name)
         catalog.update_conversion(c, settings, conv["id"], status="reverted", phase="reverted")

@@ -236,7 +236,7 @@ def swap(
             *ddl.swap_triggers(model, source),
             *ddl.swap_sequences(model, source),
             *ddl.swap_views(model, materialized=False),  # materialized ones after the swap (matviews.py)
-            *ddl.swap_publications(published, source),
+            *ddl.swap_publications(published, source, old),
         ]:
             c.execute(stmt)
         # after swap_sequences, which reads the old sequence by its name
