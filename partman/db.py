@@ -279,6 +279,10 @@ def is_standby(conn: psycopg.Connection) -> bool:
     return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
 
 
+def oid_of(conn: psycopg.Connection, table: QualifiedName) -> int:
+    return conn.execute("SELECT %s::regclass::oid", (table.literal,)).fetchone()[0]
+
+
 def fetch_dicts(conn: psycopg.Connection, query: Any, params: Any = None) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)

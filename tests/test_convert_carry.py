@@ -984,8 +984,8 @@ def test_publications_are_read_under_the_swaps_lock(conn, partman, partman_proc,
 def test_the_plan_warns_of_publications_that_publish_partitions_or_all_tables(conn, partman):
     """Published without publish_via_partition_root, the new table's changes reach subscribers
     under its partitions' names; a publication of all tables also publishes partman's own work
-    tables while the conversion runs. A subscriber without such tables stops replicating, so the
-    plan says so, naming them."""
+    tables while the conversion runs, and a revert's copy into <table>_old. A subscriber without
+    such tables stops replicating, so the plan and revert say so, naming them."""
     conn.execute(
         "CREATE TABLE notes (id bigserial PRIMARY KEY, at date NOT NULL);"
         "INSERT INTO notes (at) SELECT date '2024-01-01' + g FROM generate_series(1, 100) g;"
@@ -998,6 +998,11 @@ def test_the_plan_warns_of_publications_that_publish_partitions_or_all_tables(co
     everything = [w for w in plan["warnings"] if "publishes all tables" in w]
     assert len(everything) == 1, plan["warnings"]
     assert f"schema {plan['work_schema']}" in everything[0] and "schema partman_catalog" in everything[0]
-    conn.execute("DROP PUBLICATION everything; DROP PUBLICATION plain")
+    assert partman("convert", "notes", "--column", "at", "--yes").code == 0
+    r = partman("revert", "notes", "--yes")  # what it copies into notes_old is published: said, not refused
+    assert r.code == 0, r.err
+    said = [json.loads(line) for line in r.err.splitlines() if "revert_published" in line]
+    assert [w["publication"] for w in said] == ["everything"] and "notes_old" in said[0]["warning"]
+    conn.execute("DROP PUBLICATION everything; DROP PUBLICATION plain; DROP TABLE notes_partitioned")
     plan = json.loads(partman("convert", "notes", "--column", "at", "--dry-run", "--json").out)
     assert not [w for w in plan["warnings"] if "publish" in w]

@@ -51,6 +51,13 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
             raise PartmanError(
                 f"Cannot revert {qn}: partman's record of rows changed since the swap ({work.revert_log}) is missing."
             )
+        for pub in publications(conn, db.oid_of(conn, old)):
+            if pub.scope != "table":  # a publication of its schema or of all tables cannot let it go
+                log.get().warning(
+                    "revert_published", table=str(qn), publication=pub.name,
+                    warning=f"publication {pub.name} publishes {old} ({'its schema' if pub.scope == 'schema' else 'all tables'}): "
+                            f"the rows revert copies into it are published as changes to {old.name}, and a subscriber "
+                            "without a table of that name stops replicating until it has one")
         if not confirm(f"Swap {qn} back to the original table {old}?", args.yes):
             raise PartmanError("Revert cancelled at the prompt. Nothing was changed.")
         with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),

@@ -417,16 +417,12 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     with conn.transaction():
         for stmt in p.decorate_ddl:
             conn.execute(stmt)
-        _partitions_replica_identity(conn, p.shadow, _oid(conn, p.shadow))
+        _partitions_replica_identity(conn, p.shadow, db.oid_of(conn, p.shadow))
         # what the decorations were made from: the swap sets them again if the original's change
         catalog.merge_options(conn, settings, cid, {"decorations": model.decorations})
         if not analyzed:
             indexes.analyze(conn, p.shadow, gentle=p.options.sleep > 0 and settings.throttle)
         catalog.update_conversion(conn, settings, cid, phase="catchup")
-
-
-def _oid(conn: psycopg.Connection, table: QualifiedName) -> int:
-    return conn.execute("SELECT %s::regclass::oid", (table.literal,)).fetchone()[0]
 
 
 def _partitions_replica_identity(conn: psycopg.Connection, shadow: QualifiedName, shadow_oid: int) -> None:
@@ -450,7 +446,7 @@ def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning
     if row is None or row[0] is None or decorations(c, oid) == row[0]:
         return
     now = introspect(c, p.table)
-    shadow_oid = _oid(c, p.shadow)
+    shadow_oid = db.oid_of(c, p.shadow)
     for stmt in ddl.redecorate(now, p.shadow, child_tables(c, p.shadow), grantees(c, shadow_oid), p.index_ddl,
                                p.options.column):
         c.execute(stmt)
