@@ -8,6 +8,8 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -838,16 +840,13 @@ def _wait_for(read, expected, what: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def test_subscribers_keep_receiving_a_published_table_with_its_column_list_and_row_filter(pg_server, partman):
-    """A reporting replica subscribes to the visits table without its diagnosis column and only
-    to even ids (a column list and a row filter, published via the partition root). After the
-    conversion the subscriber goes on receiving the table's inserts, updates and deletes under its
-    own name, still without the column and the odd rows: a new table published whole would send a
-    column the subscriber does not have, and stop its replication. So it does after a revert."""
+@contextmanager
+def _replication(pg_server) -> Iterator[tuple[object, psycopg.Connection, psycopg.Connection]]:
+    """A publisher (wal_level logical) and a subscriber, two throwaway servers of the suite's
+    version: (publisher server, publisher connection, subscriber connection). Subscriptions the
+    test made are dropped before the servers go."""
     from partman.pgtemp import TempServer
 
-    if pg_server.version < 150000:
-        pytest.skip("column lists and row filters need PostgreSQL 15")
     major = str(pg_server.version // 10000)
     publisher = TempServer(version=major, password="pub-pw", settings={"wal_level": "logical"})
     subscriber = TempServer(version=major, password="sub-pw")
@@ -856,53 +855,106 @@ def test_subscribers_keep_receiving_a_published_table_with_its_column_list_and_r
         subscriber.init().start()
         with psycopg.connect(publisher.dsn(), autocommit=True) as pub, \
                 psycopg.connect(subscriber.dsn(), autocommit=True) as sub:
-            pub.execute(
-                "CREATE TABLE visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL, "
-                "resident text NOT NULL, diagnosis text);"
-                "INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2023-01-01' + g * interval '1 day', "
-                "'r' || g, 'confidential' FROM generate_series(1, 600) g;"
-                "CREATE PUBLICATION reporting FOR TABLE visits (id, at, resident) WHERE (id % 2 = 0) "
-                "WITH (publish_via_partition_root = true)")
-            sub.execute("CREATE TABLE visits (id bigint PRIMARY KEY, at timestamptz NOT NULL, resident text NOT NULL)")
-            sub.execute(sql.SQL("CREATE SUBSCRIPTION reporting CONNECTION {} PUBLICATION reporting").format(
-                sql.Literal(publisher.dsn())))
-            count = lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1) FROM visits").fetchone()
-            _wait_for(count, (300, 0), "the subscriber's initial copy")
-
-            r = partman("convert", "visits", "--column", "at", "--dsn", publisher.dsn(), "--yes")
-            assert r.code == 0, r.err
-            assert is_partitioned(pub, QualifiedName("public", "visits"))
-            pub.execute("INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2025-06-01' + g * "
-                        "interval '1 hour', 'late' || g, 'confidential' FROM generate_series(1, 100) g")
-            pub.execute("UPDATE visits SET resident = 'moved' WHERE id = 2")  # fails if the list lacks the key
-            pub.execute("DELETE FROM visits WHERE id = 4")
-            _wait_for(lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1), max(id), "
-                                          "bool_or(resident = 'moved'), bool_or(id = 4) FROM visits").fetchone(),
-                      (349, 0, 700, True, False), "the subscriber after the conversion")
-            published = pub.execute(_PUBLISHED, ("visits",)).fetchall()
-            assert published == [("reporting", ["id", "at", "resident"], "((id % (2)::bigint) = 0)")]
-            assert pub.execute(_PUBLISHED, ("visits_old",)).fetchall() == []
-
-            # revert copies the rows written since the swap into the original, unpublished: the
-            # subscriber has them already, and has no table of the original's interim name
-            r = partman("revert", "visits", "--dsn", publisher.dsn(), "--yes")
-            assert r.code == 0, r.err
-            assert not is_partitioned(pub, QualifiedName("public", "visits"))
-            assert pub.execute(_PUBLISHED, ("visits",)).fetchall() == published
-            assert pub.execute(_PUBLISHED, ("visits_partitioned",)).fetchall() == []
-            pub.execute("INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2025-09-01' + g * "
-                        "interval '1 hour', 'after' || g, 'confidential' FROM generate_series(1, 10) g")
-            pub.execute("UPDATE visits SET resident = 'back' WHERE id = 2")
-            _wait_for(lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1), max(id), "
-                                          "bool_or(resident = 'back') FROM visits").fetchone(),
-                      (354, 0, 710, True), "the subscriber after the revert")
-            sub.execute("ALTER SUBSCRIPTION reporting DISABLE")
-            sub.execute("ALTER SUBSCRIPTION reporting SET (slot_name = NONE)")
-            sub.execute("DROP SUBSCRIPTION reporting")
+            yield publisher, pub, sub
+            for (name,) in sub.execute("SELECT subname FROM pg_subscription").fetchall():
+                sub.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(name)))
+                sub.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(name)))
+                sub.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
     finally:
         subscriber.cleanup()
         publisher.cleanup()
 
+
+def _subscribe(sub: psycopg.Connection, publisher, publication: str) -> None:
+    sub.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}").format(
+        sql.Identifier(publication), sql.Literal(publisher.dsn()), sql.Identifier(publication)))
+
+
+def test_subscribers_keep_receiving_a_published_table_with_its_column_list_and_row_filter(pg_server, partman):
+    """A reporting replica subscribes to the visits table without its diagnosis column and only
+    to even ids (a column list and a row filter, published via the partition root). After the
+    conversion the subscriber goes on receiving the table's inserts, updates and deletes under its
+    own name, still without the column and the odd rows: a new table published whole would send a
+    column the subscriber does not have, and stop its replication. So it does after a revert."""
+    if pg_server.version < 150000:
+        pytest.skip("column lists and row filters need PostgreSQL 15")
+    with _replication(pg_server) as (publisher, pub, sub):
+        pub.execute(
+            "CREATE TABLE visits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL, "
+            "resident text NOT NULL, diagnosis text);"
+            "INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2023-01-01' + g * interval '1 day', "
+            "'r' || g, 'confidential' FROM generate_series(1, 600) g;"
+            "CREATE PUBLICATION reporting FOR TABLE visits (id, at, resident) WHERE (id % 2 = 0) "
+            "WITH (publish_via_partition_root = true)")
+        sub.execute("CREATE TABLE visits (id bigint PRIMARY KEY, at timestamptz NOT NULL, resident text NOT NULL)")
+        _subscribe(sub, publisher, "reporting")
+        count = lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1) FROM visits").fetchone()
+        _wait_for(count, (300, 0), "the subscriber's initial copy")
+
+        r = partman("convert", "visits", "--column", "at", "--dsn", publisher.dsn(), "--yes")
+        assert r.code == 0, r.err
+        assert is_partitioned(pub, QualifiedName("public", "visits"))
+        pub.execute("INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2025-06-01' + g * "
+                    "interval '1 hour', 'late' || g, 'confidential' FROM generate_series(1, 100) g")
+        pub.execute("UPDATE visits SET resident = 'moved' WHERE id = 2")  # fails if the list lacks the key
+        pub.execute("DELETE FROM visits WHERE id = 4")
+        _wait_for(lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1), max(id), "
+                                      "bool_or(resident = 'moved'), bool_or(id = 4) FROM visits").fetchone(),
+                  (349, 0, 700, True, False), "the subscriber after the conversion")
+        published = pub.execute(_PUBLISHED, ("visits",)).fetchall()
+        assert published == [("reporting", ["id", "at", "resident"], "((id % (2)::bigint) = 0)")]
+        assert pub.execute(_PUBLISHED, ("visits_old",)).fetchall() == []
+
+        # revert copies the rows written since the swap into the original, unpublished: the
+        # subscriber has them already, and has no table of the original's interim name
+        r = partman("revert", "visits", "--dsn", publisher.dsn(), "--yes")
+        assert r.code == 0, r.err
+        assert not is_partitioned(pub, QualifiedName("public", "visits"))
+        assert pub.execute(_PUBLISHED, ("visits",)).fetchall() == published
+        assert pub.execute(_PUBLISHED, ("visits_partitioned",)).fetchall() == []
+        pub.execute("INSERT INTO visits (at, resident, diagnosis) SELECT timestamptz '2025-09-01' + g * "
+                    "interval '1 hour', 'after' || g, 'confidential' FROM generate_series(1, 10) g")
+        pub.execute("UPDATE visits SET resident = 'back' WHERE id = 2")
+        _wait_for(lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE id % 2 = 1), max(id), "
+                                      "bool_or(resident = 'back') FROM visits").fetchone(),
+                  (354, 0, 710, True), "the subscriber after the revert")
+
+
+def test_rows_moved_out_of_the_default_partition_stay_on_the_subscribers(pg_server, partman):
+    """Rows dated beyond the partitions made ahead land in the default partition, and reach a
+    subscriber as inserts. `maintain` moves them into a partition of their own; moved through a
+    staging table, their deletion from the default partition was published but their arrival in
+    the new partition (an ATTACH) was not, so the subscriber lost them. On a published table the
+    move deletes and inserts in one transaction, both published: the subscriber keeps every row,
+    and the table's triggers fire for neither."""
+    with _replication(pg_server) as (publisher, pub, sub):
+        pub.execute(
+            "CREATE TABLE entries (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at date NOT NULL, note text);"
+            "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN NEW.note := NEW.note || '!'; RETURN NEW; END$$;"
+            "CREATE TRIGGER stamp BEFORE INSERT ON entries FOR EACH ROW EXECUTE FUNCTION stamp();"
+            "INSERT INTO entries (at, note) SELECT date '2023-01-01' + g, 'r' FROM generate_series(1, 200) g;"
+            "CREATE PUBLICATION ledger_feed FOR TABLE entries WITH (publish_via_partition_root = true)")
+        sub.execute("CREATE TABLE entries (id bigint PRIMARY KEY, at date NOT NULL, note text)")
+        _subscribe(sub, publisher, "ledger_feed")
+        _wait_for(lambda: sub.execute("SELECT count(*) FROM entries").fetchone()[0], 200, "the initial copy")
+        r = partman("convert", "entries", "--column", "at", "--premake", "1", "--dsn", publisher.dsn(), "--yes")
+        assert r.code == 0, r.err
+        pub.execute("INSERT INTO entries (at, note) VALUES ('2031-05-01', 'far'), ('2031-06-01', 'far'), "
+                    "('2032-01-01', 'farther')")
+        assert pub.execute("SELECT count(*) FROM entries_default").fetchone()[0] == 3
+        state = lambda: sub.execute("SELECT count(*), count(*) FILTER (WHERE note LIKE 'far%!'), "
+                                    "bool_or(note = 'marker!') FROM entries").fetchone()
+        _wait_for(state, (203, 3, False), "the subscriber before the move")
+
+        r = partman("maintain", "--dsn", publisher.dsn())
+        assert r.code == 0, r.err
+        assert pub.execute("SELECT count(*) FROM entries_default").fetchone()[0] == 0
+        assert pub.execute("SELECT count(*) FROM entries_p20310101").fetchone()[0] == 2
+        assert pub.execute("SELECT array_agg(note ORDER BY id) FROM entries WHERE at >= '2031-01-01'").fetchone()[0] \
+            == ["far!", "far!", "farther!"]  # moved, not inserted anew: no trigger fired
+        pub.execute("INSERT INTO entries (at, note) VALUES ('2026-03-01', 'marker')")
+        _wait_for(state, (204, 3, True), "the subscriber after the move")
 
 def test_a_column_list_or_row_filter_is_refused_unless_published_via_the_partition_root(conn, partman, pg_server):
     """PostgreSQL takes a column list or a row filter on a partitioned table only in a publication

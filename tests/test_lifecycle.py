@@ -497,11 +497,14 @@ def test_blocked_default_move_puts_the_rows_back(conn, dsn, partman, monkeypatch
     assert conn.execute("SELECT count(*) FROM events_p20130101").fetchone()[0] == 120
 
 
-def test_default_rows_of_an_append_only_table_move_without_superuser(conn, dsn, partman):
+@pytest.mark.parametrize("published", [False, True], ids=["unpublished", "published"])
+def test_default_rows_of_an_append_only_table_move_without_superuser(conn, dsn, partman, published):
     """The owner suffices: the default partition's triggers are off for the move's own
     transactions only, so an append-only guard does not refuse it and a BEFORE INSERT trigger
-    (a hash chain) does not rewrite the rows."""
-    conn.execute(
+    (a hash chain) does not rewrite the rows. So they are on the new partition when a published
+    table's rows are inserted there after its ATTACH (test_convert_carry has the subscriber)."""
+    role = "ledger_owner_" + ("pub" if published else "plain")  # roles outlive the test's database
+    conn.execute((
         """
         CREATE ROLE ledger_owner LOGIN PASSWORD 'owner-pw-1';
         GRANT CREATE ON SCHEMA public TO ledger_owner;
@@ -519,13 +522,18 @@ def test_default_rows_of_an_append_only_table_move_without_superuser(conn, dsn, 
         INSERT INTO led SELECT g, timestamptz '2019-05-01' + g * interval '1 hour', 'original' FROM generate_series(1, 500) g;
         ALTER TABLE led ENABLE TRIGGER stamp;
         RESET ROLE;
-        """
+        """).replace("ledger_owner", role)
     )
-    owner = psycopg.conninfo.make_conninfo(dsn, user="ledger_owner", password="owner-pw-1")
+    if published:
+        conn.execute("ALTER TABLE led ADD PRIMARY KEY (id, ts);"  # a replica identity, or no DELETE is allowed
+                     "CREATE PUBLICATION led_feed FOR TABLE led WITH (publish_via_partition_root = true)")
+    owner = psycopg.conninfo.make_conninfo(dsn, user=role, password="owner-pw-1")
     r = partman("register", "led", "--column", "ts", "--interval", "year", "--premake", "1", "--dsn", owner)
     assert r.code == 0, r.err
     r = partman("maintain", "--json", "--dsn", owner)
     assert r.code == 0, r.err
+    moved = [json.loads(line) for line in r.err.splitlines() if "default_rows_moved" in line]
+    assert [(m["rows"], m["published"]) for m in moved] == [(500, published)]
     assert conn.execute("SELECT count(*) FROM led_default").fetchone()[0] == 0
     assert conn.execute("SELECT count(*), count(*) FILTER (WHERE stamp = 'original') FROM led_p20190101").fetchone() == (500, 500)
     # the guard and the stamp trigger are enabled again everywhere

@@ -7,7 +7,13 @@ in batches (DELETE from the default partition only, in one statement with the IN
 its own transaction); the last transaction locks only the default partition, moves what writers
 added meanwhile (at most about one batch) and ATTACHes the staging table (SHARE UPDATE EXCLUSIVE on
 the parent, plus SHARE so writers wait for that one short transaction instead of failing).
-No other partition is updated or deleted from, and the parent is never locked exclusively. Rows with a NULL key cannot be moved anywhere and are only reported."""
+No other partition is updated or deleted from, and the parent is never locked exclusively. Rows with a NULL key cannot be moved anywhere and are only reported.
+
+A published table (logical replication) moves differently: the batches' deletions would be
+published but the rows' arrival with the ATTACH would not, and subscribers would lose them. So
+the last transaction moves all of the range's rows, through a temporary table (never published),
+and inserts them into the new partition after the ATTACH: subscribers receive the deletes and
+the inserts together, and writers wait for that one transaction (logged: `published`)."""
 
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
+from ..introspect import publications
 from ..partitions import (Partition, list_partitions, newest_partition, replica_identity_sql,
                           standalone_partition_sql)
 from ..settings import Settings
@@ -31,6 +38,7 @@ from . import aware, columns, overlaps, parent_of
 from .premake import ddl_attempts
 
 MARKER = "partman:default-move"
+MOVING = "partman_moving"  # the temporary table a published table's rows move through
 
 
 class NotLeader(Exception):
@@ -144,6 +152,31 @@ def _move_sql(mt: ManagedTable, src: QualifiedName, dst: QualifiedName, cols: li
     ).format(src=src.ident(), where=where, cols=collist, dst=dst.ident())
 
 
+def _published(conn: psycopg.Connection, partition: Partition) -> bool:
+    """Whether a publication publishes this partition's changes: one of it, of a table it is a
+    partition of, of their schema, or of all tables."""
+    tables = [r[0] for r in conn.execute("SELECT relid::oid FROM pg_partition_ancestors(%s::oid)", (partition.oid,))]
+    return any(publications(conn, oid) for oid in tables)
+
+
+def _take_out_sql(mt: ManagedTable, src: QualifiedName, cols: list[str], lo: datetime, hi: datetime) -> sql.Composed:
+    """The range's rows deleted from `src` into a temporary table (never published) MOVING."""
+    key = sql.Identifier(mt.column_name)
+    collist = sql.SQL(", ").join(map(sql.Identifier, cols))
+    return sql.SQL(
+        "CREATE TEMP TABLE {moving} ON COMMIT DROP AS WITH moved AS (DELETE FROM {src} WHERE {k} >= {lo} AND {k} < {hi} "
+        "RETURNING {cols}) SELECT {cols} FROM moved"
+    ).format(moving=sql.Identifier(MOVING), src=src.ident(), k=key, cols=collist,
+             lo=sql.Literal(intervals.literal(lo, mt.key_type)), hi=sql.Literal(intervals.literal(hi, mt.key_type)))
+
+
+def _put_in_sql(dst: QualifiedName, cols: list[str]) -> sql.Composed:
+    collist = sql.SQL(", ").join(map(sql.Identifier, cols))
+    # PostgreSQL 17+ gives a partition its parent's identity columns: the rows keep their values
+    return sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
+        dst.ident(), collist, collist, sql.Identifier(MOVING))
+
+
 def _move_range(
     conn: psycopg.Connection, settings: Settings, mt: ManagedTable, d: Partition, lo: datetime, hi: datetime,
     leader_check: Callable[[], bool] | None, staging: QualifiedName | None = None,
@@ -163,7 +196,8 @@ def _move_range(
     moved = 0
     batch = max(1, settings.batch_size)
     stmt = _move_sql(mt, d.qualified, name, cols, lo, hi, batch)
-    while True:
+    published = _published(conn, d)
+    while not published:
         if leader_check is not None and not leader_check():
             raise NotLeader()
         with conn.transaction():
@@ -182,7 +216,10 @@ def _move_range(
         c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(parent.ident()))
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(d.qualified.ident()))
         restore = _triggers_off(c, d.qualified)
-        rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
+        if published:
+            rest = c.execute(_take_out_sql(mt, d.qualified, cols, lo, hi)).rowcount
+        else:
+            rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
         _restore(c, restore)
         failpoints.hit("maintain.default.attach")
         like = newest_partition(list_partitions(c, parent, mt.key_type))
@@ -190,6 +227,10 @@ def _move_range(
             parent.ident(), name.ident(), sql.Literal(lo_lit), sql.Literal(hi_lit)))
         for stmt in replica_identity_sql(c, like.oid, name) if like is not None else []:  # its indexes: the attach's
             c.execute(stmt)
+        if published:  # a partition now: the inserts are published as the deletes were
+            restore = _triggers_off(c, name)
+            c.execute(_put_in_sql(name, cols))
+            _restore(c, restore)
         c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT partman_range").format(name.ident()))
         c.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(name.ident()))
         return rest
@@ -202,7 +243,7 @@ def _move_range(
     except LockTimeoutGaveUp:
         _put_back(conn, settings, mt, d, name, cols)
         raise
-    log.get().info("default_rows_moved", table=mt.qualified, partition=name.name, rows=moved)
+    log.get().info("default_rows_moved", table=mt.qualified, partition=name.name, rows=moved, published=published)
     return name.name, moved
 
 
