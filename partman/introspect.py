@@ -79,6 +79,7 @@ class Trigger:
     name: str
     definition: str  # pg_get_triggerdef: CREATE TRIGGER ... ON <qualified table> ...
     enabled: str  # 'O' origin (enabled), 'D' disabled, 'R' replica, 'A' always
+    row_transition: bool = False  # FOR EACH ROW with REFERENCING OLD/NEW TABLE
 
 
 @dataclass
@@ -254,10 +255,11 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE i.indrelid = %s AND i.indisreplident", (oid,))), None)
     m.triggers = [
-        Trigger(row["tgname"], row["def"], row["tgenabled"])
+        Trigger(row["tgname"], row["def"], row["tgenabled"], row["row_transition"])
         for row in fetch_dicts(
             conn,
-            "SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger "
+            "SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled, "
+            "(tgtype & 1) = 1 AND (tgoldtable IS NOT NULL OR tgnewtable IS NOT NULL) AS row_transition FROM pg_trigger "
             "WHERE tgrelid = %s AND NOT tgisinternal AND tgparentid = 0 AND NOT (tgname = ANY(%s)) ORDER BY tgname",
             (oid, list(PARTMAN_TRIGGERS)),
         )

@@ -581,6 +581,11 @@ def refusals(model: TableModel, column: str) -> list[str]:
                    "convert.")
     if model.rules:
         out.append(f"{t} has rules ({', '.join(model.rules)}), which partman does not carry over; drop them first.")
+    for tr in model.triggers:
+        if tr.row_transition:
+            out.append(f"trigger {tr.name} is a FOR EACH ROW trigger with transition tables (REFERENCING ... TABLE), "
+                       "which PostgreSQL does not allow on a partitioned table. Make it FOR EACH STATEMENT (the "
+                       "transition tables then hold the statement's rows), or drop it, first.")
     if model.persistence == "t":
         out.append(f"{t} is a temporary table.")
     out += publication_refusals(model, column, model.publications)
