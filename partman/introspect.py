@@ -52,6 +52,7 @@ class Constraint:
     index_name: str | None
     columns: list[str]
     comment: str | None
+    timing: str = ""  # "", " DEFERRABLE" or " DEFERRABLE INITIALLY DEFERRED", as SQL writes it
 
 
 @dataclass
@@ -392,11 +393,13 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[Column]:
 def _constraints(conn: psycopg.Connection, oid: int) -> list[Constraint]:
     return [
         Constraint(r["conname"], r["contype"], r["def"], r["convalidated"], r["connoinherit"], r["idx"],
-                   list(r["cols"] or []), r["comment"])
+                   list(r["cols"] or []), r["comment"],
+                   (" DEFERRABLE" if r["condeferrable"] else "") + (" INITIALLY DEFERRED" if r["condeferred"] else ""))
         for r in fetch_dicts(
             conn,
             """
             SELECT c.conname, c.contype, pg_get_constraintdef(c.oid) AS def, c.convalidated, c.connoinherit,
+                   c.condeferrable, c.condeferred,
                    (SELECT relname FROM pg_class WHERE oid = c.conindid AND c.contype IN ('p', 'u', 'x')) AS idx,
                    ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
                          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o) AS cols,

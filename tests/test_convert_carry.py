@@ -1058,3 +1058,33 @@ def test_the_plan_warns_of_publications_that_publish_partitions_or_all_tables(co
     conn.execute("DROP PUBLICATION everything; DROP PUBLICATION plain; DROP TABLE notes_partitioned")
     plan = json.loads(partman("convert", "notes", "--column", "at", "--dry-run", "--json").out)
     assert not [w for w in plan["warnings"] if "publish" in w]
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_deferrable_keys_stay_deferrable(conn, partman, sleep):
+    """A unique constraint checked at commit (DEFERRABLE INITIALLY DEFERRED) lets a transaction
+    pass through a duplicate, as when two rows swap their codes; one checked per statement
+    (DEFERRABLE) lets one statement do it. Both come along as they are, on the table and on every
+    partition, and so does a deferrable primary key (widened)."""
+    conn.execute(
+        "CREATE TABLE slots (id bigint NOT NULL, at date NOT NULL, code text, seat int,"
+        "  CONSTRAINT slots_pkey PRIMARY KEY (id) DEFERRABLE,"
+        "  CONSTRAINT slots_code UNIQUE (code, at) DEFERRABLE INITIALLY DEFERRED,"
+        "  CONSTRAINT slots_seat UNIQUE (seat, at));"
+        "INSERT INTO slots SELECT g, date '2024-01-01' + g % 300, 'c' || g, g FROM generate_series(1, 900) g")
+    r = partman("convert", "slots", "--column", "at", "--sleep", sleep, "--yes")
+    assert r.code == 0, r.err
+    timing = conn.execute(  # by the key's first column: the table's constraint and its partitions'
+        "SELECT a.attname, bool_and(k.condeferrable), bool_and(k.condeferred), count(*) FROM pg_constraint k "
+        "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] "
+        "WHERE k.contype IN ('p', 'u') AND (k.conrelid = 'slots'::regclass OR k.conrelid IN "
+        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'slots'::regclass)) GROUP BY 1 ORDER BY 1").fetchall()
+    tables = conn.execute("SELECT count(*) + 1 FROM pg_inherits WHERE inhparent = 'slots'::regclass").fetchone()[0]
+    assert timing == [("code", True, True, tables), ("id", True, False, tables), ("seat", False, False, tables)]
+    with conn.transaction():  # the duplicate lives until the commit
+        conn.execute("UPDATE slots SET code = 'c2' WHERE id = 1")
+        conn.execute("UPDATE slots SET code = 'c1' WHERE id = 2")
+    # per statement: 1 becomes 301 while 301 is still there, and the statement's end sees no duplicate
+    conn.execute("UPDATE slots SET id = id + 300 WHERE at = (SELECT at FROM slots WHERE id = 1)")
+    with pytest.raises(psycopg.errors.UniqueViolation):  # the same, checked row by row
+        conn.execute("UPDATE slots SET seat = seat + 300 WHERE at = (SELECT at FROM slots WHERE seat = 1)")

@@ -202,9 +202,10 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
             kind = sql.SQL("PRIMARY KEY") if con.kind == "p" else sql.SQL("UNIQUE") + nnd
 
             def build(t: QualifiedName, name: str, kind=kind, cols=new_cols, include=include,
-                      space=space) -> sql.Composable:
-                return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}{}").format(
-                    t.ident(), sql.Identifier(name), kind, _idents(cols), include, _tablespace(space, True))
+                      space=space, timing=con.timing) -> sql.Composable:
+                return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}{}{}").format(
+                    t.ident(), sql.Identifier(name), kind, _idents(cols), include, _tablespace(space, True),
+                    sql.SQL(timing))
 
             out.append(IndexDDL(build(shadow, con.name), con.name, idx.name, con.name, widen, note, build,
                                 "pkey" if con.kind == "p" else "key", names))
