@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from . import log
 from .settings import Settings
 
 _MIGRATION_LOCK = "partman:catalog-migration"
@@ -71,6 +72,20 @@ def ensure(conn: psycopg.Connection, settings: Settings) -> None:
                 continue
             conn.execute(path.read_text())  # type: ignore[arg-type]  # our own file, no parameters
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    if current == 0:
+        _warn_if_published(conn, settings)
+
+
+def _warn_if_published(conn: psycopg.Connection, settings: Settings) -> None:
+    """A publication of all tables publishes the catalog just made: each subscriber stops
+    replicating at partman's first write unless it has the catalog's tables too."""
+    names = [r[0] for r in conn.execute("SELECT pubname FROM pg_publication WHERE puballtables ORDER BY 1")]
+    if names:
+        log.get().warning(
+            "catalog_published", catalog=settings.catalog_schema, publications=names,
+            warning=f"{', '.join(names)} publish all tables, so partman's catalog ({settings.catalog_schema}) too: a "
+                    "subscriber stops replicating at partman's first write unless it has the same tables; create "
+                    f"them there (pg_dump --schema-only --schema {settings.catalog_schema} | psql <subscriber>)")
 
 
 def _version(conn: psycopg.Connection, settings: Settings) -> int:

@@ -543,6 +543,21 @@ def test_default_rows_of_an_append_only_table_move_without_superuser(conn, dsn, 
         conn.execute("DELETE FROM led WHERE id = 1")
 
 
+def test_a_publication_of_all_tables_is_named_when_the_catalog_is_made(conn, partman):
+    """A publication FOR ALL TABLES publishes partman's catalog from its first row on, and a
+    subscriber without those tables stops replicating: the command that makes the catalog says
+    so, once."""
+    make_events(conn, years=(2022,))
+    conn.execute("CREATE PUBLICATION everything FOR ALL TABLES")
+    r = partman("register", "events", "--column", "ts", "--interval", "year")
+    assert r.code == 0, r.err
+    said = [json.loads(line) for line in r.err.splitlines() if "catalog_published" in line]
+    assert len(said) == 1 and said[0]["publications"] == ["everything"]
+    assert "pg_dump --schema-only --schema partman_catalog" in said[0]["warning"]
+    r = partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "4")
+    assert r.code == 0 and "catalog_published" not in r.err
+
+
 def test_maintain_with_nothing_registered_does_nothing(conn, partman):
     r = partman("maintain")
     assert r.code == 0 and "nothing to do" in r.out
