@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import psycopg
@@ -391,6 +392,69 @@ def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
     assert r.code == 1 and "they belong to audit_log_ledger_partitioned" in r.err, r.err
     conn.execute("DROP TABLE audit_log_ledger_partitioned")
     conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'y', '', '')")
+
+
+def test_writes_of_a_replication_session_are_captured_too(conn, dsn, partman):
+    """A logical replication apply worker (the table is a subscription's target, as in a blue/green
+    switchover) writes with session_replication_role = replica, where ordinary triggers do not
+    fire. partman's capture fires anyway: none of those writes is missing from the new table at
+    the swap (verification has nothing to repair), nor from the original after a revert."""
+    conn.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, at date NOT NULL, v int NOT NULL);"
+                 "INSERT INTO notes (at, v) SELECT date '2024-01-01' + g % 300, 0 FROM generate_series(1, 20000) g")
+    stop, written = threading.Event(), []
+
+    def apply_worker() -> None:
+        with psycopg.connect(dsn, autocommit=True) as w:
+            w.execute("SET session_replication_role = replica")
+            while not stop.is_set():
+                w.execute("INSERT INTO notes (at, v) VALUES ('2024-05-05', 1)")
+                w.execute("UPDATE notes SET v = v + 1 WHERE id = 5")  # a row the copy has passed
+                written.append(1)
+                time.sleep(0.003)
+
+    worker = threading.Thread(target=apply_worker)
+    worker.start()
+    try:
+        r = partman("convert", "notes", "--column", "at", "--sleep", "0.02", "--batch-size", "1000", "--yes")
+    finally:
+        stop.set()
+        worker.join()
+    assert r.code == 0, r.err
+    assert len(written) > 50
+    verified = conn.execute("SELECT verify FROM partman_catalog.conversion").fetchone()[0]
+    assert verified["missing_or_different"] == 0 and verified["repaired"] == 0, verified
+    with psycopg.connect(dsn, autocommit=True) as w:  # after the swap: revert must carry these back
+        w.execute("SET session_replication_role = replica")
+        w.execute("INSERT INTO notes (at, v) VALUES ('2024-06-06', 7)")
+        w.execute("UPDATE notes SET v = -1 WHERE id = 6")
+    expected = conn.execute("SELECT count(*), sum(v) FROM notes").fetchone()
+    r = partman("revert", "notes", "--yes")
+    assert r.code == 0, r.err
+    assert not is_partitioned(conn, QualifiedName("public", "notes"))
+    assert conn.execute("SELECT count(*), sum(v) FROM notes").fetchone() == expected
+
+
+def test_revert_waits_for_a_stopped_default_move_to_be_finished(conn, partman, partman_proc):
+    """Rows written after the swap into the default partition, then moved by a maintenance pass
+    killed before its ATTACH, sit in a staging table that is part of neither table: a revert then
+    would leave them behind. It refuses, naming the table and `partman maintain`; after that
+    pass it carries them into the original."""
+    make_ledger(conn, 300)
+    assert partman(*CONVERT, "--sleep", "0").code == 0
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash, event_timestamp) "
+                 "SELECT 'app', 'late', '', '', timestamptz '2040-03-01' + g * interval '1 day' FROM generate_series(1, 40) g")
+    killed = partman_proc("maintain", extra_env={"PARTMAN_FAILPOINTS": "maintain.default.attach=1:kill",
+                                                 "PARTMAN_BATCH_SIZE": "10"})
+    assert killed.code == -9, killed.err[-500:]
+    r = partman("revert", "audit_log_ledger", "--yes")
+    assert r.code == 1 and "audit_log_ledger_p20400101" in r.err and "partman maintain" in r.err, r.err
+    assert is_partitioned(conn, LEDGER)
+    assert partman("maintain").code == 0
+    r = partman("revert", "audit_log_ledger", "--yes")
+    assert r.code == 0, r.err
+    assert not is_partitioned(conn, LEDGER)
+    assert conn.execute("SELECT count(*) FROM audit_log_ledger WHERE action = 'late'").fetchone()[0] == 40
+    assert len(ids(conn, LEDGER)) == 340
 
 
 def test_rerun_after_success_is_a_no_op(conn, partman):

@@ -116,6 +116,13 @@ def create_trigger(trigger: str, table: QualifiedName, fn: QualifiedName) -> sql
     ).format(sql.Identifier(trigger), table.ident(), fn.ident())
 
 
+def fire_always(trigger: str, table: QualifiedName) -> sql.Composed:
+    """The trigger fires in every session, also those with session_replication_role = replica (a
+    logical replication apply worker writing to a subscribed table, a tool's bulk load): a write
+    the log missed would be missing from the target until verification repaired it."""
+    return sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table.ident(), sql.Identifier(trigger))
+
+
 def drop_trigger(trigger: str, table: QualifiedName) -> sql.Composed:
     return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table.ident())
 

@@ -60,8 +60,20 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
                             "without a table of that name stops replicating until it has one")
         if not confirm(f"Swap {qn} back to the original table {old}?", args.yes):
             raise PartmanError("Revert cancelled at the prompt. Nothing was changed.")
+        from ..lifecycle.default_rows import pending_moves
+        from ..lifecycle.maintain import table_lock_key
+
         with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),
-                              f"A `partman convert` or `revert` of {qn} is running. Wait for it to finish."):
+                              f"A `partman convert` or `revert` of {qn} is running. Wait for it to finish."), \
+                db.advisory_lock(conn, table_lock_key(mt),
+                                 f"A maintenance pass is working on {qn} right now. Run the revert again when it "
+                                 "is done (a pass over one table takes seconds)."):
+            staged = pending_moves(conn, mt)
+            if staged:  # their rows are in neither the partitioned table nor, if written since the swap, the original
+                raise PartmanError(
+                    f"Cannot revert {qn} yet: a maintenance pass was stopped while moving rows out of its default "
+                    f"partition, and they wait in {', '.join(staged)}. Run `partman maintain` to finish that move, "
+                    "then the revert.")
             figures = revert(conn, settings, qn, old, work, conv, lock_timeout_ms=settings.lock_timeout_ms)
         print(json.dumps(figures, default=str) if getattr(args, "json", False) else
               f"reverted {qn}: {figures['replayed']} row change(s) since the swap carried into the original table; "

@@ -391,6 +391,7 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
 
     def install(c: psycopg.Connection) -> None:
         c.execute(capture.create_trigger(CONVERT_TRIGGER, p.table, work.convert_fn))
+        c.execute(capture.fire_always(CONVERT_TRIGGER, p.table))
         catalog.update_conversion(c, settings, cid, phase="copy", last_key=None, upper_from=None, upper_key=None,
                                   rows_copied=0)
 

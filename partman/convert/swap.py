@@ -152,6 +152,7 @@ def install_revert_capture(conn: psycopg.Connection, work: WorkNames, table: Qua
     conn.execute(capture.create_log(work.revert_log, key))
     conn.execute(capture.create_function(work.revert_fn, work.revert_log, key))
     conn.execute(capture.create_trigger(REVERT_TRIGGER, table, work.revert_fn))
+    conn.execute(capture.fire_always(REVERT_TRIGGER, table))  # and on every partition, those to come too
 
 
 def swap(

@@ -111,6 +111,11 @@ def _staging_tables(conn: psycopg.Connection, mt: ManagedTable) -> list[tuple[Qu
     return out
 
 
+def pending_moves(conn: psycopg.Connection, mt: ManagedTable) -> list[str]:
+    """The staging tables a stopped pass left with rows on their way out of the default partition."""
+    return [name.name for name, _, _ in _staging_tables(conn, mt)]
+
+
 def _triggers_off(conn: psycopg.Connection, partition: QualifiedName) -> list[sql.Composed]:
     """Rows are moved, not changed: user triggers (append-only guards, chain triggers) must not
     fire, inside the caller's transaction. With superuser/rds_superuser, session_replication_role
