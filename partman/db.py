@@ -262,9 +262,14 @@ def advisory_holder(conn: psycopg.Connection, key: str) -> int | None:
 
 
 @contextmanager
-def advisory_lock(conn: psycopg.Connection, key: str, busy_message: str) -> Iterator[None]:
-    if not try_advisory_lock(conn, key):
-        raise PartmanError(busy_message)
+def advisory_lock(conn: psycopg.Connection, key: str, busy_message: str, wait_s: float = 0) -> Iterator[None]:
+    """Hold the session advisory lock on `key`, trying for up to `wait_s` seconds; busy_message
+    when it stays taken."""
+    deadline = time.monotonic() + wait_s
+    while not try_advisory_lock(conn, key):
+        if time.monotonic() >= deadline:
+            raise PartmanError(busy_message)
+        time.sleep(0.2)
     try:
         yield
     finally:

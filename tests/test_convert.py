@@ -457,6 +457,27 @@ def test_revert_waits_for_a_stopped_default_move_to_be_finished(conn, partman, p
     assert len(ids(conn, LEDGER)) == 340
 
 
+def test_revert_waits_for_a_maintenance_pass_on_the_table(conn, dsn, partman, monkeypatch):
+    """A maintenance pass (moving default rows, dropping <table>_old) and a revert must not
+    interleave: revert waits for the table's maintenance lock, and says so when it stays taken."""
+    from partman.convert import revert
+
+    make_ledger(conn, 200)
+    assert partman(*CONVERT, "--sleep", "0").code == 0
+    key = "partman:maintain:public:audit_log_ledger"
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        monkeypatch.setattr(revert, "MAINTENANCE_WAIT_S", 1)
+        r = partman("revert", "audit_log_ledger", "--yes")
+        assert r.code == 1 and "A maintenance pass has been working on public.audit_log_ledger" in r.err, r.err
+        assert is_partitioned(conn, LEDGER)
+        monkeypatch.setattr(revert, "MAINTENANCE_WAIT_S", 30)
+        threading.Timer(1.0, lambda: other.execute("SELECT pg_advisory_unlock_all()")).start()
+        r = partman("revert", "audit_log_ledger", "--yes")
+    assert r.code == 0, r.err
+    assert not is_partitioned(conn, LEDGER)
+
+
 def test_rerun_after_success_is_a_no_op(conn, partman):
     make_ledger(conn, 300)
     r = partman(*CONVERT, "--sleep", "0", "--retention", "10 years", "--retention-action", "archive")

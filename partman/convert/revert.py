@@ -27,6 +27,7 @@ from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, free_name, hand_over_i
                    relation_exists, rename_statistics, statistics_exists)
 
 ROUND = 10_000
+MAINTENANCE_WAIT_S = 30  # a pass over one table takes seconds: wait for it rather than fail
 
 
 def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
@@ -66,8 +67,8 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
         with db.advisory_lock(conn, db.advisory_key("convert", qn.schema, qn.name),
                               f"A `partman convert` or `revert` of {qn} is running. Wait for it to finish."), \
                 db.advisory_lock(conn, table_lock_key(mt),
-                                 f"A maintenance pass is working on {qn} right now. Run the revert again when it "
-                                 "is done (a pass over one table takes seconds)."):
+                                 f"A maintenance pass has been working on {qn} for {MAINTENANCE_WAIT_S} s. Run the "
+                                 "revert again when it is done.", wait_s=MAINTENANCE_WAIT_S):
             staged = pending_moves(conn, mt)
             if staged:  # their rows are in neither the partitioned table nor, if written since the swap, the original
                 raise PartmanError(
