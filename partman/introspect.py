@@ -186,6 +186,8 @@ class TableModel:
     # the statistics objects' names in the table's schema, each with the schema of the table it is on
     statistics_taken: list[tuple[str, str]] = field(default_factory=list)
     tablespace: str | None = None  # when not the database's default
+    of_type: str | None = None  # a typed table's composite type (CREATE TABLE ... OF type)
+    clustered_on: str | None = None  # the index ALTER TABLE ... CLUSTER ON marked
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -228,7 +230,10 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
                  || coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}') AS reloptions,
                obj_description(c.oid, 'pg_class') AS comment,
                c.relrowsecurity, c.relforcerowsecurity, c.relreplident,
-               (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace) AS tablespace
+               (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace) AS tablespace,
+               CASE WHEN c.reloftype <> 0 THEN format_type(c.reloftype, NULL) END AS of_type,
+               (SELECT x.relname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+                 WHERE i.indrelid = c.oid AND i.indisclustered) AS clustered_on
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
         WHERE n.nspname = %s AND c.relname = %s
@@ -244,7 +249,7 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
         persistence=r["relpersistence"], estimated_rows=int(r["reltuples"]), total_bytes=int(r["bytes"]),
         reloptions=list(r["reloptions"]), comment=r["comment"], row_security=r["relrowsecurity"],
         force_row_security=r["relforcerowsecurity"], replica_identity=r["relreplident"],
-        replica_identity_index=None, tablespace=r["tablespace"],
+        replica_identity_index=None, tablespace=r["tablespace"], of_type=r["of_type"], clustered_on=r["clustered_on"],
     )
     if m.relkind not in ("r", "p"):
         return m  # refused by the plan; nothing more to read

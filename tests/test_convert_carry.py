@@ -1088,3 +1088,21 @@ def test_deferrable_keys_stay_deferrable(conn, partman, sleep):
     conn.execute("UPDATE slots SET id = id + 300 WHERE at = (SELECT at FROM slots WHERE id = 1)")
     with pytest.raises(psycopg.errors.UniqueViolation):  # the same, checked row by row
         conn.execute("UPDATE slots SET seat = seat + 300 WHERE at = (SELECT at FROM slots WHERE seat = 1)")
+
+
+def test_a_typed_table_and_a_cluster_mark_are_named_in_the_plan(conn, partman):
+    """Neither survives: a partitioned table cannot keep a CLUSTER ON mark, and partman builds the
+    new table's columns itself, so it is not bound to the type. The plan says so; the rows and
+    the index come along all the same."""
+    conn.execute(
+        "CREATE TYPE stay AS (id bigint, at date, ward text);"
+        "CREATE TABLE stays OF stay (PRIMARY KEY (id), at WITH OPTIONS NOT NULL);"
+        "CREATE INDEX stays_at ON stays (at); ALTER TABLE stays CLUSTER ON stays_at;"
+        "INSERT INTO stays SELECT g, date '2024-01-01' + g, 'w' FROM generate_series(1, 200) g")
+    plan = json.loads(partman("convert", "stays", "--column", "at", "--dry-run", "--json").out)
+    named = [w for w in plan["warnings"] if "OF public.stay" in w or "CLUSTER ON stays_at" in w]
+    assert len(named) == 2, plan["warnings"]
+    r = partman("convert", "stays", "--column", "at", "--yes")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT count(*) FROM stays").fetchone()[0] == 200
+    assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'stays' AND indexname = 'stays_at'").fetchone()[0] == 1

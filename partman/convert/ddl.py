@@ -635,6 +635,13 @@ def warnings(model: TableModel, column: str) -> list[str]:
                    "ALTER PUBLICATION ... SET (publish_via_partition_root = true) keeps the table's own name.")
     if model.persistence == "u":
         out.append(f"{t} is UNLOGGED; a partitioned table cannot be, so the new table is logged.")
+    if model.of_type:
+        out.append(f"{t} is a typed table (OF {model.of_type}); the new table has the same columns but is not bound "
+                   f"to the type: ALTER TYPE {model.of_type} no longer changes it.")
+    if model.clustered_on:
+        out.append(f"{t} is marked CLUSTER ON {model.clustered_on}, which a partitioned table cannot carry: a "
+                   f"CLUSTER of the new table names the index (CLUSTER {t} USING {model.clustered_on}; before "
+                   "PostgreSQL 15, one per partition).")
     for s in model.owned_sequences:
         if s.identity and s.column not in model.index_leads():
             out.append(f"IDENTITY column {s.column} of {t} has no index that leads with it: the swap reads the whole "
