@@ -145,6 +145,8 @@ class Publication:
     updates: bool  # publishes UPDATE or DELETE
     columns: list[str] | None = None  # its column list for the table ("table" only)
     row_filter: str | None = None  # its WHERE for the table ("table" only)
+    owner: str = ""
+    ours: bool = True  # the current user has its owner's privileges (may ALTER it)
 
     def __str__(self) -> str:
         cols = f" ({', '.join(self.columns)})" if self.columns is not None else ""
@@ -517,23 +519,27 @@ SELECT p.pubname, 'table', p.pubviaroot, p.pubupdate OR p.pubdelete,
        CASE WHEN pr.prattrs IS NOT NULL THEN
          (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
            WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::int2[])) END,
-       pg_get_expr(pr.prqual, pr.prrelid)
+       pg_get_expr(pr.prqual, pr.prrelid), pg_get_userbyid(p.pubowner), pg_has_role(p.pubowner, 'USAGE')
   FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %(oid)s
 UNION ALL
-SELECT p.pubname, 'schema', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL
+SELECT p.pubname, 'schema', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL, pg_get_userbyid(p.pubowner),
+       pg_has_role(p.pubowner, 'USAGE')
   FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid
   JOIN pg_class c ON c.relnamespace = pn.pnnspid WHERE c.oid = %(oid)s
 UNION ALL
-SELECT p.pubname, 'all', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL
+SELECT p.pubname, 'all', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL, pg_get_userbyid(p.pubowner),
+       pg_has_role(p.pubowner, 'USAGE')
   FROM pg_publication p WHERE p.puballtables
 ORDER BY 1, 2
 """
 # PostgreSQL 14: no column lists, row filters or FOR TABLES IN SCHEMA
 _PUBLICATIONS_14 = """
-SELECT p.pubname, 'table', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL::text[], NULL::text
+SELECT p.pubname, 'table', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL::text[], NULL::text,
+       pg_get_userbyid(p.pubowner), pg_has_role(p.pubowner, 'USAGE')
   FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %(oid)s
 UNION ALL
-SELECT p.pubname, 'all', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL
+SELECT p.pubname, 'all', p.pubviaroot, p.pubupdate OR p.pubdelete, NULL, NULL, pg_get_userbyid(p.pubowner),
+       pg_has_role(p.pubowner, 'USAGE')
   FROM pg_publication p WHERE p.puballtables
 ORDER BY 1, 2
 """

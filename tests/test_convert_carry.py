@@ -997,6 +997,27 @@ def test_a_column_list_or_row_filter_is_refused_unless_published_via_the_partiti
     assert published["evens"] == (["id", "at", "resident", "diagnosis"], "((id % (2)::bigint) = 0)")
 
 
+def test_a_publication_the_converting_role_may_not_alter_is_refused_in_the_plan(conn, dsn, partman):
+    """The swap adds the new table to each publication that names the original and takes the
+    original out, which only the publication's owner may do: a table owner converting a table a
+    superuser published was refused only there, after the whole copy. The plan says so now."""
+    role = "visits_owner_" + uuid.uuid4().hex[:6]
+    conn.execute(sql.SQL(
+        "CREATE ROLE {r} LOGIN PASSWORD 'owner-pw-7'; GRANT CREATE ON SCHEMA public TO {r};"
+        "GRANT CREATE ON DATABASE {db} TO {r};"
+        "CREATE TABLE visits (id bigserial PRIMARY KEY, at date NOT NULL); ALTER TABLE visits OWNER TO {r};"
+        "INSERT INTO visits (at) SELECT date '2024-01-01' + g FROM generate_series(1, 100) g;"
+        "CREATE PUBLICATION feed FOR TABLE visits").format(r=sql.Identifier(role), db=sql.Identifier(conn.info.dbname)))
+    owner = psycopg.conninfo.make_conninfo(dsn, user=role, password="owner-pw-7")
+    r = partman("convert", "visits", "--column", "at", "--yes", "--dsn", owner)
+    assert r.code == 1 and f"ALTER PUBLICATION feed OWNER TO {role}" in r.err, r.err
+    assert relations_in(conn, "public") == {"visits", "visits_pkey", "visits_id_seq"}
+    conn.execute(sql.SQL("ALTER PUBLICATION feed OWNER TO {}").format(sql.Identifier(role)))
+    r = partman("convert", "visits", "--column", "at", "--yes", "--dsn", owner)
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT prrelid::regclass::text FROM pg_publication_rel").fetchall() == [("visits",)]
+
+
 def test_publications_are_read_under_the_swaps_lock(conn, partman, partman_proc, pg_server):
     """A paced conversion runs for hours, and the table may join a publication meanwhile. The swap
     reads the table's publications under its lock: one that cannot take the new table as it is

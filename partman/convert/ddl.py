@@ -527,7 +527,12 @@ def publication_refusals(model: TableModel, column: str | None, publications: Se
             continue
         narrowed = [what for what, value in (("a column list", p.columns), ("a row filter", p.row_filter))
                     if value is not None]
-        if narrowed and not p.via_root:
+        if not p.ours:
+            out.append(f"publication {p.name} publishes {t} and belongs to {p.owner}: the swap adds the new table "
+                       "to it and takes the original out, which only a role with its owner's privileges may. Run the "
+                       f"conversion as such a role, or give it to the table's owner first (ALTER PUBLICATION {p.name} "
+                       f"OWNER TO {model.owner}).")
+        elif narrowed and not p.via_root:
             what = " and ".join(narrowed)
             out.append(f"publication {p.name} publishes {t} with {what}, which PostgreSQL allows on a partitioned "
                        "table only when the publication publishes via its partition root (otherwise the partitions "
