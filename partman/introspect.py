@@ -551,6 +551,32 @@ def publications(conn: psycopg.Connection, oid: int) -> list[Publication]:
     return [Publication(*row) for row in conn.execute(query, {"oid": oid})]
 
 
+_NOT_OURS = """
+SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence'
+       ELSE 'relation' END || ' ' || c.oid::regclass::text, pg_get_userbyid(c.relowner)
+  FROM pg_class c WHERE c.oid = ANY (%(relations)s::text[]::regclass[]) AND NOT pg_has_role(c.relowner, 'USAGE')
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure::text, pg_get_userbyid(p.proowner)
+  FROM pg_proc p WHERE p.oid = ANY (%(functions)s::text[]::regprocedure[]) AND NOT pg_has_role(p.proowner, 'USAGE')
+UNION ALL
+SELECT 'statistics ' || quote_ident(n.nspname) || '.' || quote_ident(s.stxname), pg_get_userbyid(s.stxowner)
+  FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+  JOIN unnest(%(stat_schemas)s::text[], %(stat_names)s::text[]) AS x(nsp, name) ON x.nsp = n.nspname AND x.name = s.stxname
+ WHERE NOT pg_has_role(s.stxowner, 'USAGE')
+ORDER BY 1
+"""
+
+
+def not_ours(conn: psycopg.Connection, m: TableModel) -> list[tuple[str, str]]:
+    """What a conversion's swap alters besides the table (views and materialized views over it,
+    functions whose bodies read it, the sequences it owns, its statistics objects) that the
+    current user may not: (what, its owner) for each, owned by a role whose privileges it lacks."""
+    relations = [v.name.literal for v in m.views] + [s.sequence.literal for s in m.owned_sequences]
+    return [(r[0], r[1]) for r in conn.execute(_NOT_OURS, {
+        "relations": relations, "functions": [f.name for f in m.functions],
+        "stat_schemas": [s.name.schema for s in m.statistics], "stat_names": [s.name.name for s in m.statistics]})]
+
+
 _DECORATIONS = """
 SELECT md5(json_build_array(
     pg_get_userbyid(c.relowner), c.relacl::text, obj_description(c.oid, 'pg_class'),

@@ -1018,6 +1018,34 @@ def test_a_publication_the_converting_role_may_not_alter_is_refused_in_the_plan(
     assert conn.execute("SELECT prrelid::regclass::text FROM pg_publication_rel").fetchall() == [("visits",)]
 
 
+def test_views_and_functions_of_other_roles_are_refused_in_the_plan(conn, dsn, partman):
+    """The swap recreates the views and the SQL-standard functions that read the table, which
+    only their owners may do: a table owner converting a table a reporting role built a view on
+    failed there, after the whole copy (the work schema gone with it). The plan names them now."""
+    tag = uuid.uuid4().hex[:6]
+    owner, reporting = f"rounds_owner_{tag}", f"reporting_{tag}"
+    conn.execute(sql.SQL(
+        "CREATE ROLE {o} LOGIN PASSWORD 'owner-pw-8'; CREATE ROLE {r};"
+        "GRANT CREATE ON SCHEMA public TO {o}, {r}; GRANT CREATE ON DATABASE {db} TO {o};"
+        "CREATE TABLE rounds (id bigserial PRIMARY KEY, at date NOT NULL); ALTER TABLE rounds OWNER TO {o};"
+        "INSERT INTO rounds (at) SELECT date '2024-01-01' + g FROM generate_series(1, 100) g;"
+        "GRANT SELECT ON rounds TO {r}; SET ROLE {r};"
+        "CREATE VIEW rounds_daily AS SELECT at, count(*) FROM rounds GROUP BY at;"
+        "CREATE FUNCTION rounds_total() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM rounds; END;"
+        "RESET ROLE").format(o=sql.Identifier(owner), r=sql.Identifier(reporting), db=sql.Identifier(conn.info.dbname)))
+    as_owner = psycopg.conninfo.make_conninfo(dsn, user=owner, password="owner-pw-8")
+    r = partman("convert", "rounds", "--column", "at", "--yes", "--dsn", as_owner)
+    assert r.code == 1, r.err
+    assert f"view rounds_daily (owner {reporting})" in r.err and f"function rounds_total() (owner {reporting})" in r.err
+    assert relations_in(conn, "public") == {"rounds", "rounds_pkey", "rounds_id_seq", "rounds_daily"}
+    conn.execute(sql.SQL("GRANT {r} TO {o}").format(r=sql.Identifier(reporting), o=sql.Identifier(owner)))
+    r = partman("convert", "rounds", "--column", "at", "--yes", "--dsn", as_owner)
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'rounds_daily'::regclass").fetchone()[0] \
+        == reporting
+    assert conn.execute("SELECT rounds_total()").fetchone()[0] == 100
+
+
 def test_publications_are_read_under_the_swaps_lock(conn, partman, partman_proc, pg_server):
     """A paced conversion runs for hours, and the table may join a publication meanwhile. The swap
     reads the table's publications under its lock: one that cannot take the new table as it is

@@ -176,7 +176,7 @@ def key_stats(conn: psycopg.Connection, table: QualifiedName, column: str, index
 def make_plan(
     conn: psycopg.Connection, settings: Settings, qn: QualifiedName, opts: planning.Options
 ) -> tuple[planning.ConversionPlan, Any]:
-    from ..introspect import introspect, key_type_of
+    from ..introspect import introspect, key_type_of, not_ours
 
     model = introspect(conn, qn)
     owner_ok = conn.execute(
@@ -214,6 +214,12 @@ def make_plan(
             f"the current user is not the owner of {qn} (nor a member of its owner role): converting recreates the "
             "table, so connect as its owner.",
         )
+    others = not_ours(conn, model)
+    if others:  # found here, not by the swap after the whole copy
+        p.refusals.append(
+            f"the swap recreates or re-owns {', '.join(f'{what} (owner {owner})' for what, owner in others)}, which "
+            "only a role with its owner's privileges may: run the conversion as such a role, or make the table's "
+            f"owner theirs first (ALTER ... OWNER TO {model.owner}).")
     return p, model
 
 
