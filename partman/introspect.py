@@ -553,27 +553,41 @@ def publications(conn: psycopg.Connection, oid: int) -> list[Publication]:
 
 _NOT_OURS = """
 SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence'
-       ELSE 'relation' END || ' ' || c.oid::regclass::text, pg_get_userbyid(c.relowner)
+       ELSE 'relation' END || ' ' || c.oid::regclass::text, 'owned by ' || pg_get_userbyid(c.relowner)
   FROM pg_class c WHERE c.oid = ANY (%(relations)s::text[]::regclass[]) AND NOT pg_has_role(c.relowner, 'USAGE')
 UNION ALL
-SELECT 'function ' || p.oid::regprocedure::text, pg_get_userbyid(p.proowner)
+SELECT 'function ' || p.oid::regprocedure::text, 'owned by ' || pg_get_userbyid(p.proowner)
   FROM pg_proc p WHERE p.oid = ANY (%(functions)s::text[]::regprocedure[]) AND NOT pg_has_role(p.proowner, 'USAGE')
 UNION ALL
-SELECT 'statistics ' || quote_ident(n.nspname) || '.' || quote_ident(s.stxname), pg_get_userbyid(s.stxowner)
+SELECT 'statistics ' || quote_ident(n.nspname) || '.' || quote_ident(s.stxname), 'owned by ' || pg_get_userbyid(s.stxowner)
   FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
   JOIN unnest(%(stat_schemas)s::text[], %(stat_names)s::text[]) AS x(nsp, name) ON x.nsp = n.nspname AND x.name = s.stxname
  WHERE NOT pg_has_role(s.stxowner, 'USAGE')
+UNION ALL
+SELECT DISTINCT 'trigger function ' || t.tgfoid::regprocedure::text, 'EXECUTE'
+  FROM pg_trigger t WHERE t.tgrelid = %(oid)s AND NOT t.tgisinternal AND NOT has_function_privilege(t.tgfoid, 'EXECUTE')
+UNION ALL
+SELECT 'table ' || k.confrelid::regclass::text, 'REFERENCES, for foreign key ' || quote_ident(k.conname)
+  FROM pg_constraint k WHERE k.conrelid = %(oid)s AND k.contype = 'f'
+   AND NOT (SELECT bool_and(has_column_privilege(k.confrelid, a, 'REFERENCES')) FROM unnest(k.confkey) a)
+UNION ALL
+SELECT 'tablespace ' || quote_ident(ts.spcname), 'CREATE'
+  FROM pg_tablespace ts WHERE NOT has_tablespace_privilege(ts.oid, 'CREATE') AND ts.oid IN (
+       SELECT c.reltablespace FROM pg_class c
+        WHERE c.oid = %(oid)s OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %(oid)s))
 ORDER BY 1
 """
 
 
 def not_ours(conn: psycopg.Connection, m: TableModel) -> list[tuple[str, str]]:
-    """What a conversion's swap alters besides the table (views and materialized views over it,
-    functions whose bodies read it, the sequences it owns, its statistics objects) that the
-    current user may not: (what, its owner) for each, owned by a role whose privileges it lacks."""
+    """What a conversion recreates, alters or uses besides the table that the current user has no
+    right to: views and materialized views over it, functions whose bodies read it, the sequences it
+    owns and its statistics objects (their owner's privileges), its trigger functions (EXECUTE),
+    the tables its foreign keys reference (REFERENCES), the tablespaces of it and its indexes
+    (CREATE). (what, the right it lacks) for each."""
     relations = [v.name.literal for v in m.views] + [s.sequence.literal for s in m.owned_sequences]
     return [(r[0], r[1]) for r in conn.execute(_NOT_OURS, {
-        "relations": relations, "functions": [f.name for f in m.functions],
+        "oid": m.oid, "relations": relations, "functions": [f.name for f in m.functions],
         "stat_schemas": [s.name.schema for s in m.statistics], "stat_names": [s.name.name for s in m.statistics]})]
 
 

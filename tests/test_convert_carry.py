@@ -1020,15 +1020,21 @@ def test_a_publication_the_converting_role_may_not_alter_is_refused_in_the_plan(
 
 def test_views_and_functions_of_other_roles_are_refused_in_the_plan(conn, dsn, partman):
     """The swap recreates the views and the SQL-standard functions that read the table, which
-    only their owners may do: a table owner converting a table a reporting role built a view on
-    failed there, after the whole copy (the work schema gone with it). The plan names them now."""
+    only their owners may do; the conversion recreates the triggers (EXECUTE on their functions)
+    and the foreign keys (REFERENCES on the tables they point to). A table owner lacking any of
+    these failed after the whole copy (the work schema gone with it). The plan names them now."""
     tag = uuid.uuid4().hex[:6]
     owner, reporting = f"rounds_owner_{tag}", f"reporting_{tag}"
     conn.execute(sql.SQL(
         "CREATE ROLE {o} LOGIN PASSWORD 'owner-pw-8'; CREATE ROLE {r};"
         "GRANT CREATE ON SCHEMA public TO {o}, {r}; GRANT CREATE ON DATABASE {db} TO {o};"
-        "CREATE TABLE rounds (id bigserial PRIMARY KEY, at date NOT NULL); ALTER TABLE rounds OWNER TO {o};"
-        "INSERT INTO rounds (at) SELECT date '2024-01-01' + g FROM generate_series(1, 100) g;"
+        "CREATE TABLE wards (id int PRIMARY KEY); INSERT INTO wards VALUES (1);"
+        "CREATE FUNCTION rounds_stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;"
+        "REVOKE EXECUTE ON FUNCTION rounds_stamp() FROM PUBLIC;"
+        "CREATE TABLE rounds (id bigserial PRIMARY KEY, at date NOT NULL, ward int REFERENCES wards);"
+        "CREATE TRIGGER stamp BEFORE INSERT ON rounds FOR EACH ROW EXECUTE FUNCTION rounds_stamp();"
+        "ALTER TABLE rounds OWNER TO {o};"
+        "INSERT INTO rounds (at, ward) SELECT date '2024-01-01' + g, 1 FROM generate_series(1, 100) g;"
         "GRANT SELECT ON rounds TO {r}; SET ROLE {r};"
         "CREATE VIEW rounds_daily AS SELECT at, count(*) FROM rounds GROUP BY at;"
         "CREATE FUNCTION rounds_total() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM rounds; END;"
@@ -1036,9 +1042,14 @@ def test_views_and_functions_of_other_roles_are_refused_in_the_plan(conn, dsn, p
     as_owner = psycopg.conninfo.make_conninfo(dsn, user=owner, password="owner-pw-8")
     r = partman("convert", "rounds", "--column", "at", "--yes", "--dsn", as_owner)
     assert r.code == 1, r.err
-    assert f"view rounds_daily (owner {reporting})" in r.err and f"function rounds_total() (owner {reporting})" in r.err
-    assert relations_in(conn, "public") == {"rounds", "rounds_pkey", "rounds_id_seq", "rounds_daily"}
-    conn.execute(sql.SQL("GRANT {r} TO {o}").format(r=sql.Identifier(reporting), o=sql.Identifier(owner)))
+    assert f"view rounds_daily (owned by {reporting})" in r.err, r.err
+    assert f"function rounds_total() (owned by {reporting})" in r.err
+    assert "trigger function rounds_stamp() (EXECUTE)" in r.err
+    assert "table wards (REFERENCES, for foreign key rounds_ward_fkey)" in r.err
+    assert relations_in(conn, "public") == {"rounds", "rounds_pkey", "rounds_id_seq", "rounds_daily", "wards",
+                                            "wards_pkey"}
+    conn.execute(sql.SQL("GRANT {r} TO {o}; GRANT REFERENCES ON wards TO {o}; GRANT EXECUTE ON FUNCTION rounds_stamp() "
+                         "TO {o}").format(r=sql.Identifier(reporting), o=sql.Identifier(owner)))
     r = partman("convert", "rounds", "--column", "at", "--yes", "--dsn", as_owner)
     assert r.code == 0, r.err
     assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'rounds_daily'::regclass").fetchone()[0] \

@@ -217,9 +217,9 @@ def make_plan(
     others = not_ours(conn, model)
     if others:  # found here, not by the swap after the whole copy
         p.refusals.append(
-            f"the swap recreates or re-owns {', '.join(f'{what} (owner {owner})' for what, owner in others)}, which "
-            "only a role with its owner's privileges may: run the conversion as such a role, or make the table's "
-            f"owner theirs first (ALTER ... OWNER TO {model.owner}).")
+            "the conversion recreates, alters or uses objects the current user has no right to: "
+            f"{', '.join(f'{what} ({right})' for what, right in others)}. Run it as a role that has them (a member "
+            f"of each owner role), or grant them first (or make {model.owner} the owner).")
     return p, model
 
 
