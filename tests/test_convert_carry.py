@@ -803,6 +803,35 @@ def test_compression_and_tablespaces_come_along_and_reach_new_partitions(conn, p
     assert columns == [("p", "e")]
 
 
+def test_a_tablespace_the_converting_role_may_not_create_in_is_refused_in_the_plan(conn, dsn, partman, pg_server):
+    """The partitions and their indexes go into the original's tablespaces, which takes CREATE
+    there: a table owner without it failed when the index phase reached an index, after the whole
+    copy. The plan names the tablespace now."""
+    if pg_server.temp is None:
+        pytest.skip("a tablespace needs a directory on the server's machine: only with the tests' own server")
+    tag = uuid.uuid4().hex[:8]
+    space, owner = "ts_" + tag, "notes_owner_" + tag
+    path = os.path.join(pg_server.temp.root, space)
+    os.makedirs(path)
+    if os.geteuid() == 0:
+        shutil.chown(path, SYSTEM_USER)
+    conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(path)))
+    conn.execute(sql.SQL(
+        "CREATE ROLE {o} LOGIN PASSWORD 'owner-pw-9'; GRANT CREATE ON SCHEMA public TO {o};"
+        "GRANT CREATE ON DATABASE {db} TO {o};"
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, at date NOT NULL, who int);"
+        "CREATE INDEX notes_who ON notes (who) TABLESPACE {s}; ALTER TABLE notes OWNER TO {o};"
+        "INSERT INTO notes (at, who) SELECT date '2024-01-01' + g, g FROM generate_series(1, 100) g").format(
+        o=sql.Identifier(owner), s=sql.Identifier(space), db=sql.Identifier(conn.info.dbname)))
+    as_owner = psycopg.conninfo.make_conninfo(dsn, user=owner, password="owner-pw-9")
+    r = partman("convert", "notes", "--column", "at", "--sleep", "0", "--yes", "--dsn", as_owner)
+    assert r.code == 1 and f"tablespace {space} (CREATE)" in r.err, r.err
+    assert not is_partitioned(conn, QualifiedName("public", "notes"))
+    conn.execute(sql.SQL("GRANT CREATE ON TABLESPACE {} TO {}").format(sql.Identifier(space), sql.Identifier(owner)))
+    r = partman("convert", "notes", "--column", "at", "--sleep", "0", "--yes", "--dsn", as_owner)
+    assert r.code == 0, r.err
+
+
 def test_a_materialized_view_that_fails_after_the_swap_is_reported_and_the_rerun_finishes(conn, partman):
     """A materialized view whose query fails when run again (here a division by zero the new row
     brings): the swap has happened, so partman says so (nothing rolled back, nothing lost, run it
