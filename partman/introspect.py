@@ -81,6 +81,7 @@ class Trigger:
     definition: str  # pg_get_triggerdef: CREATE TRIGGER ... ON <qualified table> ...
     enabled: str  # 'O' origin (enabled), 'D' disabled, 'R' replica, 'A' always
     row_transition: bool = False  # FOR EACH ROW with REFERENCING OLD/NEW TABLE
+    before_insert_source: str | None = None  # a BEFORE INSERT row trigger's PL/pgSQL function body
 
 
 @dataclass
@@ -263,12 +264,15 @@ def _read(conn: psycopg.Connection, table: QualifiedName) -> TableModel:
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE i.indrelid = %s AND i.indisreplident", (oid,))), None)
     m.triggers = [
-        Trigger(row["tgname"], row["def"], row["tgenabled"], row["row_transition"])
+        Trigger(row["tgname"], row["def"], row["tgenabled"], row["row_transition"], row["before_insert_source"])
         for row in fetch_dicts(
             conn,
-            "SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled, "
-            "(tgtype & 1) = 1 AND (tgoldtable IS NOT NULL OR tgnewtable IS NOT NULL) AS row_transition FROM pg_trigger "
-            "WHERE tgrelid = %s AND NOT tgisinternal AND tgparentid = 0 AND NOT (tgname = ANY(%s)) ORDER BY tgname",
+            "SELECT t.tgname, pg_get_triggerdef(t.oid) AS def, t.tgenabled, "
+            "(t.tgtype & 1) = 1 AND (t.tgoldtable IS NOT NULL OR t.tgnewtable IS NOT NULL) AS row_transition, "
+            "CASE WHEN t.tgtype & 7 = 7 AND l.lanname = 'plpgsql' THEN p.prosrc END AS before_insert_source "
+            "FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang "
+            "WHERE t.tgrelid = %s AND NOT t.tgisinternal AND t.tgparentid = 0 AND NOT (t.tgname = ANY(%s)) "
+            "ORDER BY t.tgname",
             (oid, list(PARTMAN_TRIGGERS)),
         )
     ]

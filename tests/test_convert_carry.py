@@ -19,6 +19,7 @@ from helpers import is_partitioned, relations_in, wait_for_phase
 from partman.db import QualifiedName
 from partman import naming
 from partman.pgtemp import SYSTEM_USER
+from partman.sample_ledger import Ledger
 
 pytestmark = pytest.mark.conversion
 
@@ -1195,3 +1196,30 @@ def test_a_typed_table_and_a_cluster_mark_are_named_in_the_plan(conn, partman):
     assert r.code == 0, r.err
     assert conn.execute("SELECT count(*) FROM stays").fetchone()[0] == 200
     assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'stays' AND indexname = 'stays_at'").fetchone()[0] == 1
+
+
+def test_a_trigger_that_stamps_the_partition_key_is_named_in_the_plan(conn, partman):
+    """An audit table whose BEFORE INSERT trigger stamps the time itself: on a partitioned table
+    the row is routed before the trigger runs, so an insert without a time (routed to the default
+    partition) fails after the swap. The plan says so; the sample ledger's chain trigger, which
+    reads the time but does not set it, is not named."""
+    conn.execute(
+        "CREATE TABLE entries (id bigserial PRIMARY KEY, at timestamptz, note text);"
+        "CREATE FUNCTION entries_stamp() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN IF NEW.at IS NULL THEN NEW.at := clock_timestamp(); END IF; RETURN NEW; END$$;"
+        "CREATE TRIGGER stamp BEFORE INSERT ON entries FOR EACH ROW EXECUTE FUNCTION entries_stamp();"
+        "INSERT INTO entries (note) SELECT 'n' FROM generate_series(1, 50)")
+    plan = json.loads(partman("convert", "entries", "--column", "at", "--dry-run", "--json").out)
+    named = [w for w in plan["warnings"] if "trigger stamp (BEFORE INSERT, FOR EACH ROW) sets NEW.at" in w]
+    assert len(named) == 1, plan["warnings"]
+    r = partman("convert", "entries", "--column", "at", "--yes")
+    assert r.code == 0, r.err
+    with pytest.raises(psycopg.errors.FeatureNotSupported):  # what the warning foretold
+        conn.execute("INSERT INTO entries (note) VALUES ('no time given')")
+
+    led = Ledger(QualifiedName("public", "audit_log_ledger"))
+    led.create(conn)
+    led.seed(conn, 50, "2024-01-01", "2024-06-01")
+    plan = json.loads(partman("convert", "audit_log_ledger", "--column", "event_timestamp", "--dry-run",
+                              "--json").out)
+    assert not [w for w in plan["warnings"] if "BEFORE INSERT" in w], plan["warnings"]

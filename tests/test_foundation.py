@@ -139,3 +139,23 @@ def test_index_names_as_postgresql_chooses_them():
     long = pg_index_name("p" * 60, ["c" * 30], "idx", set())  # the longer part is cut first
     assert long == "p" * 29 + "_" + "c" * 29 + "_idx" and len(long) == 63
     assert unique_column_names(["lower", "lower", "at"]) == ["lower", "lower1", "at"]
+
+
+@pytest.mark.parametrize("source, column, assigns", [
+    ("NEW.event_timestamp := now();", "event_timestamp", True),
+    ("  new.Event_Timestamp = clock_timestamp();", "event_timestamp", True),  # PL/pgSQL folds the case
+    ('NEW."event_timestamp" := now();', "event_timestamp", True),
+    ("IF x THEN NEW.event_timestamp = now(); END IF;", "event_timestamp", True),
+    ("BEGIN\n  NEW.at := now();\n", "at", True),
+    ('NEW."EventTs" := now();', "EventTs", True),
+    ("IF NEW.event_timestamp = OLD.event_timestamp THEN RETURN NEW; END IF;", "event_timestamp", False),  # compares
+    ("NEW.event_timestamp_local := now();", "event_timestamp", False),
+    ("renew.event_timestamp := 1;", "event_timestamp", False),
+    ("NEW.eventts := now();", "EventTs", False),  # a quoted mixed-case column is another column
+    ("v := NEW.at; PERFORM f(NEW.at = now());", "at", False),
+    ("NEW.current_hash := digest(NEW.prev_hash || NEW.event_timestamp::text);", "event_timestamp", False),
+])
+def test_a_trigger_body_that_sets_the_partition_key_is_recognised(source, column, assigns):
+    from partman.convert.ddl import _assigns
+
+    assert _assigns(source, column) is assigns

@@ -7,6 +7,7 @@ pg_catalog-only search_path so every name in them is qualified."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -549,6 +550,18 @@ def publication_refusals(model: TableModel, column: str | None, publications: Se
     return out
 
 
+def _assigns(source: str, column: str) -> bool:
+    """Whether a PL/pgSQL body assigns NEW.<column>: `NEW.col := ...` anywhere, `NEW.col = ...` where
+    a statement starts (elsewhere `=` compares). PL/pgSQL folds unquoted names to lower case. A
+    heuristic: a whole-row assignment goes unseen."""
+    name = r'"' + re.escape(column.replace('"', '""')) + r'"'
+    if column == column.lower():
+        name = rf"(?:{name}|(?i:{re.escape(column)})\b)"
+    target = rf"\b(?i:new)\s*\.\s*{name}"
+    return bool(re.search(rf"{target}\s*:=", source) or re.search(
+        rf"(?:^|;|\b(?i:then|else|begin|loop)\b)\s*{target}\s*=(?!=)", source, re.MULTILINE))
+
+
 def refusals(model: TableModel, column: str) -> list[str]:
     """Why this table cannot be converted (empty: it can)."""
     t = model.table
@@ -630,6 +643,15 @@ def warnings(model: TableModel, column: str) -> list[str]:
             out.append(f"materialized view {v.name} is rebuilt after the swap, under another name while the old one "
                        "keeps answering (it reads the old table until then), then takes its place in a short "
                        "transaction: its query runs once more, writers do not wait for it.")
+    for tr in model.triggers:
+        if tr.before_insert_source and _assigns(tr.before_insert_source, column):
+            out.append(
+                f"trigger {tr.name} (BEFORE INSERT, FOR EACH ROW) sets NEW.{column}. On a partitioned table a row is "
+                "routed to its partition before that trigger runs, and PostgreSQL fails the INSERT (\"moving row to "
+                "another partition during a BEFORE FOR EACH ROW trigger is not supported\") whenever the trigger's "
+                f"value belongs to another partition than the inserted one, a NULL or missing {column} included (it "
+                f"routes to the default partition). Give {column} a DEFAULT that yields the trigger's value and stop "
+                "setting it in the trigger, or set it in the application, before converting.")
     per_partition = [p.name for p in model.publications if not p.via_root]
     if per_partition:
         verb = "does" if len(per_partition) == 1 else "do"
