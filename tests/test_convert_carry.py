@@ -1223,3 +1223,17 @@ def test_a_trigger_that_stamps_the_partition_key_is_named_in_the_plan(conn, part
     plan = json.loads(partman("convert", "audit_log_ledger", "--column", "event_timestamp", "--dry-run",
                               "--json").out)
     assert not [w for w in plan["warnings"] if "BEFORE INSERT" in w], plan["warnings"]
+
+
+def test_the_widened_key_note_says_what_an_upsert_must_name(conn, partman):
+    """ON CONFLICT (id) infers a unique key on exactly (id), which the partitioned table cannot
+    have: the note on the widened key says so and what to name instead, and that works."""
+    conn.execute("CREATE TABLE codes (id bigint PRIMARY KEY, at date NOT NULL, n int);"
+                 "INSERT INTO codes SELECT g, date '2024-01-01' + g, 0 FROM generate_series(1, 100) g")
+    r = partman("convert", "codes", "--column", "at", "--yes")
+    assert r.code == 0, r.err
+    assert "an INSERT ... ON CONFLICT (id) finds no key to match (name (id, at) instead)" in r.out
+    with pytest.raises(psycopg.errors.InvalidColumnReference):
+        conn.execute("INSERT INTO codes VALUES (5, date '2024-01-06', 1) ON CONFLICT (id) DO UPDATE SET n = 1")
+    conn.execute("INSERT INTO codes VALUES (5, date '2024-01-06', 1) ON CONFLICT (id, at) DO UPDATE SET n = 1")
+    assert conn.execute("SELECT n FROM codes WHERE id = 5").fetchone()[0] == 1

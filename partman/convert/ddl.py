@@ -193,7 +193,8 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
             what = "primary key" if idx.primary else ("unique constraint" if con else "unique index")
             note = (f"{what} {idx.name} ({', '.join(cols)}) becomes ({', '.join(new_cols)}): a unique key of a "
                     f"partitioned table must include its partition key, so ({', '.join(cols)}) alone is no longer "
-                    f"enforced unique")
+                    f"enforced unique, and an INSERT ... ON CONFLICT ({', '.join(cols)}) finds no key to match "
+                    f"(name ({', '.join(new_cols)}) instead)")
         keys = len(idx.columns)  # the index's own column names: key columns (the partition key appended), INCLUDE
         names = naming.unique_column_names(idx.attnames[:keys] + ([key] if widen else []) + idx.attnames[keys:])
         include = sql.SQL(" INCLUDE ({})").format(_idents(idx.include)) if idx.include else sql.SQL("")
