@@ -221,6 +221,28 @@ def test_default_move_resumes_after_a_crash(conn, dsn, partman_proc, partman):
         conn.execute("DELETE FROM events_p20130101")
 
 
+def test_a_published_tables_default_rows_move_in_one_transaction_up_to_a_limit(conn, partman, monkeypatch):
+    """A published table's rows leave the default partition in one transaction, which its writers
+    wait for; a range with more than 10 batches' worth stays there, said in the pass's error with
+    its size and the knob, and moves on a pass with larger batches."""
+    make_events(conn, years=())
+    conn.execute("INSERT INTO events (ts) SELECT '2013-05-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 300) g;"
+                 "INSERT INTO events (ts) SELECT '2014-05-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 50) g;"
+                 "CREATE PUBLICATION events_feed FOR TABLE events WITH (publish_via_partition_root = true)")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
+    monkeypatch.setenv("PARTMAN_BATCH_SIZE", "10")
+    r = partman("maintain")
+    assert r.code == 1
+    assert "events_p20130101 (300 rows)" in r.err and "PARTMAN_BATCH_SIZE" in r.err, r.err
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 300  # 2014's 50 moved
+    assert conn.execute("SELECT count(*) FROM events_p20140101").fetchone()[0] == 50
+    monkeypatch.setenv("PARTMAN_BATCH_SIZE", "30")
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM events_p20130101").fetchone()[0] == 300
+
+
 # ---------------------------------------------------------------- retention: drop / detach / holds
 
 def test_retention_drop_with_a_legal_hold(conn, dsn, partman):

@@ -13,7 +13,8 @@ A published table (logical replication) moves differently: the batches' deletion
 published but the rows' arrival with the ATTACH would not, and subscribers would lose them. So
 the last transaction moves all of the range's rows, through a temporary table (never published),
 and inserts them into the new partition after the ATTACH: subscribers receive the deletes and
-the inserts together, and writers wait for that one transaction (logged: `published`)."""
+the inserts together, and writers wait for that one transaction (logged: `published`); a range
+with more rows than published_move_limit stays, reported, for a pass with larger batches."""
 
 from __future__ import annotations
 
@@ -284,17 +285,44 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         result["moved"] += n
     parts = [p for p in list_partitions(conn, parent_of(mt), mt.key_type) if not p.is_default]
     bounded = [(aware(p.lower, tz), aware(p.upper, tz)) for p in parts]
+    limit = published_move_limit(settings) if _published(conn, d) else None
+    held: list[str] = []
     for lo, hi in _ranges_with_rows(conn, mt, d):
         if any(overlaps(lo, hi, plo, phi) for plo, phi in bounded):
             result["unmovable"].append(naming.partition_name(mt.table_name, lo))
+            continue
+        if limit is not None and (waiting := _rows_in_range(conn, mt, d, lo, hi)) > limit:
+            held.append(f"{naming.partition_name(mt.table_name, lo)} ({waiting:,} rows)")
             continue
         name, n = _move_range(conn, settings, mt, d, lo, hi, leader_check)
         result["partitions"][name] = result["partitions"].get(name, 0) + n
         result["moved"] += n
     result["null_key_rows"], result["infinite_key_rows"] = unplaceable(conn, mt, d)
+    errors = []
     if result["unmovable"]:
-        result["error"] = (
+        errors.append(
             f"rows in {d.name} fall into ranges that overlap existing partitions not aligned to the "
             f"{mt.interval} interval ({', '.join(result['unmovable'])}); move them by hand."
         )
+    if held:
+        errors.append(
+            f"{mt.qualified} is published, so rows leave {d.name} in one transaction that writers wait for (in "
+            f"batches, subscribers would lose them), and partman moves at most {limit:,} rows per partition so "
+            f"(10 x PARTMAN_BATCH_SIZE); left there for {', '.join(held)}. Run `partman maintain` with a larger "
+            "PARTMAN_BATCH_SIZE at a quiet moment to move them.")
+    if errors:
+        result["error"] = " ".join(errors)
     return result
+
+
+def published_move_limit(settings: Settings) -> int:
+    """The most rows of one range a published table's default partition gives up in one
+    transaction, which writers wait for: ~10 batches, about a second on the benchmark's machine."""
+    return 10 * max(1, settings.batch_size)
+
+
+def _rows_in_range(conn: psycopg.Connection, mt: ManagedTable, d: Partition, lo: datetime, hi: datetime) -> int:
+    key = sql.Identifier(mt.column_name)
+    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {k} >= {lo} AND {k} < {hi}").format(
+        d.qualified.ident(), k=key, lo=sql.Literal(intervals.literal(lo, mt.key_type)),
+        hi=sql.Literal(intervals.literal(hi, mt.key_type)))).fetchone()[0]
