@@ -317,7 +317,7 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
 
 def published_move_limit(settings: Settings) -> int:
     """The most rows of one range a published table's default partition gives up in one
-    transaction, which writers wait for: ~10 batches, about a second on the benchmark's machine."""
+    transaction, which writers wait for: 10 batches."""
     return 10 * max(1, settings.batch_size)
 
 
