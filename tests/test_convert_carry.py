@@ -765,11 +765,8 @@ def test_a_replica_identity_index_that_cannot_stay_one_is_said_before(conn, part
     assert {row[1] for row in conn.execute(_IDENTITY, ("feeds", "feeds")).fetchall()} == {"d"}
 
 
-@pytest.mark.parametrize("sleep", ["0", "0.01"])
-def test_compression_and_tablespaces_come_along_and_reach_new_partitions(conn, partman, pg_server, sleep):
-    """A column's compression and the table's and its indexes' tablespaces are the new table's
-    and every partition's (their indexes too), also of a partition the default-partition move
-    makes later: a DBA who put the ledger on its own volume finds it all there."""
+def _tablespace(conn: psycopg.Connection, pg_server) -> str:
+    """A new tablespace in a directory beside the tests' own server (skips on another server)."""
     if pg_server.temp is None:
         pytest.skip("a tablespace needs a directory on the server's machine: only with the tests' own server")
     space = "ts_" + uuid.uuid4().hex[:8]
@@ -778,6 +775,15 @@ def test_compression_and_tablespaces_come_along_and_reach_new_partitions(conn, p
     if os.geteuid() == 0:
         shutil.chown(path, SYSTEM_USER)
     conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(path)))
+    return space
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_compression_and_tablespaces_come_along_and_reach_new_partitions(conn, partman, pg_server, sleep):
+    """A column's compression and the table's and its indexes' tablespaces are the new table's
+    and every partition's (their indexes too), also of a partition the default-partition move
+    makes later: a DBA who put the ledger on its own volume finds it all there."""
+    space = _tablespace(conn, pg_server)
     conn.execute(sql.SQL(
         """
         CREATE TABLE notes (id bigserial, at date NOT NULL, body text COMPRESSION pglz, who int) TABLESPACE {s};
@@ -808,15 +814,8 @@ def test_a_tablespace_the_converting_role_may_not_create_in_is_refused_in_the_pl
     """The partitions and their indexes go into the original's tablespaces, which takes CREATE
     there: a table owner without it failed when the index phase reached an index, after the whole
     copy. The plan names the tablespace now."""
-    if pg_server.temp is None:
-        pytest.skip("a tablespace needs a directory on the server's machine: only with the tests' own server")
-    tag = uuid.uuid4().hex[:8]
-    space, owner = "ts_" + tag, "notes_owner_" + tag
-    path = os.path.join(pg_server.temp.root, space)
-    os.makedirs(path)
-    if os.geteuid() == 0:
-        shutil.chown(path, SYSTEM_USER)
-    conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(space), sql.Literal(path)))
+    space = _tablespace(conn, pg_server)
+    owner = "notes_owner_" + uuid.uuid4().hex[:8]
     conn.execute(sql.SQL(
         "CREATE ROLE {o} LOGIN PASSWORD 'owner-pw-9'; GRANT CREATE ON SCHEMA public TO {o};"
         "GRANT CREATE ON DATABASE {db} TO {o};"
