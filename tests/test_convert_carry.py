@@ -765,6 +765,16 @@ def test_a_replica_identity_index_that_cannot_stay_one_is_said_before(conn, part
     assert {row[1] for row in conn.execute(_IDENTITY, ("feeds", "feeds")).fetchall()} == {"d"}
 
 
+def _table_owner(conn: psycopg.Connection, dsn: str, prefix: str) -> tuple[str, str]:
+    """A login role that may create in the public schema and the database (partman's catalog), as
+    a table's owner would be: (its name, a DSN that connects as it)."""
+    role = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    conn.execute(sql.SQL("CREATE ROLE {r} LOGIN PASSWORD 'owner-pw'; GRANT CREATE ON SCHEMA public TO {r};"
+                         "GRANT CREATE ON DATABASE {db} TO {r}").format(
+        r=sql.Identifier(role), db=sql.Identifier(conn.info.dbname)))
+    return role, psycopg.conninfo.make_conninfo(dsn, user=role, password="owner-pw")
+
+
 def _tablespace(conn: psycopg.Connection, pg_server) -> str:
     """A new tablespace in a directory beside the tests' own server (skips on another server)."""
     if pg_server.temp is None:
@@ -815,15 +825,12 @@ def test_a_tablespace_the_converting_role_may_not_create_in_is_refused_in_the_pl
     there: a table owner without it failed when the index phase reached an index, after the whole
     copy. The plan names the tablespace now."""
     space = _tablespace(conn, pg_server)
-    owner = "notes_owner_" + uuid.uuid4().hex[:8]
+    owner, as_owner = _table_owner(conn, dsn, "notes_owner")
     conn.execute(sql.SQL(
-        "CREATE ROLE {o} LOGIN PASSWORD 'owner-pw-9'; GRANT CREATE ON SCHEMA public TO {o};"
-        "GRANT CREATE ON DATABASE {db} TO {o};"
         "CREATE TABLE notes (id bigserial PRIMARY KEY, at date NOT NULL, who int);"
         "CREATE INDEX notes_who ON notes (who) TABLESPACE {s}; ALTER TABLE notes OWNER TO {o};"
         "INSERT INTO notes (at, who) SELECT date '2024-01-01' + g, g FROM generate_series(1, 100) g").format(
-        o=sql.Identifier(owner), s=sql.Identifier(space), db=sql.Identifier(conn.info.dbname)))
-    as_owner = psycopg.conninfo.make_conninfo(dsn, user=owner, password="owner-pw-9")
+        o=sql.Identifier(owner), s=sql.Identifier(space)))
     r = partman("convert", "notes", "--column", "at", "--sleep", "0", "--yes", "--dsn", as_owner)
     assert r.code == 1 and f"tablespace {space} (CREATE)" in r.err, r.err
     assert not is_partitioned(conn, QualifiedName("public", "notes"))
@@ -1030,14 +1037,11 @@ def test_a_publication_the_converting_role_may_not_alter_is_refused_in_the_plan(
     """The swap adds the new table to each publication that names the original and takes the
     original out, which only the publication's owner may do: a table owner converting a table a
     superuser published was refused only there, after the whole copy. The plan says so now."""
-    role = "visits_owner_" + uuid.uuid4().hex[:6]
+    role, owner = _table_owner(conn, dsn, "visits_owner")
     conn.execute(sql.SQL(
-        "CREATE ROLE {r} LOGIN PASSWORD 'owner-pw-7'; GRANT CREATE ON SCHEMA public TO {r};"
-        "GRANT CREATE ON DATABASE {db} TO {r};"
         "CREATE TABLE visits (id bigserial PRIMARY KEY, at date NOT NULL); ALTER TABLE visits OWNER TO {r};"
         "INSERT INTO visits (at) SELECT date '2024-01-01' + g FROM generate_series(1, 100) g;"
-        "CREATE PUBLICATION feed FOR TABLE visits").format(r=sql.Identifier(role), db=sql.Identifier(conn.info.dbname)))
-    owner = psycopg.conninfo.make_conninfo(dsn, user=role, password="owner-pw-7")
+        "CREATE PUBLICATION feed FOR TABLE visits").format(r=sql.Identifier(role)))
     r = partman("convert", "visits", "--column", "at", "--yes", "--dsn", owner)
     assert r.code == 1 and f"ALTER PUBLICATION feed OWNER TO {role}" in r.err, r.err
     assert relations_in(conn, "public") == {"visits", "visits_pkey", "visits_id_seq"}
@@ -1052,11 +1056,10 @@ def test_views_and_functions_of_other_roles_are_refused_in_the_plan(conn, dsn, p
     only their owners may do; the conversion recreates the triggers (EXECUTE on their functions)
     and the foreign keys (REFERENCES on the tables they point to). A table owner lacking any of
     these failed after the whole copy (the work schema gone with it). The plan names them now."""
-    tag = uuid.uuid4().hex[:6]
-    owner, reporting = f"rounds_owner_{tag}", f"reporting_{tag}"
+    owner, as_owner = _table_owner(conn, dsn, "rounds_owner")
+    reporting = "reporting_" + uuid.uuid4().hex[:6]
     conn.execute(sql.SQL(
-        "CREATE ROLE {o} LOGIN PASSWORD 'owner-pw-8'; CREATE ROLE {r};"
-        "GRANT CREATE ON SCHEMA public TO {o}, {r}; GRANT CREATE ON DATABASE {db} TO {o};"
+        "CREATE ROLE {r}; GRANT CREATE ON SCHEMA public TO {r};"
         "CREATE TABLE wards (id int PRIMARY KEY); INSERT INTO wards VALUES (1);"
         "CREATE FUNCTION rounds_stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;"
         "REVOKE EXECUTE ON FUNCTION rounds_stamp() FROM PUBLIC;"
@@ -1067,8 +1070,7 @@ def test_views_and_functions_of_other_roles_are_refused_in_the_plan(conn, dsn, p
         "GRANT SELECT ON rounds TO {r}; SET ROLE {r};"
         "CREATE VIEW rounds_daily AS SELECT at, count(*) FROM rounds GROUP BY at;"
         "CREATE FUNCTION rounds_total() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM rounds; END;"
-        "RESET ROLE").format(o=sql.Identifier(owner), r=sql.Identifier(reporting), db=sql.Identifier(conn.info.dbname)))
-    as_owner = psycopg.conninfo.make_conninfo(dsn, user=owner, password="owner-pw-8")
+        "RESET ROLE").format(o=sql.Identifier(owner), r=sql.Identifier(reporting)))
     r = partman("convert", "rounds", "--column", "at", "--yes", "--dsn", as_owner)
     assert r.code == 1, r.err
     assert f"view rounds_daily (owned by {reporting})" in r.err, r.err
