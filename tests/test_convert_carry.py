@@ -719,6 +719,61 @@ def test_grants_comments_and_replica_identity_changed_during_the_conversion_reac
     assert identities == {"f"}  # the table and every partition
 
 
+_TUNING = """
+SELECT c.relname, coalesce(c.reloptions, '{}') || coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}'),
+       (SELECT array_agg(a.attname || ':' || a.attstattarget ORDER BY a.attnum) FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.attstattarget > 0),
+       (SELECT array_agg(a.attname || ':' || array_to_string(a.attoptions, ',') ORDER BY a.attnum) FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attoptions IS NOT NULL)
+FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+WHERE c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %s::regclass) ORDER BY 1
+"""
+
+
+@pytest.mark.parametrize("sleep", ["0", "0.01"])
+def test_storage_options_and_column_statistics_tuned_during_the_conversion_reach_the_new_table(
+        conn, partman, partman_proc, sleep):
+    """A DBA tunes autovacuum for the growing ledger, or a column's statistics for a slow query,
+    during a conversion of hours. The partitions were made with the original's settings as they
+    were; the swap, under its lock, sets them again as they are now: the storage options on every
+    partition (so also on those `maintain` makes later, from the newest), the statistics targets
+    and n_distinct on the table and every partition, and a setting removed meanwhile is gone. At
+    full speed the partitions' autovacuum, off while loading, ends up as the original has it."""
+    conn.execute(
+        "CREATE TABLE tuned (id bigserial PRIMARY KEY, at date NOT NULL, who text, code text, note text)"
+        " WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.01);"
+        "ALTER TABLE tuned ALTER COLUMN who SET STATISTICS 500;"
+        "ALTER TABLE tuned ALTER COLUMN code SET (n_distinct = 40);"
+        "INSERT INTO tuned (at, who, code) SELECT date '2024-01-01' + g % 200, 'w', 'c' || g % 40"
+        " FROM generate_series(1, 1500) g")
+    args = ("convert", "tuned", "--column", "at", "--interval", "month", "--sleep", sleep)
+    killed = partman_proc(*args, extra_env={"PARTMAN_FAILPOINTS": "convert.swap.before=1:kill"})
+    assert killed.code == -9, killed.err[-500:]
+    conn.execute(
+        "ALTER TABLE tuned RESET (fillfactor);"
+        "ALTER TABLE tuned SET (autovacuum_vacuum_scale_factor = 0.002, toast.autovacuum_vacuum_cost_delay = 5);"
+        "ALTER TABLE tuned ALTER COLUMN who SET STATISTICS -1;"
+        "ALTER TABLE tuned ALTER COLUMN note SET STATISTICS 800;"
+        "ALTER TABLE tuned ALTER COLUMN code SET (n_distinct = 100)")
+    r = partman(*args, "--yes")
+    assert r.code == 0, r.err
+    assert "decorations_reapplied" in r.err
+    newest = conn.execute("SELECT max(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = 'tuned'::regclass "
+                          "AND inhrelid::regclass::text <> 'tuned_default'").fetchone()[0]
+    conn.execute(f"DROP TABLE {newest}")
+    assert partman("maintain").code == 0  # makes it again, from the newest left
+    rows = conn.execute(_TUNING, ("tuned",)).fetchall()
+    assert newest in [row[0] for row in rows] and len(rows) > 10
+    assert all(sorted(row[1]) == ["autovacuum_vacuum_scale_factor=0.002", "toast.autovacuum_vacuum_cost_delay=5"]
+               for row in rows), rows
+    assert all(row[2:] == (["note:800"], ["code:n_distinct=100"]) for row in rows), rows
+    parent = conn.execute(
+        "SELECT (SELECT array_agg(attname || ':' || attstattarget ORDER BY attnum) FROM pg_attribute "
+        "         WHERE attrelid = 'tuned'::regclass AND attnum > 0 AND attstattarget > 0), "
+        "       (SELECT attoptions FROM pg_attribute WHERE attrelid = 'tuned'::regclass AND attname = 'code')").fetchone()
+    assert parent[0] == ["note:800"] and sorted(parent[1]) == ["n_distinct=100", "n_distinct_inherited=100"]
+
+
 @pytest.mark.parametrize("sleep", ["0", "0.01"])
 def test_a_not_valid_check_constraint_comes_along_not_valid(conn, partman, sleep):
     """A CHECK added NOT VALID guards new rows while old ones may break it. It comes along as it

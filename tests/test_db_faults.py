@@ -122,7 +122,8 @@ def test_low_statement_and_idle_timeouts_set_by_the_dba_do_not_break_it(conn, ds
 @pytest.mark.parametrize("ddl, carried", [
     ("CREATE INDEX ledger_by_action ON audit_log_ledger (action)", "ledger_by_action"),
     ("ALTER TABLE audit_log_ledger ADD COLUMN ward text", None),
-], ids=["create-index", "add-column"])
+    ("CREATE STATISTICS ledger_actor_action ON actor, action FROM audit_log_ledger", "ledger_actor_action"),
+], ids=["create-index", "add-column", "create-statistics"])
 def test_competing_ddl_during_conversion_is_noticed_and_rolled_back(conn, dsn, partman_proc, ddl, carried):
     make_ledger(conn, 1500)
     before = relations_in(conn, "public")
@@ -135,13 +136,19 @@ def test_competing_ddl_during_conversion_is_noticed_and_rolled_back(conn, dsn, p
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err[-1500:]
     assert "changed while it was being converted" in err and "rolled back" in err
+    assert ("extended statistics" in err) == ("STATISTICS" in ddl)
     assert not is_partitioned(conn, LEDGER)
     assert set(relations_in(conn, "public")) - set(before) <= ({carried} if carried else set())
     assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman_catalog_w%'").fetchone()[0] == 0
     # run again: the table as it is now is converted, with the change
     again = partman_proc(*CONVERT)
     assert again.code == 0, again.err[-1500:]
-    if carried:
+    if "STATISTICS" in ddl:  # on the partitioned table now, and `_old` keeps its own
+        assert conn.execute("SELECT stxrelid::regclass::text FROM pg_statistic_ext WHERE stxname = %s",
+                            (carried,)).fetchone() == ("audit_log_ledger",)
+        assert conn.execute("SELECT count(*) FROM pg_statistic_ext WHERE stxrelid = 'audit_log_ledger_old'::regclass"
+                            ).fetchone()[0] == 1
+    elif carried:
         assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (carried,)).fetchone()[0]
         assert conn.execute(
             "SELECT indrelid = 'audit_log_ledger'::regclass FROM pg_index WHERE indexrelid = %s::regclass", (carried,)

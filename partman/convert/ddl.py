@@ -370,6 +370,28 @@ def redecorate(model: TableModel, target: QualifiedName, partitions: Sequence[Qu
     return out
 
 
+def resettle(model: TableModel, target: QualifiedName, partitions: Sequence[QualifiedName], *,
+             columns: Sequence[str], options: Sequence[str]) -> list[sql.Composable]:
+    """The rest of redecorate(): the storage options (autovacuum's, fillfactor) on every
+    partition, and the column statistics targets and options (n_distinct) on `target` and every
+    partition, set again from `model`, whatever they were. `columns`: those that carry a target or
+    options on any of them now, `options`: the storage options set on any partition
+    (introspect.settings_in_place): reset first. Pure."""
+    out: list[sql.Composable] = []
+    for x in partitions:
+        if options:
+            out.append(sql.SQL("ALTER TABLE {} RESET ({})").format(x.ident(), sql.SQL(", ").join(_raw(o) for o in options)))
+        if model.reloptions:
+            out.append(sql.SQL("ALTER TABLE {} SET ({})").format(x.ident(), sql.SQL(", ").join(_raw(o) for o in model.reloptions)))
+    known = {c.name for c in model.columns}
+    for x in (target, *partitions):
+        for name in (c for c in columns if c in known):
+            out.append(sql.SQL("ALTER TABLE ONLY {} ALTER COLUMN {} SET STATISTICS -1").format(x.ident(), sql.Identifier(name)))
+            out.append(sql.SQL("ALTER TABLE ONLY {} ALTER COLUMN {} RESET (n_distinct, n_distinct_inherited)").format(
+                x.ident(), sql.Identifier(name)))
+    return out + column_statistics(model, target, list(partitions))
+
+
 def replica_identity(model: TableModel, target: QualifiedName, indexes: list[IndexDDL], column: str) -> list[sql.Composable]:
     """The original's replica identity on the partitioned table, after its indexes are built (USING
     INDEX names the shadow's copy of the original's index). Its partitions get it from there once

@@ -241,7 +241,8 @@ def execute(
             from ..introspect import fingerprint
 
             options = {**p.options.to_json(), "work_schema": p.work_schema,
-                       "fingerprint": fingerprint(conn, model.oid), "widened_keys": p.widened}
+                       "fingerprint": fingerprint(conn, model.oid), "widened_keys": p.widened,
+                       "statistics": fingerprint(conn, model.oid, statistics=True)}
             with conn.transaction():
                 catalog.start_conversion(conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate)
             running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
@@ -297,7 +298,8 @@ def _run_phases(
     work = WorkNames(p.work_schema)
     qn = p.table
     logger = log.get().bind(table=str(qn), conversion=cid)
-    expected = (running.get("options") or {}).get("fingerprint")
+    recorded = running.get("options") or {}
+    expected = (recorded.get("fingerprint"), recorded.get("statistics"))
     if phase != "prepare":
         check_unchanged(conn, qn, model.oid, expected)
     with Progress(p.rows_estimate, str(qn)) as progress:
@@ -346,16 +348,23 @@ def _run_phases(
     return _finish(conn, settings, running, json_out=json_out)
 
 
-def check_unchanged(conn: psycopg.Connection, qn: QualifiedName, oid: int, expected: str | None) -> None:
+def check_unchanged(conn: psycopg.Connection, qn: QualifiedName, oid: int,
+                    expected: tuple[str | None, str | None]) -> None:
     """Refuse to go on when the table was altered during the conversion: the new table would
-    silently lack the change (a column, an index, a trigger)."""
+    silently lack the change (a column, an index, a trigger, an extended statistics object).
+    `expected`: the digests recorded when it started (a conversion started by an earlier
+    partman has no statistics digest, and that part is not checked)."""
     from ..introspect import fingerprint
 
-    if expected and fingerprint(conn, oid) != expected:
-        raise PartmanError(
-            f"The definition of {qn} changed while it was being converted (a column, index, constraint, trigger or "
-            "policy was added, dropped or altered), so the partitioned table would not match it."
-        )
+    definition, statistics = expected
+    if definition and fingerprint(conn, oid) != definition:
+        changed = "a column, index, constraint, trigger or policy was added, dropped or altered"
+    elif statistics and fingerprint(conn, oid, statistics=True) != statistics:
+        changed = "an extended statistics object (CREATE STATISTICS) was created, dropped or altered"
+    else:
+        return
+    raise PartmanError(f"The definition of {qn} changed while it was being converted ({changed}), so the "
+                       "partitioned table would not match it.")
 
 
 def _registration(p: planning.ConversionPlan) -> dict[str, Any]:
@@ -442,11 +451,12 @@ def _partitions_replica_identity(conn: psycopg.Connection, shadow: QualifiedName
 def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, oid: int,
                           cid: int) -> None:
     """Under the swap's lock: when the original's owner, grants, comments, row-level security
-    switches or replica identity changed since the new table was decorated from it (a GRANT
-    during a conversion of hours), set them again from the original as it is now, rather than
-    put a table in its place that refuses the new reader or still admits the revoked one. A
-    conversion decorated by an earlier partman has no digest to compare with: left as it is."""
-    from ..introspect import decorations, grantees, introspect
+    switches, replica identity, storage options or column statistics settings changed since the
+    new table was decorated from it (a GRANT, or autovacuum tuned, during a conversion of hours),
+    set them again from the original as it is now, rather than put a table in its place that
+    refuses the new reader or still admits the revoked one. A conversion decorated by an earlier
+    partman has no digest to compare with: left as it is."""
+    from ..introspect import decorations, grantees, introspect, settings_in_place
 
     row = c.execute(sql.SQL("SELECT options->>'decorations' FROM {} WHERE id = %s").format(
         catalog.ident(settings, "conversion")), (cid,)).fetchone()
@@ -454,13 +464,16 @@ def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning
         return
     now = introspect(c, p.table)
     shadow_oid = db.oid_of(c, p.shadow)
-    for stmt in ddl.redecorate(now, p.shadow, child_tables(c, p.shadow), grantees(c, shadow_oid), p.index_ddl,
-                               p.options.column):
+    leaves = child_tables(c, p.shadow)
+    columns, options = settings_in_place(c, shadow_oid, [db.oid_of(c, leaf) for leaf in leaves])
+    for stmt in [*ddl.redecorate(now, p.shadow, leaves, grantees(c, shadow_oid), p.index_ddl, p.options.column),
+                 *ddl.resettle(now, p.shadow, leaves, columns=columns, options=options)]:
         c.execute(stmt)
     _partitions_replica_identity(c, p.shadow, shadow_oid)
     catalog.merge_options(c, settings, cid, {"decorations": now.decorations})
     log.get().warning("decorations_reapplied", table=str(p.table), reason="the original's owner, grants, comments, "
-                      "row-level security or replica identity changed during the conversion")
+                      "row-level security, replica identity, storage options or column statistics settings changed "
+                      "during the conversion")
 
 
 def _add_foreign_keys(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan) -> None:
