@@ -159,3 +159,12 @@ def test_a_trigger_body_that_sets_the_partition_key_is_recognised(source, column
     from partman.convert.ddl import _assigns
 
     assert _assigns(source, column) is assigns
+
+
+def test_the_parents_statistics_are_stale_past_autovacuums_analyze_threshold():
+    from partman.lifecycle.statistics import analyze_due
+
+    assert analyze_due(-1, 10, 50, 0.1) and not analyze_due(-1, 0, 50, 0.1)  # never analyzed
+    assert not analyze_due(1000, 1150, 50, 0.1) and analyze_due(1000, 1151, 50, 0.1)  # grew
+    assert not analyze_due(1000, 850, 50, 0.1) and analyze_due(1000, 849, 50, 0.1)  # retention shrank it
+    assert not analyze_due(0, 50, 50, 0.1) and analyze_due(0, 51, 50, 0.1)

@@ -91,6 +91,34 @@ def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
     assert runs == (2, True)
 
 
+def test_maintain_analyzes_the_parent_once_its_partitions_grew_past_autovacuums_threshold(conn, partman):
+    """Autovacuum analyzes each partition as rows arrive, never the partitioned parent, whose
+    statistics the planner uses for the table as a whole. A pass analyzes it when the partitions'
+    rows (as their own last ANALYZE counted them) moved away from the parent's count by more than
+    autovacuum's analyze threshold (50 + 10% here), and not before."""
+    make_events(conn, years=(2024,))
+    conn.execute("INSERT INTO events (ts) SELECT timestamptz '2024-01-01 00:00+00' + g * interval '1 hour' "
+                 "FROM generate_series(1, 2000) g")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "1").code == 0
+
+    def parent_rows() -> float:
+        return conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass").fetchone()[0]
+
+    def grow(rows: int) -> bool:
+        conn.execute("INSERT INTO events (ts) SELECT timestamptz '2024-06-01 00:00+00' + g * interval '1 second' "
+                     "FROM generate_series(1, %s) g", (rows,))
+        conn.execute("ANALYZE events_p20240101")  # as autovacuum does, the partition alone
+        r = partman("maintain", "--json")
+        assert r.code == 0, r.err
+        return json.loads(r.out)["tables"]["public.events"]["analyzed"]
+
+    assert grow(0) is True and parent_rows() == 2000  # partitions made: analyzed anyway
+    assert grow(0) is False
+    assert grow(200) is False and parent_rows() == 2000  # 200 of a threshold of 250
+    assert grow(100) is True and parent_rows() == 2300
+    assert grow(0) is False
+
+
 def test_new_partitions_get_the_newest_partitions_storage_options(conn, partman):
     """A partitioned parent cannot carry fillfactor or autovacuum settings; the partitions maintain
     makes (premade, or attached by the default move) take the newest partition's, TOAST's too."""

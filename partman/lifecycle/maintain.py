@@ -2,9 +2,9 @@
 
 Per table, under a per-table advisory lock (two processes never act on one table): move rows
 out of the default partition, create missing partitions (gaps and `premake` ahead), apply
-retention, drop `<table>_old` when due, ANALYZE the parent after changes. A table whose DDL is
-blocked (lock_timeout, retried a few times) is skipped and reported; a failure on one table
-never stops the others. On a standby nothing is done. The pass is recorded in
+retention, drop `<table>_old` when due, ANALYZE the parent after changes or when its statistics
+went stale (lifecycle.statistics). A table whose DDL is blocked (lock_timeout, retried a few
+times) is skipped and reported; a failure on one table never stops the others. On a standby nothing is done. The pass is recorded in
 `maintenance_run`, each table's outcome in its registry row."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..catalog import ManagedTable
 from ..db import advisory_key, advisory_unlock, connect, is_standby, try_advisory_lock, with_lock_retry
 from ..errors import LockTimeoutGaveUp, PartmanError
 from ..settings import Settings
-from . import default_rows, parent_of, premake, relation_kind, retention
+from . import default_rows, parent_of, premake, relation_kind, retention, statistics
 from .default_rows import NotLeader
 
 
@@ -95,7 +95,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         # 4. the old table of a conversion, when its time has come
         res["dropped_old"] = _drop_old(conn, settings, mt)
         # 5. statistics: autovacuum never analyzes a partitioned parent
-        if changed:
+        if changed or statistics.parent_stale(conn, parent):
             with_lock_retry(conn, settings, f"analyzing {parent}",
                             lambda c: c.execute(sql.SQL("ANALYZE {}").format(parent.ident())),
                             attempts=premake.ddl_attempts(settings), tables=[parent])
