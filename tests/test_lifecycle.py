@@ -56,7 +56,9 @@ def settings_for(dsn: str, **kw):
 
 # ---------------------------------------------------------------- register / premake
 
-def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
+def test_register_premake_makes_the_current_and_future_partitions_and_is_idempotent(conn, partman):
+    """The current year's partition and `premake` beyond it; the past years between the table's
+    one partition (2022) and now stay without one (test_a_stray_row_..._makes_one_partition)."""
     make_events(conn, years=(2022,))
     conn.execute("SET TimeZone TO 'UTC'")
     y = this_year(conn)
@@ -72,7 +74,7 @@ def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
     assert r.code == 0, r.err
     summary = json.loads(r.out)
     created = summary["tables"]["public.events"]["created"]
-    expected = [f"events_p{yy}0101" for yy in range(2023, y + 3)]
+    expected = [f"events_p{yy}0101" for yy in range(y, y + 3)]
     assert sorted(created) == expected
     parts = partitions(conn)
     assert parts[f"events_p{y + 2}0101"] == (
@@ -89,6 +91,29 @@ def test_register_premake_fills_gaps_and_is_idempotent(conn, partman):
     assert row == (True, None)
     runs = conn.execute("SELECT count(*), bool_and(ok) FROM partman_catalog.maintenance_run").fetchone()
     assert runs == (2, True)
+
+
+def test_a_stray_row_far_in_the_past_makes_one_partition_not_thousands(conn, partman):
+    """A daily table, and one row with a mistyped year (or an epoch-zero timestamp from a bug)
+    lands in the default partition. The pass moves it into a partition of its own day, and makes
+    none of the thousands of empty days between it and the others: past ranges get a partition
+    only when rows arrive for them."""
+    conn.execute("SET TimeZone TO 'UTC'")
+    conn.execute("CREATE TABLE daily (id bigserial, ts timestamptz NOT NULL, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts);"
+                 "CREATE TABLE daily_default PARTITION OF daily DEFAULT")
+    assert partman("register", "daily", "--column", "ts", "--interval", "day", "--premake", "2").code == 0
+    first = partman("maintain", "--json")
+    assert first.code == 0, first.err
+    made = sorted(json.loads(first.out)["tables"]["public.daily"]["created"])
+    assert len(made) == 3  # today and two ahead
+    conn.execute("INSERT INTO daily (ts) VALUES ('1970-01-01 12:00+00'), (now())")
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)["tables"]["public.daily"]
+    assert result["created"] == ["daily_p19700101"] and result["default_rows_moved"] == 1
+    assert sorted(partitions(conn, "daily")) == sorted(["daily_default", "daily_p19700101", *made])
+    again = partman("maintain", "--json")
+    assert again.code == 0 and json.loads(again.out)["tables"]["public.daily"]["created"] == []
 
 
 def test_maintain_analyzes_the_parent_once_its_partitions_grew_past_autovacuums_threshold(conn, partman):
@@ -135,7 +160,7 @@ def test_new_partitions_get_the_newest_partitions_storage_options(conn, partman)
         "LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE i.inhparent = 'events'::regclass "
         "AND c.relname <> 'events_default'").fetchall())
     y = this_year(conn)
-    assert set(options) == {f"events_p{yy}0101" for yy in range(2022, y + 2)}
+    assert set(options) == {f"events_p{yy}0101" for yy in (2022, 2023, y, y + 1)}
     expected = ["autovacuum_vacuum_scale_factor=0.05", "fillfactor=90", "toast.autovacuum_enabled=false"]
     assert all(sorted(o) == expected for o in options.values()), options
     assert conn.execute("SELECT count(*) FROM events_p20230101").fetchone()[0] == 1  # moved out of the default

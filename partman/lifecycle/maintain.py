@@ -1,11 +1,12 @@
 """`partman maintain`: one idempotent pass over every registered table.
 
 Per table, under a per-table advisory lock (two processes never act on one table): move rows
-out of the default partition, create missing partitions (gaps and `premake` ahead), apply
-retention, drop `<table>_old` when due, ANALYZE the parent after changes or when its statistics
-went stale (lifecycle.statistics). A table whose DDL is blocked (lock_timeout, retried a few
-times) is skipped and reported; a failure on one table never stops the others. On a standby nothing is done. The pass is recorded in
-`maintenance_run`, each table's outcome in its registry row."""
+out of the default partition, create missing partitions (the current one and `premake` ahead),
+apply retention, drop `<table>_old` when due, ANALYZE the parent after changes or when its
+statistics went stale (lifecycle.statistics). A table whose DDL is blocked (lock_timeout,
+retried a few times) is skipped and reported; a failure on one table never stops the others. On
+a standby nothing is done. The pass is recorded in `maintenance_run`, each table's outcome in
+its registry row."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         changed |= moved["moved"] > 0 or bool(moved["partitions"])
         if moved.get("error"):
             errors.append(moved["error"])
-        # 2. premake: gaps and future partitions
+        # 2. premake: the current and future partitions
         made = premake.run(conn, settings, mt)
         res["created"].extend(made["created"])
         changed |= bool(made["created"])

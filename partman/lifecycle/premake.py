@@ -1,6 +1,12 @@
-"""Premake: keep `premake` future partitions beyond the current one, and fill gaps between
-existing partitions. Bounds align to the interval in the table's time zone; every DDL runs
-with a short lock_timeout and a few retries (a blocked table is skipped, not waited on)."""
+"""Premake: keep the current partition and `premake` future ones beyond it. Bounds align to the
+interval in the table's time zone; every DDL runs with a short lock_timeout and a few retries (a
+blocked table is skipped, not waited on).
+
+Past ranges without a partition are left alone: a row that arrives for one lands in the default
+partition, and the default move creates exactly the partition it needs. Filling every past gap
+instead would turn one stray row (a mistyped year, an epoch-zero timestamp from a bug) in a
+daily table into thousands of empty partitions between it and the others, as pg_partman too
+leaves past gaps to an explicit gap fill."""
 
 from __future__ import annotations
 
@@ -34,18 +40,15 @@ def retention_cutoff(conn: psycopg.Connection, mt: ManagedTable) -> datetime | N
 def missing_ranges(
     parts: list[Partition], mt: ManagedTable, now: datetime, cutoff: datetime | None = None
 ) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime, list[str]]]]:
-    """Interval ranges from the oldest existing partition through `premake` beyond the current
-    one, excluding ranges retention would remove anyway: those no existing partition overlaps
-    (gaps and future: to create), and those that partitions not aligned to the interval cover only
-    in part (keys there have no partition and partman cannot create one: to report), with the
-    names of the partitions in the way. Pure."""
+    """The current interval's range and `premake` beyond it, excluding ranges retention would
+    remove anyway: those no existing partition overlaps (to create), and those that partitions not
+    aligned to the interval cover only in part (keys there have no partition and partman cannot
+    create one: to report), with the names of the partitions in the way. Pure."""
     tz = intervals.zone(mt.timezone)
     bounded = [(aware(p.lower, tz), aware(p.upper, tz), p.name) for p in parts if not p.is_default]
-    lowers = [lo for lo, _, _ in bounded if lo is not None]
-    lowest = min(lowers) if lowers else None
     exact = {(lo.timestamp(), hi.timestamp()) for lo, hi, _ in bounded if lo is not None and hi is not None}
     missing, partial = [], []
-    for lo, hi in intervals.ranges(lowest, None, now, mt.interval, tz, mt.premake):
+    for lo, hi in intervals.future_ranges(now, mt.interval, tz, mt.premake):
         if cutoff is not None and hi <= cutoff:
             continue
         if (lo.timestamp(), hi.timestamp()) in exact:  # the common case, without the quadratic scan
