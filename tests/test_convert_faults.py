@@ -152,6 +152,32 @@ def test_swap_gives_up_cleanly_behind_a_long_transaction(conn, dsn, partman_proc
     assert verify_chain(conn, LEDGER)["ok"]
 
 
+def test_a_rollback_that_cannot_finish_says_what_is_left_and_revert_removes_it(conn, dsn, partman, partman_proc):
+    """The swap gives up behind a long transaction, and removing the capture trigger fails too
+    (here a failpoint; in life the same transaction still holding the table). The message must
+    not claim the table is as it was: it names the trigger still on it and the two ways on, and
+    `partman revert` (abandon) leaves the table as it was."""
+    make_ledger(conn, 300)
+    before = relations_in(conn, "public")
+    blocker = psycopg.connect(dsn)
+    blocker.execute("SELECT count(*) FROM audit_log_ledger")  # holds ACCESS SHARE until it ends
+    try:
+        r = partman_proc(*CONVERT, "--lock-timeout", "100", extra_env={
+            "PARTMAN_LOCK_RETRIES": "2", "PARTMAN_FAILPOINTS": "convert.rollback.before_trigger=1:raise"})
+    finally:
+        blocker.close()
+    assert r.code == 1 and "Traceback" not in r.err
+    message = r.err.strip().splitlines()[-1]
+    assert "Gave up on the swap" in message and "did not finish either" in message, message
+    assert "partman_capture is still on public.audit_log_ledger" in message and "partman revert" in message
+    assert "is as it was" not in message
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'partman_capture'").fetchone()[0] == 1
+    abandoned = partman("revert", "audit_log_ledger", "--yes")
+    assert abandoned.code == 0, abandoned.err
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'partman_capture'").fetchone()[0] == 0
+    assert relations_in(conn, "public") == before and not is_partitioned(conn, LEDGER)
+
+
 def test_two_converts_of_one_table_never_overlap(conn, dsn, partman_proc):
     make_ledger(conn, 1500)
     import subprocess

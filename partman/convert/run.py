@@ -252,10 +252,19 @@ def execute(
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _connection_lost(conn):
                 raise  # resumable: the recorded state stays, the next run continues
-            if _rollback(conn, settings, p, running["id"], exc) and isinstance(exc, (PartmanError, psycopg.Error)):
+            outcome = _rollback(conn, settings, p, running["id"], exc)
+            if outcome == "rolled back" and isinstance(exc, (PartmanError, psycopg.Error)):
                 raise PartmanError(
                     f"{_reason(exc)} The conversion was rolled back: {qn} is as it was, and partman's work schema is "
                     "gone; fix the cause and run the command again."
+                ) from None
+            if outcome not in ("rolled back", "after the swap") and isinstance(exc, (PartmanError, psycopg.Error)):
+                raise PartmanError(
+                    f"{_reason(exc)} Rolling the conversion back did not finish either ({outcome.rstrip('.')}): "
+                    f"partman's change-capture trigger {CONVERT_TRIGGER} is still on {qn} and records its writes in "
+                    "partman's work "
+                    f"schema {p.work_schema}. Once the sessions holding {qn} are done, run the same command again "
+                    f"to resume the conversion, or `partman revert {qn.arg}` to abandon it, which removes them."
                 ) from None
             if isinstance(exc, psycopg.Error) and _swapped(conn, settings, qn):
                 raise _after_swap_error(exc, qn, p.old) from None
@@ -567,6 +576,7 @@ def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedNa
                 error: str) -> None:
     """Undo a conversion before its swap: the capture trigger off the live table, the work schema
     (shadow, partitions, change log) dropped, the attempt recorded as failed with `error`."""
+    failpoints.hit("convert.rollback.before_trigger")
     if relation_exists(conn, table) and capture.trigger_exists(conn, CONVERT_TRIGGER, table):
         # keep trying longer than a swap would: a long transaction must end before the table is clean
         with_lock_retry(conn, settings, f"removing the change-capture trigger from {table}",
@@ -581,17 +591,18 @@ def _server_now(conn: psycopg.Connection) -> Any:
     return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
 
-def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, cid: int, exc: BaseException) -> bool:
+def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, cid: int, exc: BaseException) -> str:
     """Before the swap: remove the capture trigger and the work schema, record the failure.
-    Returns whether it rolled back (False after the swap, or when cleaning up failed)."""
+    Returns "rolled back", "after the swap" (both tables are kept; the rerun re-verifies), or
+    why cleaning up failed."""
     phase = catalog.running_conversion(conn, settings, p.table.schema, p.table.name)
     if phase and phase["phase"] in AFTER_SWAP:
-        return False  # after the swap both tables are kept; the rerun re-verifies
+        return "after the swap"
     try:
         remove_work(conn, settings, p.table, p.work_schema, cid, log.redact(f"{type(exc).__name__}: {exc}"))
-        return True
+        return "rolled back"
     except Exception as cleanup_error:  # noqa: BLE001 - report both, keep the first
         log.get().error("rollback_incomplete", table=str(p.table), error=str(cleanup_error),
-                        advice="run the same convert command again to resume, or drop trigger partman_capture")
-        return False
+                        advice="run the same convert command again to resume, or partman revert to abandon it")
+        return " ".join(str(cleanup_error).split()) or type(cleanup_error).__name__
 
