@@ -105,6 +105,22 @@ def test_null_keys_are_refused_and_nothing_is_left(conn, partman):
     assert relations_in(conn, "public") == before
 
 
+def test_a_nullable_key_that_the_widened_primary_key_makes_not_null_is_said(conn, partman):
+    """No row has a NULL key today, but the column allows one. The primary key, widened to include
+    the key, makes the column NOT NULL on the new table, so an insert without it, which succeeds
+    today, fails after the swap (it does not reach the default partition): the plan says so. A
+    table without a primary key keeps the column nullable, and such a row goes to the default."""
+    conn.execute("CREATE TABLE keyed (id int PRIMARY KEY, ts timestamptz); INSERT INTO keyed VALUES (1, now());"
+                 "CREATE TABLE loose (id int, ts timestamptz); INSERT INTO loose VALUES (1, now())")
+    dry = partman("convert", "keyed", "--column", "ts", "--dry-run")
+    assert dry.code == 0 and "makes it NOT NULL on the new table" in dry.out and "land in the default" not in dry.out
+    assert partman("convert", "keyed", "--column", "ts", "--yes").code == 0
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        conn.execute("INSERT INTO keyed VALUES (2, NULL)")
+    dry = partman("convert", "loose", "--column", "ts", "--dry-run")
+    assert "land in the default partition" in dry.out and "makes it NOT NULL" not in dry.out
+
+
 def test_not_the_owner_is_refused(conn, pg_server, dsn, partman):
     conn.execute("CREATE TABLE t (id int PRIMARY KEY, ts timestamptz NOT NULL)")
     conn.execute("CREATE ROLE outsider LOGIN PASSWORD 'outsider-pw-123'")

@@ -638,7 +638,12 @@ def warnings(model: TableModel, column: str) -> list[str]:
     t = model.table
     out: list[str] = []
     col = model.column(column)
-    if col is not None and not col.notnull:
+    if col is not None and not col.notnull and any(k.kind == "p" for k in model.constraints):
+        out.append(f"column {column} of {t} is nullable, but the primary key, widened to include it, makes it NOT NULL "
+                   f"on the new table: an INSERT with a NULL {column} that succeeds today will fail after the swap "
+                   "(a primary key column cannot hold NULL, not even in the default partition). Check the application "
+                   f"sends {column}, or give it a DEFAULT, first.")
+    elif col is not None and not col.notnull:
         out.append(f"column {column} of {t} is nullable: rows with a NULL key would land in the default partition. "
                    f"Consider ALTER TABLE ... ALTER COLUMN {column} SET NOT NULL.")
     for k in model.constraints:
