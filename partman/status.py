@@ -221,6 +221,8 @@ def gather(conn: psycopg.Connection, settings: Settings, table: str | None = Non
         "tables": [gather_table(conn, settings, mt, now) for mt in managed],
         "conversions_running": [c for c in running_conversions(conn, settings) if wanted is None or c["table"] == wanted],
     }
+    if wanted is not None:
+        doc["asked_for"] = wanted
     return doc
 
 
@@ -317,7 +319,8 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
     else:
         console.print("Last maintenance pass: never")
     if not doc["tables"] and not doc["conversions_running"]:
-        console.print("No table is registered with partman.")
+        console.print(f"{doc['asked_for']} is not registered with partman, and no conversion of it is running."
+                      if doc.get("asked_for") else "No table is registered with partman.")
     for c in doc["conversions_running"]:
         progress = f"{c['rows_copied']}/{c['rows_estimate'] or '?'} rows copied ({c['progress'] * 100:.1f}%)"
         if c["active"]:

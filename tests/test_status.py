@@ -67,6 +67,20 @@ def test_status_of_an_unregistered_table_fails_clearly(conn, partman):
     assert r.code == 0 and json.loads(r.out)["tables"] == []
 
 
+def test_status_of_a_table_whose_conversion_failed_names_it(conn, partman, partman_proc):
+    """A table partman once tried to convert has a record, so status answers for it; it says that
+    this table is not registered, not that no table is (others are)."""
+    conn.execute("CREATE TABLE kept (id bigserial PRIMARY KEY, at date NOT NULL); INSERT INTO kept (at) VALUES (now());"
+                 "CREATE TABLE failed (id bigserial PRIMARY KEY, at date NOT NULL); INSERT INTO failed (at) VALUES (now())")
+    assert partman("convert", "kept", "--column", "at", "--yes").code == 0
+    r = partman_proc("convert", "failed", "--column", "at", "--yes",
+                     extra_env={"PARTMAN_FAILPOINTS": "convert.after_copy=1:raise"})
+    assert r.code == 1
+    r = partman("status", "failed")
+    assert r.code == 0, r.err
+    assert "public.failed is not registered with partman" in r.out and "No table is registered" not in r.out
+
+
 def test_status_after_a_conversion_shows_progress_and_old_table(ledger, partman):
     r = partman("convert", "public.audit_log_ledger", "--column", "event_timestamp", "--interval", "year",
                 "--retention", "10 years", "--drop-old-after", "7 days", "--yes")
