@@ -492,6 +492,12 @@ def test_rerun_after_success_is_a_no_op(conn, partman):
         doc = json.loads(r.out)
         assert doc["already_converted"] is True and doc["status"] == "done" and doc["rows_copied"] == 300
         assert doc["widened_keys"] and "becomes (id, event_timestamp)" in doc["widened_keys"][0]
+    # another interval cannot be had by converting again: said, and refused
+    r = partman("convert", "audit_log_ledger", "--column", "event_timestamp", "--interval", "month", "--yes")
+    assert r.code == 1 and "--interval month (it has year)" in r.err and "partman revert" in r.err, r.err
+    # another premake is the registration's business: said, and nothing done
+    r = partman(*CONVERT, "--premake", "5")
+    assert r.code == 0 and "--premake 5 (it has 3)" in r.out and "partman register" in r.out, r.out
 
 
 def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_lock(conn, dsn, partman):

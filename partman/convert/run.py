@@ -73,8 +73,19 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
         p, model = make_plan(conn, settings, qn, opts)
         if p.refusals and not running and _already_converted(conn, settings, qn):
             last = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
-            _say(args, f"{qn} is already converted and registered; nothing to do.", already_converted=True,
-                 **render.result_summary(last, catalog.get_managed(conn, settings, qn.schema, qn.name)))
+            mt = catalog.get_managed(conn, settings, qn.schema, qn.name)
+            shape, kept = _registered_otherwise(mt, opts, args) if mt else ([], [])
+            if shape:
+                raise PartmanError(
+                    f"{qn} is already converted, partitioned otherwise than this command asks: {'; '.join(shape)}. "
+                    f"Converting again cannot change its partitions: `partman revert {qn.arg}` (while "
+                    f"{naming.old_name(qn.name)} exists) and convert it afresh, or run the command with the "
+                    "table's own options.")
+            text = f"{qn} is already converted and registered; nothing to do."
+            if kept:
+                text += (f" Its registration stays as it is ({'; '.join(kept)}): `partman register {qn.arg} ...` "
+                         "changes premake and retention.")
+            _say(args, text, already_converted=True, **render.result_summary(last, mt))
             return 0
         if args.dry_run:
             resumes = {"phase": running["phase"], "rows_copied": running["rows_copied"]} if running else None
@@ -145,6 +156,23 @@ def _check_durations(conn: psycopg.Connection, opts: planning.Options) -> None:
 def _say(args: argparse.Namespace, text: str, **doc: Any) -> None:
     """A one-line answer on stdout, or with --json one JSON document of its figures."""
     print(json.dumps({**doc, "message": text}, indent=2, default=str) if args.json else text)
+
+
+def _registered_otherwise(mt: catalog.ManagedTable, opts: planning.Options,
+                          args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Where a converted table's registration differs from what this convert command's flags ask
+    (those given; a default asks nothing): its partitions' shape (column, interval, time zone),
+    and what the registration keeps (premake, retention)."""
+    def differs(name: str, asked: Any, registered: Any) -> str | None:
+        given = getattr(args, name.replace("-", "_"), None) is not None
+        return f"--{name} {asked} (it has {registered})" if given and str(asked) != str(registered) else None
+
+    shape = [d for d in (differs("column", opts.column, mt.column_name), differs("interval", opts.interval, mt.interval),
+                         differs("timezone", opts.timezone, mt.timezone)) if d]
+    kept = [d for d in (differs("premake", opts.premake, mt.premake),
+                        differs("retention", opts.retention, mt.retention),
+                        differs("retention-action", opts.retention_action, mt.retention_action)) if d]
+    return shape, kept
 
 
 def _already_converted(conn: psycopg.Connection, settings: Settings, qn: QualifiedName) -> bool:
