@@ -86,12 +86,8 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
 
 def _replay_into_old(c: psycopg.Connection, work: WorkNames, new: QualifiedName, old: QualifiedName,
                      key: list[capture.KeyColumn], columns: list[str], overriding: bool, limit: int | None) -> int:
-    saved = triggers.states(c, old)
-    c.execute(triggers.disable_all(old))
-    n = capture.replay(c, work.revert_log, new, old, key, columns, overriding=overriding, limit=limit)
-    for stmt in triggers.restore(old, saved):
-        c.execute(stmt)
-    return n
+    with triggers.off(c, old):
+        return capture.replay(c, work.revert_log, new, old, key, columns, overriding=overriding, limit=limit)
 
 
 def _abandon(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, running: dict[str, Any],
