@@ -394,6 +394,52 @@ def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
     conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'y', '', '')")
 
 
+@pytest.mark.parametrize("action", ["drop", "detach"])
+def test_revert_leaves_out_the_rows_retention_removed_since_the_swap(conn, partman, action):
+    """Retention removing a partition after the swap changes no row, so the revert log has
+    nothing of it, while <table>_old still holds those rows. Revert deletes them from it (the
+    ledger's append-only trigger off) before swapping back and reports the rows per range. A row
+    the partitioned table holds in a removed range (written since into the default partition, or
+    a detached partition attached back by hand) is live and stays. A detached table keeps its rows."""
+    make_ledger(conn, 1200)
+    assert partman(*CONVERT, "--sleep", "0", "--retention", "10 years", "--retention-action", action).code == 0
+    per_year = dict(conn.execute("SELECT extract(year FROM event_timestamp AT TIME ZONE 'UTC')::int, count(*) "
+                                 "FROM audit_log_ledger_old GROUP BY 1").fetchall())
+    cutoff = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]
+    gone = sorted(y for y in per_year if y < cutoff)
+    assert len(gone) >= 2, "the ledger starts in 2014: two years are due from 2026 on"
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    removed = json.loads(r.out)["tables"]["public.audit_log_ledger"]["retention"]["removed"]
+    assert [x["partition"] for x in removed] == [f"audit_log_ledger_p{y}0101" for y in gone]
+    anchor = conn.execute("SELECT last_row->>'current_hash' FROM partman_catalog.removal ORDER BY id DESC LIMIT 1").fetchone()[0]
+    live_again = []
+    if action == "detach":  # the DBA attaches the oldest back: its rows are the partitioned table's again
+        conn.execute(f"ALTER TABLE audit_log_ledger ATTACH PARTITION audit_log_ledger_p{gone[0]}0101 "
+                     f"FOR VALUES FROM ('{gone[0]}-01-01 00:00+00') TO ('{gone[0] + 1}-01-01 00:00+00')")
+        live_again = [gone[0]]
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash, event_timestamp) "
+                 "VALUES ('app', 'late', '', '', %s)", (f"{gone[-1]}-06-01 00:00+00",))  # lands in the default partition
+    r = partman("revert", "audit_log_ledger", "--yes")
+    assert r.code == 0, r.err
+    for y in gone:  # one line per removed range: its rows deleted from the original
+        rows = 0 if y in live_again else per_year[y]
+        assert f"  {rows} row(s) of audit_log_ledger_p{y}0101 [{y}-01-01" in r.out and f"({action})" in r.out, r.out
+    assert not is_partitioned(conn, LEDGER)
+    kept = dict(conn.execute("SELECT extract(year FROM event_timestamp AT TIME ZONE 'UTC')::int, count(*) "
+                             "FROM audit_log_ledger WHERE action <> 'late' GROUP BY 1").fetchall())
+    assert {y: n for y, n in kept.items() if y < cutoff} == {y: per_year[y] for y in live_again}
+    assert {y: n for y, n in kept.items() if y >= cutoff} == {y: n for y, n in per_year.items() if y >= cutoff}
+    assert conn.execute("SELECT count(*) FROM audit_log_ledger WHERE action = 'late'").fetchone()[0] == 1
+    if action == "drop":  # the remaining chain verifies from the last removal's anchor, the late row chained on
+        assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
+    else:  # a detached table is left as it is
+        assert conn.execute(f"SELECT count(*) FROM audit_log_ledger_p{gone[-1]}0101").fetchone()[0] == per_year[gone[-1]]
+    # the original's triggers are on again: the ledger still refuses a DELETE
+    with pytest.raises(psycopg.errors.RaiseException):
+        conn.execute("DELETE FROM audit_log_ledger WHERE action = 'late'")
+
+
 def test_writes_of_a_replication_session_are_captured_too(conn, dsn, partman):
     """A logical replication apply worker (the table is a subscription's target, as in a blue/green
     switchover) writes with session_replication_role = replica, where ordinary triggers do not

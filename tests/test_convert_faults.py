@@ -87,15 +87,23 @@ def _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=()):
                      "chain valid, no orphans")
 
 
-REVERT_POINTS = ["revert.after_round=1:kill", "revert.swap.locked=1:kill", "revert.swap.before_commit=1:kill"]
+REVERT_POINTS = ["revert.after_removed_range=1:kill", "revert.after_round=1:kill", "revert.swap.locked=1:kill",
+                 "revert.swap.before_commit=1:kill"]
 
 
 @pytest.mark.parametrize("point", REVERT_POINTS, ids=[p.split("=")[0] for p in REVERT_POINTS])
 def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_proc, point):
+    """After the swap retention drops the oldest years (two ranges): the revert takes their rows
+    out of <table>_old, one range per transaction, then carries the rows written since."""
     with matrix_entry("revert", point.split("=")[0]) as entry:
         make_ledger(conn, 1500)
         conn.execute(STATISTICS)
-        assert partman_proc(*CONVERT, "--sleep", "0").code == 0
+        assert partman_proc(*CONVERT, "--sleep", "0", "--retention", "10 years").code == 0
+        assert partman_proc("maintain").code == 0
+        ranges, removed, upper, anchor = conn.execute(
+            "SELECT count(*), sum(row_count), max(upper_bound), (array_agg(last_row->>'current_hash' ORDER BY id DESC))[1] "
+            "FROM partman_catalog.removal").fetchone()
+        assert ranges >= 2 and removed > 0
         with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
             time.sleep(0.3)
             first = partman_proc("revert", "audit_log_ledger", "--yes", extra_env={"PARTMAN_FAILPOINTS": point})
@@ -107,12 +115,15 @@ def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_pro
         assert not w.errors, w.errors[:3]
         assert not is_partitioned(conn, LEDGER)
         got = ids(conn, LEDGER)
-        assert len(got) == len(set(got)) == 1500 + len(w.committed)
-        assert verify_chain(conn, LEDGER)["ok"]
+        assert len(got) == len(set(got)) == 1500 - removed + len(w.committed)
+        assert conn.execute("SELECT count(*) FROM audit_log_ledger WHERE event_timestamp < %s::timestamptz",
+                            (upper,)).fetchone()[0] == 0
+        assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
         assert conn.execute(STATISTICS_ON).fetchall() == [
             ("audit_log_ledger", "ledger_actor_action"),
             ("audit_log_ledger_partitioned", "ledger_actor_action_partitioned")]
-        entry.outcome = f"ok: {len(got)} rows exactly once in the original table, chain valid"
+        entry.outcome = (f"ok: {len(got)} rows exactly once in the original table, the {removed} rows retention "
+                         f"removed ({ranges} partitions) not among them, chain valid from the anchor")
 
 
 def test_swap_gives_up_cleanly_behind_a_long_transaction(conn, dsn, partman_proc):

@@ -359,6 +359,54 @@ def test_retention_detach_moves_to_a_retention_schema(conn, partman):
     assert conn.execute("SELECT count(*) FROM archive_tables.events_p20100101").fetchone()[0] == 1
 
 
+@pytest.mark.parametrize("schema", ["public", "archive_tables"])
+def test_restore_of_a_detached_partition_names_the_table_holding_its_rows_and_how_to_attach_it(conn, partman, schema):
+    """No archive, but the catalog records the detach: restore says so, names the plain table
+    (beside the parent or in the retention schema), gives the ATTACH with the recorded bounds and
+    never advises dropping it, the only copy. Renamed away, it still answers from the catalog."""
+    make_events(conn, years=(2010, 2011, 2025))
+    conn.execute("INSERT INTO events (ts) VALUES ('2010-05-05'), ('2011-05-05'), ('2011-06-06')")
+    extra = ["--retention-schema", schema] if schema != "public" else []
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--retention", "5 years",
+                   "--retention-action", "detach", "--premake", "0", *extra).code == 0
+    assert partman("maintain").code == 0
+    r = partman("restore", "events", "events_p20110101")
+    assert r.code == 1 and "Traceback" not in r.err
+    assert "already exists" not in r.err and "drop or rename" not in r.err and "No archive" not in r.err, r.err
+    assert "was not archived" in r.err and "retention detached it from public.events" in r.err and "(2 rows" in r.err
+    held = f"{schema}.events_p20110101"
+    assert f"Its rows are in {held}" in r.err and f"Do not drop {held}: it is the only copy" in r.err, r.err
+    assert f"partman hold {held} --reason" in r.err
+    attach = r.err.split("run `", 1)[1].split("`", 1)[0]
+    assert attach == (f"ALTER TABLE public.events ATTACH PARTITION {held} "
+                      "FOR VALUES FROM ('2011-01-01 00:00:00+00:00') TO ('2012-01-01 00:00:00+00:00')")
+    conn.execute(attach)  # the advice works: its rows are the table's again
+    assert "events_p20110101" in partitions(conn)
+    assert conn.execute("SELECT count(*) FROM events WHERE ts < '2012-01-01'").fetchone()[0] == 2
+    # renamed away: the catalog's record still answers, not "no archive recorded"
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO kept_2010").format(sql.Identifier(schema, "events_p20100101")))
+    r = partman("restore", "events", "events_p20100101")
+    assert r.code == 1 and "No archive" not in r.err, r.err
+    assert "retention detached it" in r.err and "No plain table named events_p20100101 exists any more" in r.err
+    assert "attach it back with its new name in place of events_p20100101" in r.err and "drop" not in r.err.replace("dropped, or renamed", "")
+
+
+def test_restore_of_a_partition_dropped_without_an_archive_says_its_rows_are_gone(conn, partman):
+    make_events(conn, years=(2010, 2025))
+    conn.execute("INSERT INTO events (ts) SELECT '2010-05-05'::timestamptz + g * interval '1 day' FROM generate_series(1, 3) g")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--retention", "5 years",
+                   "--retention-action", "drop", "--premake", "0").code == 0
+    assert partman("maintain").code == 0
+    when = conn.execute("SELECT to_char(removed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
+                        "FROM partman_catalog.removal").fetchone()[0]
+    conn.execute("CREATE TABLE events_p20100101 (note text)")  # someone's table of that name: not partman's to advise on
+    r = partman("restore", "events", "events_p20100101")
+    assert r.code == 1 and "Traceback" not in r.err
+    assert f"retention dropped it from public.events without an archive at {when}" in r.err, r.err
+    assert "(3 rows" in r.err and "Its rows are gone" in r.err and "No archive" not in r.err
+    assert "already exists" not in r.err and "drop or rename" not in r.err and "Drop it" not in r.err
+
+
 # ---------------------------------------------------------------- safety: concurrency, locks, leadership
 
 def test_two_maintain_processes_never_act_on_one_table(conn, partman, partman_proc, dsn):

@@ -3,7 +3,9 @@ partitioned table since the swap (recorded by the revert capture trigger) are re
 old table with its triggers off (a hash chain must not be recomputed), in short rounds and a
 final round inside one short swap transaction that also restores names (extended statistics'
 too), views, sequence ownership, publications and the registration. The partitioned table is kept as
-`<table>_partitioned`.
+`<table>_partitioned`. What retention removed from the partitioned table since the swap (a
+partition dropped, detached or archived: no row change, so not in the log) is first deleted from
+the old table, range by range (removed.py), so those rows do not come back.
 
 Before the swap there is nothing to put back: revert then abandons the interrupted conversion
 (the capture trigger off the table, partman's work schema dropped), as a failed one would be."""
@@ -18,11 +20,12 @@ import psycopg
 from psycopg import sql
 
 from .. import catalog, db, failpoints, log, naming
+from ..catalog import ManagedTable
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..introspect import publications
 from ..settings import Settings
-from . import capture, ddl, triggers
+from . import capture, ddl, removed, triggers
 from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, free_name, hand_over_identity_names, index_names,
                    relation_exists, rename_statistics, statistics_exists)
 
@@ -59,7 +62,10 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
                     warning=f"publication {pub.name} publishes {old} ({'its schema' if pub.scope == 'schema' else 'all tables'}): "
                             f"the rows revert copies into it are published as changes to {old.name}, and a subscriber "
                             "without a table of that name stops replicating until it has one")
-        if not confirm(f"Swap {qn} back to the original table {old}?", args.yes):
+        gone = removed.removed_since(conn, settings, qn, _swapped_at(mt, conv))
+        also = (f" Retention removed {len(gone)} partition(s) of it since the swap ("
+                f"{', '.join(r.partition for r in gone)}): their rows are deleted from {old} first." if gone else "")
+        if not confirm(f"Swap {qn} back to the original table {old}?{also}", args.yes):
             raise PartmanError("Revert cancelled at the prompt. Nothing was changed.")
         from ..lifecycle.default_rows import pending_moves
         from ..lifecycle.maintain import table_lock_key
@@ -75,23 +81,31 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
                     f"Cannot revert {qn} yet: a maintenance pass was stopped while moving rows out of its default "
                     f"partition, and they wait in {', '.join(staged)}. Run `partman maintain` to finish that move, "
                     "then the revert.")
-            figures = revert(conn, settings, qn, old, work, conv, lock_timeout_ms=settings.lock_timeout_ms)
-        print(json.dumps(figures, default=str) if getattr(args, "json", False) else
-              f"reverted {qn}: {figures['replayed']} row change(s) since the swap carried into the original table; "
-              f"the partitioned table is kept as {figures['partitioned_table']}; swap lock held {figures['lock_ms']:.0f} ms")
+            figures = revert(conn, settings, qn, old, work, conv, mt, lock_timeout_ms=settings.lock_timeout_ms)
+        print(json.dumps(figures, default=str) if getattr(args, "json", False) else _summary(qn, figures))
         return 0
     finally:
         conn.close()
 
 
+def _swapped_at(mt: ManagedTable, conv: dict[str, Any]) -> Any:
+    return mt.swapped_at or conv["started_at"]
+
+
+def _summary(qn: QualifiedName, figures: dict[str, Any]) -> str:
+    lines = [f"reverted {qn}: {figures['replayed']} row change(s) since the swap carried into the original table; "
+             f"the partitioned table is kept as {figures['partitioned_table']}; swap lock held {figures['lock_ms']:.0f} ms"]
+    for r in figures["removed_ranges"]:
+        lines.append(f"  {r['rows']} row(s) of {r['partition']} [{r['lower'] or 'MINVALUE'} .. {r['upper'] or 'MAXVALUE'}) "
+                     f"deleted from the original table: retention removed that partition ({r['action']}) "
+                     f"at {r['removed_at']:%Y-%m-%d %H:%M:%S%z}")
+    return "\n".join(lines)
+
+
 def _replay_into_old(c: psycopg.Connection, work: WorkNames, new: QualifiedName, old: QualifiedName,
                      key: list[capture.KeyColumn], columns: list[str], overriding: bool, limit: int | None) -> int:
-    saved = triggers.states(c, old)
-    c.execute(triggers.disable_all(old))
-    n = capture.replay(c, work.revert_log, new, old, key, columns, overriding=overriding, limit=limit)
-    for stmt in triggers.restore(old, saved):
-        c.execute(stmt)
-    return n
+    with triggers.off(c, old):
+        return capture.replay(c, work.revert_log, new, old, key, columns, overriding=overriding, limit=limit)
 
 
 def _abandon(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, running: dict[str, Any],
@@ -116,7 +130,7 @@ def _abandon(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, ru
 
 
 def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old: QualifiedName, work: WorkNames,
-           conv: dict[str, Any], *, lock_timeout_ms: int) -> dict[str, Any]:
+           conv: dict[str, Any], mt: ManagedTable, *, lock_timeout_ms: int) -> dict[str, Any]:
     from ..introspect import introspect
 
     import time
@@ -126,6 +140,9 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     key = capture.copy_key(conn, old)
     columns = ddl.column_names(old_model)
     overriding = ddl.needs_overriding(old_model)
+    # before the replay: a row written since into a removed range (live again) is then kept either way
+    taken = removed.take_out(conn, old, qn, mt.column_name, mt.key_type, key,
+                             removed.removed_since(conn, settings, qn, _swapped_at(mt, conv)))
     replayed = 0
     while True:  # rounds outside the lock
         with conn.transaction():
@@ -187,4 +204,4 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))
     log.get().info("reverted", table=str(qn), replayed=replayed + stats["final"], lock_ms=round(lock_ms, 1))
     return {"table": str(qn), "replayed": replayed + stats["final"], "partitioned_table": str(partitioned),
-            "lock_ms": lock_ms}
+            "lock_ms": lock_ms, "removed_ranges": taken}

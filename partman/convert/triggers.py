@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 from psycopg import sql
 
@@ -32,3 +35,14 @@ def restore(table: QualifiedName, saved: list[tuple[str, str]]) -> list[sql.Comp
         sql.SQL("ALTER TABLE {} {} {}").format(table.ident(), sql.SQL(_ENABLE[state]), sql.Identifier(name))
         for name, state in saved
     ]
+
+
+@contextmanager
+def off(conn: psycopg.Connection, table: QualifiedName) -> Iterator[None]:
+    """The table's user triggers off for what the caller does inside its transaction, then
+    restored exactly (a failure rolls the whole transaction back, their states with it)."""
+    saved = states(conn, table)
+    conn.execute(disable_all(table))
+    yield
+    for stmt in restore(table, saved):
+        conn.execute(stmt)

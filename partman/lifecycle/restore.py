@@ -1,7 +1,9 @@
 """`partman restore TABLE PARTITION [--attach]`: bring an archived partition back from S3 as a
 plain table named `<partition>` in the parent's schema (made as the default move makes a
 partition: partitions.standalone_partition_sql), after checking the object's sha256 (against the
-manifest and the removal record) and its row count; `--attach` re-attaches it."""
+manifest and the removal record) and its row count; `--attach` re-attaches it. A partition that
+retention detached or dropped rather than archived is refused first, saying where its rows are
+(removals.py): a restore never advises dropping the only copy of a partition's rows."""
 
 from __future__ import annotations
 
@@ -14,27 +16,37 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from .. import archive, catalog, log
 from ..db import QualifiedName, connect, resolve_table, split_name, with_lock_retry
 from ..errors import PartmanError, UsageError
 from ..partitions import key_column, list_partitions, newest_partition, replica_identity_sql, standalone_partition_sql
 from ..settings import Settings
-from . import relation_kind
+from . import relation_kind, removals
 
 CHUNK = 1024 * 1024
 
 
-def _removal_record(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, partition: str) -> dict[str, Any] | None:
-    if not catalog.exists(conn, settings):
-        return None
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            sql.SQL("SELECT * FROM {} WHERE schema_name = %s AND table_name = %s AND partition_name = %s "
-                    "AND action = 'archive' ORDER BY id DESC LIMIT 1").format(catalog.ident(settings, "removal")),
-            (parent.schema, parent.name, partition),
-        ).fetchone()
+def _not_archived(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, target: QualifiedName,
+                  rec: dict[str, Any]) -> str:
+    mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
+    moved_to = (mt.retention_schema if mt else None) or settings.retention_schema or None
+    schemas = [parent.schema, *([moved_to] if moved_to else [])]
+    tables = removals.detached_tables(conn, target.name, schemas) if rec["action"] == "detach" else []
+    where = tables[0] if tables else QualifiedName(moved_to or parent.schema, target.name)
+    attach = removals.attach_advice(conn, parent, where, rec)
+    return removals.not_archived(rec, parent, target, tables, attach, mt.retention if mt else None, schemas)
+
+
+def _in_the_way(target: QualifiedName, parent: QualifiedName, rec: dict[str, Any] | None) -> str:
+    rename = f"`ALTER TABLE {target.literal} RENAME TO ...`"
+    if rec is None:
+        return (f"{target} already exists as a table, and partman's catalog records no removal of it from {parent}: "
+                f"rename it ({rename}) and run the restore again. Nothing was changed.")
+    return (f"{target} already exists as a table, so the archived copy cannot be restored under that name: rename it "
+            f"({rename}) and run the restore again. Drop it instead only if it holds nothing you need (an earlier "
+            f"restore of this archive, say): the verified archive {rec['archive_uri']} keeps the {rec['row_count']} "
+            "rows partman removed. Nothing was changed.")
 
 
 def _copy_in(conn: psycopg.Connection, table: QualifiedName, cols: list[str], gzipped: Any) -> None:
@@ -59,14 +71,16 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
     if parts[0] is not None and parts[0] != parent.schema:
         raise UsageError(f"Partition {partition!r} is not in {parent}'s schema {parent.schema!r}; partitions are restored beside their table.")
     target = QualifiedName(parent.schema, parts[1])
-    if relation_kind(conn, target) is not None:
-        attached = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = %s::regclass "
-                                "AND inhparent = %s::regclass)", (target.literal, parent.literal)).fetchone()[0]
-        if attached:
-            raise PartmanError(f"{target} is a live partition of {parent}, not a removed one: there is nothing to "
-                               "restore. `partman status` lists the removed partitions and their archives.")
-        raise PartmanError(f"{target} already exists; drop or rename it before restoring the archived copy.")
-    rec = _removal_record(conn, settings, parent, target.name)
+    exists = relation_kind(conn, target) is not None
+    if exists and conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = %s::regclass "
+                               "AND inhparent = %s::regclass)", (target.literal, parent.literal)).fetchone()[0]:
+        raise PartmanError(f"{target} is a live partition of {parent}, not a removed one: there is nothing to "
+                           "restore. `partman status` lists the removed partitions and their archives.")
+    rec = removals.last_removal(conn, settings, parent, target.name)
+    if rec is not None and rec["action"] != "archive":
+        raise PartmanError(_not_archived(conn, settings, parent, target, rec))
+    if exists:
+        raise PartmanError(_in_the_way(target, parent, rec))
     if rec is not None:
         bucket, key = archive.parse_uri(rec["archive_uri"])
     else:
@@ -153,11 +167,8 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
               "uri": uri, "attached": False, "manifest": manifest}
     log.get().info("partition_restored", table=str(parent), partition=str(target), rows=n, uri=uri)
     if attach:
-        lo, hi = manifest["bounds"]["lower"], manifest["bounds"]["upper"]
-        lo_sql = sql.SQL("MINVALUE") if lo is None else sql.Literal(lo)
-        hi_sql = sql.SQL("MAXVALUE") if hi is None else sql.Literal(hi)
-        stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-            parent.ident(), target.ident(), lo_sql, hi_sql)
+        stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+            parent.ident(), target.ident(), removals.bounds_sql(manifest["bounds"]["lower"], manifest["bounds"]["upper"]))
         like = newest_partition(parts)
 
         def attach_it(c: psycopg.Connection) -> None:
