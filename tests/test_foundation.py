@@ -168,3 +168,23 @@ def test_the_parents_statistics_are_stale_past_autovacuums_analyze_threshold():
     assert not analyze_due(1000, 1150, 50, 0.1) and analyze_due(1000, 1151, 50, 0.1)  # grew
     assert not analyze_due(1000, 850, 50, 0.1) and analyze_due(1000, 849, 50, 0.1)  # retention shrank it
     assert not analyze_due(0, 50, 50, 0.1) and analyze_due(0, 51, 50, 0.1)
+
+
+@pytest.mark.parametrize("dsn", [
+    "host=x password='se cret' dbname=y",
+    "host=x password='it\\'s' dbname=y",
+    "host=x password=se\\ cret dbname=y",
+    "host=x password = secret dbname=y",
+    "host=x password=secret",
+])
+def test_a_redacted_key_value_dsn_keeps_its_quoting(dsn):
+    from psycopg.conninfo import conninfo_to_dict
+
+    from partman.log import redact
+
+    assert conninfo_to_dict(redact(dsn)) == {**conninfo_to_dict(dsn), "password": "***"}
+    # quoted whole, as argparse and repr() quote a value: the closing quote stays the text's own
+    for quoted in (f"invalid choice: '{dsn}' (choose from", f'dsn: "{dsn}"'):
+        if dsn.count("'") == 0:
+            assert redact(quoted) == quoted.replace(dsn, redact(dsn)), redact(quoted)
+        assert "cret" not in redact(quoted)
