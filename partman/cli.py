@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from typing import Any
@@ -48,9 +49,20 @@ SETTING_FLAGS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors: exit 2, one paragraph
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"partman: error: {message}\n")
+        # argparse quotes the offending value, which may be a --dsn (or a password) in the wrong place
+        sys.stderr.write(log.redact(f"{self.format_usage()}partman: error: {message}\n"))
         raise SystemExit(2)
+
+
+def _register_secrets(argv: list[str]) -> None:
+    """Before parsing: every password the command line or the environment holds, so that no
+    message (a usage error echoes argv) can print it."""
+    log.register_env_secrets()
+    log.add_dsn_secret(os.environ.get("PARTMAN_DATABASE_URL"))
+    for arg in argv:
+        log.add_dsn_secret(arg)
+        if arg.startswith("-") and "=" in arg:  # --dsn=...
+            log.add_dsn_secret(arg.partition("=")[2])
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -142,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _register_secrets(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
