@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from . import __version__, db, log
-from .errors import PartmanError
+from .errors import PartmanError, sentences
 from .intervals import INTERVALS
 from .settings import load_settings
 
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except psycopg.Error as exc:
         diag = getattr(exc, "diag", None)
         primary = (diag.message_primary if diag is not None else None) or str(exc).strip()
-        hint = f" Hint: {diag.message_hint}" if diag is not None and diag.message_hint else ""
-        _fail(f"PostgreSQL error: {primary.rstrip('.')}.{hint} Nothing further was changed; fix the cause and run the command again.", debug)
+        hint = f" Hint: {sentences(diag.message_hint)}" if diag is not None and diag.message_hint else ""
+        _fail(f"PostgreSQL error: {sentences(primary)}{hint} Nothing further was changed; fix the cause and run the command again.", debug)
         return 1
     except KeyboardInterrupt:
         _fail("Interrupted. A conversion resumes where it stopped when run again.", debug)

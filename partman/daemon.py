@@ -32,7 +32,7 @@ import schedule
 from psycopg import sql
 
 from . import catalog, db, failpoints, health, log
-from .errors import PartmanError
+from .errors import PartmanError, sentences
 from .http import HttpServer, json_body
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
@@ -49,7 +49,7 @@ QUERY_FAILED = "query failed: "
 
 
 def _err(exc: BaseException) -> str:
-    return log.redact(" ".join(str(exc).split()) or type(exc).__name__)
+    return log.redact(sentences(str(exc)) or type(exc).__name__)
 
 
 class Probe:

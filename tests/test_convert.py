@@ -13,7 +13,7 @@ from psycopg import sql
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
 
-from helpers import LEDGER, Writers, ids, is_partitioned, latest_phase, make_ledger, relations_in, wait_for_phase
+from helpers import LEDGER, Writers, partman_command, ids, is_partitioned, latest_phase, make_ledger, relations_in, wait_for_phase
 
 pytestmark = pytest.mark.conversion
 
@@ -294,6 +294,25 @@ def test_a_connection_string_libpq_cannot_parse_is_a_usage_error_without_the_pas
         r = partman(*command, "--dsn", "host=127.0.0.1 port=1 password='Sec%ret-xyz' connect_timeout=2")
         assert r.code == 1 and "Could not connect" in r.err
         assert "Sec%ret" not in r.err + r.out and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("hosts", ["127.0.0.1", "127.0.0.1,127.0.0.1"])
+def test_a_refused_connection_reads_as_sentences(hosts):
+    # libpq's message has a line per sentence ("... Connection refused" / "Is the server running ...?")
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    ports = ",".join([str(port)] * len(hosts.split(",")))
+    p = subprocess.run([partman_command(), "status", "--dsn", f"host={hosts} port={ports} connect_timeout=5"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one paragraph
+    assert "Connection refused. Is the server running" in p.stderr, p.stderr
+    assert "?." not in p.stderr and ".." not in p.stderr and "\t" not in p.stderr, p.stderr
+    assert p.stderr.rstrip().endswith("are right."), p.stderr
 
 
 @pytest.mark.parametrize("flag, value, words", [("--retention", "bogus", "not a PostgreSQL interval"),

@@ -188,3 +188,16 @@ def test_a_redacted_key_value_dsn_keeps_its_quoting(dsn):
         if dsn.count("'") == 0:
             assert redact(quoted) == quoted.replace(dsn, redact(dsn)), redact(quoted)
         assert "cret" not in redact(quoted)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Connection refused\n\tIs the server running on that host?", "Connection refused. Is the server running on that host?"),
+    ("relation \"x\" does not exist.", "relation \"x\" does not exist."),
+    ("no stop", "no stop."),
+    ("failures were:\n- one\n- two\n", "failures were: - one. - two."),
+    ("", ""),
+])
+def test_a_message_of_several_lines_reads_as_sentences(text, expected):
+    from partman.errors import sentences
+
+    assert sentences(text) == expected

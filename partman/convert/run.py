@@ -17,7 +17,7 @@ from psycopg import sql
 
 from .. import catalog, db, failpoints, log, naming, partitions
 from ..db import QualifiedName, with_lock_retry
-from ..errors import PartmanError, UsageError
+from ..errors import PartmanError, UsageError, sentences
 from ..settings import Settings
 from . import capture, ddl, matviews, plan as planning, render
 from .copy import run_copy
@@ -273,7 +273,7 @@ def _after_swap_error(exc: psycopg.Error, qn: QualifiedName, old: QualifiedName)
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, psycopg.Error):
         diag = exc.diag.message_primary if exc.diag is not None else None
-        return f"PostgreSQL error: {(diag or str(exc)).strip().rstrip('.')}."
+        return f"PostgreSQL error: {sentences(diag or str(exc))}"
     return str(exc)
 
 
