@@ -58,7 +58,8 @@ def _register_secrets(argv: list[str]) -> None:
     """Before parsing: every password the command line or the environment holds, so that no
     message (a usage error echoes argv) can print it."""
     log.register_env_secrets()
-    log.add_dsn_secret(os.environ.get("PARTMAN_DATABASE_URL"))
+    for name in ("PARTMAN_DATABASE_URL", "PARTMAN_DSN"):
+        log.add_dsn_secret(os.environ.get(name))
     for arg in argv:
         log.add_dsn_secret(arg)
         if arg.startswith("-") and "=" in arg:  # --dsn=...

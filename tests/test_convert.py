@@ -169,6 +169,25 @@ def test_dry_run_prints_the_plan_and_changes_nothing(conn, partman):
 
 
 
+def test_a_flags_own_name_is_an_environment_variable_too(conn, dsn, env, partman_proc, pg_server):
+    """--lock-timeout sets lock_timeout_ms and --dsn database_url: PARTMAN_LOCK_TIMEOUT and PARTMAN_DSN
+    count as well as PARTMAN_LOCK_TIMEOUT_MS and PARTMAN_DATABASE_URL (which win), the flag over all."""
+    import subprocess
+
+    make_ledger(conn, 200)
+    r = partman_proc(*CONVERT, "--dry-run", extra_env={"PARTMAN_LOCK_TIMEOUT": "1234"})
+    assert r.code == 0 and "with lock_timeout 1234 ms per attempt" in r.out, r.err
+    both = {"PARTMAN_LOCK_TIMEOUT": "1234", "PARTMAN_LOCK_TIMEOUT_MS": "777"}
+    assert "with lock_timeout 777 ms per attempt" in partman_proc(*CONVERT, "--dry-run", extra_env=both).out
+    assert "with lock_timeout 55 ms per attempt" in partman_proc(*CONVERT, "--dry-run", "--lock-timeout", "55",
+                                                                 extra_env=both).out
+    e = {k: v for k, v in env.items() if k != "PARTMAN_DATABASE_URL"}
+    p = subprocess.run([partman_command(), *CONVERT, "--dry-run"], env={**e, "PARTMAN_DSN": dsn},
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    pg_server.outputs.extend([p.stdout, p.stderr])
+    assert p.returncode == 0 and "audit_log_ledger_p20140101" in p.stdout, p.stderr
+
+
 def test_the_paced_estimate_counts_the_verifications_pauses(conn):
     """The dry-run's expected duration at the default pace covers the verification after the swap
     too: it pauses after each of its ranges (~2,000 rows each), as the copy does after each

@@ -37,6 +37,21 @@ def test_settings_precedence(tmp_path, monkeypatch):
     assert load_settings({}, None).maintenance_interval == timedelta(days=7)
 
 
+def test_a_flags_name_as_environment_variable_keeps_the_precedence(tmp_path, monkeypatch):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("lock_timeout_ms = 777\n")
+    monkeypatch.delenv("PARTMAN_LOCK_TIMEOUT_MS", raising=False)
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT", "1234")
+    assert load_settings({}, str(cfg)).lock_timeout_ms == 1234  # env (the flag's name) over file
+    assert load_settings({"lock_timeout_ms": 5}, str(cfg)).lock_timeout_ms == 5  # flag over env
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT_MS", "999")
+    assert load_settings({}, str(cfg)).lock_timeout_ms == 999  # the setting's own name over the flag's
+    monkeypatch.delenv("PARTMAN_LOCK_TIMEOUT_MS")
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="lock_timeout_ms"):
+        load_settings({}, None)
+
+
 def test_bad_setting_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("PARTMAN_PREMAKE", "many")
     with pytest.raises(UsageError):
