@@ -194,14 +194,19 @@ def _fail(message: str, debug: bool) -> None:
     sys.stderr.write("partman: " + log.redact(" ".join(message.split())) + "\n")
 
 
-def confirm(question: str, assume_yes: bool) -> bool:
-    """Ask only on a terminal; off a terminal never prompt (the caller decides)."""
+def confirm(question: str, assume_yes: bool, details: str = "") -> bool:
+    """Ask only on a terminal; off a terminal never prompt (the caller decides). `details` (what is
+    being confirmed) and the question go to stderr, never stdout: results (a --json document, a file
+    stdout is redirected to) must not carry them. The answer is read from stdin."""
     if assume_yes or not sys.stdin.isatty():
         return True
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        return False
+    if details:
+        sys.stderr.write(details.rstrip("\n") + "\n")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:  # end of input: no
+        sys.stderr.write("\n")
     return answer.strip().lower() in ("y", "yes")
 
 

@@ -98,7 +98,8 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                               note="retention action is archive but PARTMAN_ARCHIVE_BUCKET is not set here; "
                                    "maintain will refuse to remove partitions until it is set where it runs")
         if not running and not confirm(
-            f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes
+            f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes,
+            details=render.plan_summary(p),
         ):
             raise PartmanError("Conversion cancelled at the prompt. Nothing was changed.")
         return execute(conn, settings, p, model, running, json_out=args.json)
