@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from . import __version__, db, log
+from . import __version__, db, entry, log
 from .errors import PartmanError, sentences
 from .intervals import INTERVALS
 from .settings import load_settings
@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         db.check_dsn(settings.dsn)
         log.configure(settings.log_format, "debug" if debug else settings.log_level)
         module, func = COMMANDS[args.command]
-        return int(getattr(importlib.import_module(module), func)(settings, args) or 0)
+        command = getattr(importlib.import_module(module), func)
+        if args.command != "run":  # the daemon takes a signal received while starting over itself
+            entry.release()  # start-up is over: such a signal acts now, as it would have (partman.entry)
+        return int(command(settings, args) or 0)
     except PartmanError as exc:
         _fail(str(exc), debug)
         return exc.exit_code
