@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from typing import Any
 
 import psycopg
 
-from . import __version__, db, log
-from .errors import PartmanError
+from . import __version__, db, entry, log
+from .errors import PartmanError, sentences
 from .intervals import INTERVALS
 from .settings import load_settings
 
@@ -48,9 +49,21 @@ SETTING_FLAGS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors: exit 2, one paragraph
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"partman: error: {message}\n")
+        # argparse quotes the offending value, which may be a --dsn (or a password) in the wrong place
+        sys.stderr.write(log.redact(f"{self.format_usage()}partman: error: {message}\n"))
         raise SystemExit(2)
+
+
+def _register_secrets(argv: list[str]) -> None:
+    """Before parsing: every password the command line or the environment holds, so that no
+    message (a usage error echoes argv) can print it."""
+    log.register_env_secrets()
+    for name in ("PARTMAN_DATABASE_URL", "PARTMAN_DSN"):
+        log.add_dsn_secret(os.environ.get(name))
+    for arg in argv:
+        log.add_dsn_secret(arg)
+        if arg.startswith("-") and "=" in arg:  # --dsn=...
+            log.add_dsn_secret(arg.partition("=")[2])
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -142,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _register_secrets(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
@@ -156,15 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         db.check_dsn(settings.dsn)
         log.configure(settings.log_format, "debug" if debug else settings.log_level)
         module, func = COMMANDS[args.command]
-        return int(getattr(importlib.import_module(module), func)(settings, args) or 0)
+        command = getattr(importlib.import_module(module), func)
+        if args.command != "run":  # the daemon takes a signal received while starting over itself
+            entry.release()  # start-up is over: such a signal acts now, as it would have (partman.entry)
+        return int(command(settings, args) or 0)
     except PartmanError as exc:
         _fail(str(exc), debug)
         return exc.exit_code
     except psycopg.Error as exc:
         diag = getattr(exc, "diag", None)
         primary = (diag.message_primary if diag is not None else None) or str(exc).strip()
-        hint = f" Hint: {diag.message_hint}" if diag is not None and diag.message_hint else ""
-        _fail(f"PostgreSQL error: {primary.rstrip('.')}.{hint} Nothing further was changed; fix the cause and run the command again.", debug)
+        hint = f" Hint: {sentences(diag.message_hint)}" if diag is not None and diag.message_hint else ""
+        _fail(f"PostgreSQL error: {sentences(primary)}{hint} Nothing further was changed; fix the cause and run the command again.", debug)
         return 1
     except KeyboardInterrupt:
         _fail("Interrupted. A conversion resumes where it stopped when run again.", debug)
@@ -180,14 +197,19 @@ def _fail(message: str, debug: bool) -> None:
     sys.stderr.write("partman: " + log.redact(" ".join(message.split())) + "\n")
 
 
-def confirm(question: str, assume_yes: bool) -> bool:
-    """Ask only on a terminal; off a terminal never prompt (the caller decides)."""
+def confirm(question: str, assume_yes: bool, details: str = "") -> bool:
+    """Ask only on a terminal; off a terminal never prompt (the caller decides). `details` (what is
+    being confirmed) and the question go to stderr, never stdout: results (a --json document, a file
+    stdout is redirected to) must not carry them. The answer is read from stdin."""
     if assume_yes or not sys.stdin.isatty():
         return True
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        return False
+    if details:
+        sys.stderr.write(details.rstrip("\n") + "\n")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:  # end of input: no
+        sys.stderr.write("\n")
     return answer.strip().lower() in ("y", "yes")
 
 

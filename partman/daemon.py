@@ -31,8 +31,8 @@ import psycopg
 import schedule
 from psycopg import sql
 
-from . import catalog, db, failpoints, health, log
-from .errors import PartmanError
+from . import catalog, db, entry, failpoints, health, log
+from .errors import PartmanError, sentences
 from .http import HttpServer, json_body
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
@@ -49,7 +49,7 @@ QUERY_FAILED = "query failed: "
 
 
 def _err(exc: BaseException) -> str:
-    return log.redact(" ".join(str(exc).split()) or type(exc).__name__)
+    return log.redact(sentences(str(exc)) or type(exc).__name__)
 
 
 class Probe:
@@ -422,6 +422,12 @@ class Daemon:
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        early = entry.pending()
+        if early is not None:  # signalled while starting (see partman.entry): nothing runs yet, stop now
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.log.info("daemon_stopped", signal=signal.Signals(early).name, note="signalled while starting")
+            return 0
         try:
             self.http = HttpServer(self.settings.health_host, self.settings.health_port, {
                 "/health": self._health,

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from . import autovacuum, log
-from .errors import LockTimeoutGaveUp, PartmanError, UsageError
+from .errors import LockTimeoutGaveUp, PartmanError, UsageError, sentences
 from .settings import Settings
 
 T = TypeVar("T")
@@ -54,8 +54,8 @@ def quote_ident(name: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    """libpq's message on one line, without any password."""
-    return log.redact(str(exc).strip().replace("\n", " "))
+    """libpq's message as one paragraph of sentences (ending with its stop), without any password."""
+    return log.redact(sentences(str(exc)))
 
 
 def check_dsn(dsn: str) -> None:
@@ -65,7 +65,7 @@ def check_dsn(dsn: str) -> None:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
         raise UsageError(
-            f"The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: {_one_line(exc)}. Use"
+            f"The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: {_one_line(exc)} Use"
             " a libpq URI (postgresql://user@host:5432/db, with special characters in the password "
             "percent-encoded: '%' as %25) or a key=value string (host=... dbname=...)."
         ) from None
@@ -83,7 +83,7 @@ def connect(settings: Settings, application_name: str = "partman", autocommit: b
         )
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise PartmanError(
-            f"Could not connect to PostgreSQL: {_one_line(exc)}. Check"
+            f"Could not connect to PostgreSQL: {_one_line(exc)} Check"
             " --dsn / PARTMAN_DATABASE_URL (or the PG* variables), that the server is running "
             "and that the user and password are right."
         ) from None

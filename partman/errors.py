@@ -15,3 +15,18 @@ class UsageError(PartmanError):
 
 class LockTimeoutGaveUp(PartmanError):
     """A DDL could not get its lock within the allowed attempts."""
+
+
+def sentences(text: str) -> str:
+    """A message of several lines (libpq's: "Connection refused" then "Is the server running ...?")
+    as one paragraph of sentences, ending with exactly one stop."""
+    out = ""
+    for line in str(text).splitlines():
+        line = " ".join(line.split())
+        if not line:
+            continue
+        if out and out[-1] not in ".?!:;,":
+            out += "."
+        out = f"{out} {line}" if out else line
+    out = out.rstrip(" :;,")
+    return out if not out or out[-1] in ".?!" else out + "."

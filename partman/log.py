@@ -14,7 +14,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 _secrets: set[str] = set()
 _URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]+)(@)")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# a key=value password as libpq reads it: quoted ('...' with backslash escapes; unterminated: to the
+# end), or up to the next blank (backslash escapes too), leaving out trailing quotes that close the
+# text around it (a message that quotes the whole DSN: 'host=x password=pw')
+_KV_PASSWORD = re.compile(
+    r"""(password\s*=\s*)('(?:[^'\\]|\\.)*(?:'|$)|(?:\\.|\S)+?(?=['"]*(?:\s|$)))""", re.IGNORECASE
+)
 
 
 def add_secret(value: str | None) -> None:
@@ -47,12 +52,11 @@ def redact(text: str) -> str:
     """Remove registered secrets and any password inside a DSN from text."""
     if not isinstance(text, str):
         return text
-    text = _URI_PASSWORD.sub(r"\1***\3", text)
-    text = _KV_PASSWORD.sub(r"\1***", text)
-    for s in sorted(_secrets, key=len, reverse=True):
+    for s in sorted(_secrets, key=len, reverse=True):  # first: a pattern below may cut a secret apart
         if s in text:
             text = text.replace(s, "***")
-    return text
+    text = _URI_PASSWORD.sub(r"\1***\3", text)
+    return _KV_PASSWORD.sub(r"\1***", text)
 
 
 def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,21 @@ from .errors import UsageError
 
 _config_file: Path | None = None
 
+# settings whose flag has another name: PARTMAN_<FLAG> is read too (below PARTMAN_<NAME> when both are set)
+ENV_ALIASES = {"database_url": "PARTMAN_DSN", "lock_timeout_ms": "PARTMAN_LOCK_TIMEOUT"}
+
+
+class _EnvAliases(PydanticBaseSettingsSource):
+    """The flag-named variables of ENV_ALIASES (`--lock-timeout`: PARTMAN_LOCK_TIMEOUT); case-insensitive
+    like pydantic-settings' own environment source."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        return {name: env[var] for name, var in ENV_ALIASES.items() if var in env}
+
 
 class Settings(BaseSettings):
     """Every setting partman reads. The README's settings table is generated from these fields."""
@@ -104,7 +119,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _EnvAliases(settings_cls)]
         if _config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_config_file))
         return tuple(sources)
@@ -168,7 +183,8 @@ def settings_table() -> str:
             default = "(empty)"
         else:
             default = f"`{f.default}`" if f.default not in ("", None) else "(empty)"
-        rows.append(f"| `PARTMAN_{name.upper()}` | `{name}` | {default} | {f.description} |")
+        env = f"`PARTMAN_{name.upper()}`" + (f" (or `{ENV_ALIASES[name]}`)" if name in ENV_ALIASES else "")
+        rows.append(f"| {env} | `{name}` | {default} | {f.description} |")
     return "\n".join(rows)
 
 

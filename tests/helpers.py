@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +110,14 @@ def make_ledger(conn: psycopg.Connection, rows: int = 3000) -> Ledger:
     led.create(conn)
     led.seed(conn, rows, "2014-03-01", "2026-10-01")
     return led
+
+
+def partman_command() -> str:
+    """The installed console script `partman` (the real command a user runs), beside this Python."""
+    beside = os.path.join(os.path.dirname(sys.executable), "partman")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("partman")
+    assert found, "the console script `partman` is not installed: pip install -e '.[test]'"
+    return found
 
 
 # The crash matrix (failpoint x outcome), filled by the crash tests and printed at the end of the run.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 
@@ -13,7 +15,7 @@ from psycopg import sql
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
 
-from helpers import LEDGER, Writers, ids, is_partitioned, latest_phase, make_ledger, relations_in, wait_for_phase
+from helpers import LEDGER, Writers, partman_command, ids, is_partitioned, latest_phase, make_ledger, relations_in, wait_for_phase
 
 pytestmark = pytest.mark.conversion
 
@@ -169,6 +171,60 @@ def test_dry_run_prints_the_plan_and_changes_nothing(conn, partman):
 
 
 
+def test_a_flags_own_name_is_an_environment_variable_too(conn, dsn, env, partman_proc, pg_server):
+    """--lock-timeout sets lock_timeout_ms and --dsn database_url: PARTMAN_LOCK_TIMEOUT and PARTMAN_DSN
+    count as well as PARTMAN_LOCK_TIMEOUT_MS and PARTMAN_DATABASE_URL (which win), the flag over all."""
+    make_ledger(conn, 200)
+    r = partman_proc(*CONVERT, "--dry-run", extra_env={"PARTMAN_LOCK_TIMEOUT": "1234"})
+    assert r.code == 0 and "with lock_timeout 1234 ms per attempt" in r.out, r.err
+    both = {"PARTMAN_LOCK_TIMEOUT": "1234", "PARTMAN_LOCK_TIMEOUT_MS": "777"}
+    assert "with lock_timeout 777 ms per attempt" in partman_proc(*CONVERT, "--dry-run", extra_env=both).out
+    assert "with lock_timeout 55 ms per attempt" in partman_proc(*CONVERT, "--dry-run", "--lock-timeout", "55",
+                                                                 extra_env=both).out
+    e = {k: v for k, v in env.items() if k != "PARTMAN_DATABASE_URL"}
+    p = subprocess.run([partman_command(), *CONVERT, "--dry-run"], env={**e, "PARTMAN_DSN": dsn},
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    pg_server.outputs.extend([p.stdout, p.stderr])
+    assert p.returncode == 0 and "audit_log_ledger_p20140101" in p.stdout, p.stderr
+
+
+def _convert_on_a_terminal(env: dict[str, str], answer: bytes, *args: str) -> subprocess.CompletedProcess:
+    """The real command with a terminal as stdin (as a user runs it) and stdout/stderr captured apart."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([partman_command(), *CONVERT, *args], stdin=slave, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, text=True)
+        os.close(slave)
+        slave = -1
+        os.write(master, answer)  # the terminal holds the line until the prompt reads it
+        out, err = p.communicate(timeout=300)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+
+
+def test_the_confirmation_goes_to_stderr_after_a_summary_and_stdout_stays_the_result(conn, env, pg_server):
+    make_ledger(conn, 300)
+    no = _convert_on_a_terminal(env, b"n\n", "--json")
+    pg_server.outputs.extend([no.stdout, no.stderr])
+    assert no.returncode == 1 and no.stdout == "" and "cancelled at the prompt" in no.stderr, no.stderr
+    assert not is_partitioned(conn, LEDGER)
+    yes = _convert_on_a_terminal(env, b"y\n", "--json", "--sleep", "0")
+    pg_server.outputs.extend([yes.stdout, yes.stderr])
+    assert yes.returncode == 0, yes.stderr
+    assert "[y/N]" not in yes.stdout
+    assert json.loads(yes.stdout)["status"] == "done"  # one JSON document, nothing else
+    for r in (no, yes):  # what is confirmed comes before the question, on stderr
+        summary = r.stderr.index("partman convert public.audit_log_ledger (--dry-run shows the whole plan):")
+        assert summary < r.stderr.index("Convert public.audit_log_ledger into ") < r.stderr.index("[y/N] ")
+        assert "year partitions from 2014-01-01 to " in r.stderr and "kept as public.audit_log_ledger_old" in r.stderr
+    assert is_partitioned(conn, LEDGER)
+
+
 def test_the_paced_estimate_counts_the_verifications_pauses(conn):
     """The dry-run's expected duration at the default pace covers the verification after the swap
     too: it pauses after each of its ranges (~2,000 rows each), as the copy does after each
@@ -294,6 +350,24 @@ def test_a_connection_string_libpq_cannot_parse_is_a_usage_error_without_the_pas
         r = partman(*command, "--dsn", "host=127.0.0.1 port=1 password='Sec%ret-xyz' connect_timeout=2")
         assert r.code == 1 and "Could not connect" in r.err
         assert "Sec%ret" not in r.err + r.out and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("hosts", ["127.0.0.1", "127.0.0.1,127.0.0.1"])
+def test_a_refused_connection_reads_as_sentences(hosts):
+    # libpq's message has a line per sentence ("... Connection refused" / "Is the server running ...?")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    ports = ",".join([str(port)] * len(hosts.split(",")))
+    p = subprocess.run([partman_command(), "status", "--dsn", f"host={hosts} port={ports} connect_timeout=5"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one paragraph
+    assert "Connection refused. Is the server running" in p.stderr, p.stderr
+    assert "?." not in p.stderr and ".." not in p.stderr and "\t" not in p.stderr, p.stderr
+    assert p.stderr.rstrip().endswith("are right."), p.stderr
 
 
 @pytest.mark.parametrize("flag, value, words", [("--retention", "bogus", "not a PostgreSQL interval"),

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from conftest import PLANTED_PASSWORD
-from helpers import standby_server
+from helpers import partman_command, standby_server
 
 LEADER_KEY = "partman:leader:partman_catalog"
 
@@ -350,6 +350,53 @@ def test_overrunning_pass_is_not_stacked_and_sigterm_mid_pass(conn, dsn, partman
     assert sum(1 for e in d.events() if e.get("event") == "maintenance_started") == 1
     code, took = d.stop(signal.SIGTERM)
     assert code == 0 and took < 10, d.log()
+
+
+def _python_is_up(pid: int, timeout: float = 10) -> None:
+    """Wait until the interpreter of `pid` has installed its own SIGINT handler (early in its start,
+    before it runs the script): before that no program of Python's can answer a signal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                caught = next((int(line.split()[1], 16) for line in f if line.startswith("SigCgt:")), 0)
+        except OSError:
+            return  # no /proc (or gone): go on, the assertions tell
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_it_starts_stops_the_daemon_cleanly(env, pg_server, sig):
+    """The console script imports for a while before the daemon runs: a signal then (as a container
+    stopped at once sends) still means a clean stop with exit 0, and no traceback."""
+    e = {**env, "PARTMAN_HEALTH_HOST": "127.0.0.1", "PARTMAN_HEALTH_PORT": "0", "PARTMAN_INSTANCE_NAME": "early"}
+    for delay in (0.05, 0.1, 0.2, 0.35, 0.5):
+        proc = subprocess.Popen([partman_command(), "run"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True)
+        _python_is_up(proc.pid)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=15)
+        pg_server.outputs.extend([out, err])
+        assert proc.returncode == 0 and "Traceback" not in err, (delay, proc.returncode, err)
+        assert any(json.loads(line).get("event") == "daemon_stopped" for line in err.splitlines()), (delay, err)
+
+
+@pytest.mark.parametrize("sig, code, message", [(signal.SIGTERM, -signal.SIGTERM, ""),
+                                                 (signal.SIGINT, 130, "partman: Interrupted.")])
+def test_a_signal_while_another_command_starts_ends_it_as_later_without_a_traceback(sig, code, message):
+    """Other commands act on such a signal once started, as on one a moment later: SIGTERM's default
+    action (the process ends by the signal), SIGINT's "Interrupted." with exit 130."""
+    proc = subprocess.Popen([partman_command(), "status", "--dsn", "host=127.0.0.1 port=1 connect_timeout=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    _python_is_up(proc.pid)
+    time.sleep(0.05)  # the command line is still importing
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == code and "Traceback" not in err and out == "", (proc.returncode, err)
+    assert err.strip().startswith(message) and len(err.strip().splitlines()) <= 1, err
 
 
 def test_coverage_has_one_interval_of_slack_at_period_boundaries(conn, partman):

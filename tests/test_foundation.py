@@ -37,6 +37,21 @@ def test_settings_precedence(tmp_path, monkeypatch):
     assert load_settings({}, None).maintenance_interval == timedelta(days=7)
 
 
+def test_a_flags_name_as_environment_variable_keeps_the_precedence(tmp_path, monkeypatch):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("lock_timeout_ms = 777\n")
+    monkeypatch.delenv("PARTMAN_LOCK_TIMEOUT_MS", raising=False)
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT", "1234")
+    assert load_settings({}, str(cfg)).lock_timeout_ms == 1234  # env (the flag's name) over file
+    assert load_settings({"lock_timeout_ms": 5}, str(cfg)).lock_timeout_ms == 5  # flag over env
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT_MS", "999")
+    assert load_settings({}, str(cfg)).lock_timeout_ms == 999  # the setting's own name over the flag's
+    monkeypatch.delenv("PARTMAN_LOCK_TIMEOUT_MS")
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="lock_timeout_ms"):
+        load_settings({}, None)
+
+
 def test_bad_setting_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("PARTMAN_PREMAKE", "many")
     with pytest.raises(UsageError):
@@ -168,3 +183,36 @@ def test_the_parents_statistics_are_stale_past_autovacuums_analyze_threshold():
     assert not analyze_due(1000, 1150, 50, 0.1) and analyze_due(1000, 1151, 50, 0.1)  # grew
     assert not analyze_due(1000, 850, 50, 0.1) and analyze_due(1000, 849, 50, 0.1)  # retention shrank it
     assert not analyze_due(0, 50, 50, 0.1) and analyze_due(0, 51, 50, 0.1)
+
+
+@pytest.mark.parametrize("dsn", [
+    "host=x password='se cret' dbname=y",
+    "host=x password='it\\'s' dbname=y",
+    "host=x password=se\\ cret dbname=y",
+    "host=x password = secret dbname=y",
+    "host=x password=secret",
+])
+def test_a_redacted_key_value_dsn_keeps_its_quoting(dsn):
+    from psycopg.conninfo import conninfo_to_dict
+
+    from partman.log import redact
+
+    assert conninfo_to_dict(redact(dsn)) == {**conninfo_to_dict(dsn), "password": "***"}
+    # quoted whole, as argparse and repr() quote a value: the closing quote stays the text's own
+    for quoted in (f"invalid choice: '{dsn}' (choose from", f'dsn: "{dsn}"'):
+        if dsn.count("'") == 0:
+            assert redact(quoted) == quoted.replace(dsn, redact(dsn)), redact(quoted)
+        assert "cret" not in redact(quoted)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Connection refused\n\tIs the server running on that host?", "Connection refused. Is the server running on that host?"),
+    ("relation \"x\" does not exist.", "relation \"x\" does not exist."),
+    ("no stop", "no stop."),
+    ("failures were:\n- one\n- two\n", "failures were: - one. - two."),
+    ("", ""),
+])
+def test_a_message_of_several_lines_reads_as_sentences(text, expected):
+    from partman.errors import sentences
+
+    assert sentences(text) == expected

@@ -56,7 +56,7 @@ def test_dockerfile_is_multi_stage_slim_non_root():
             if name != "README.md":
                 assert (REPO / name).exists(), name
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'partman = "partman.cli:main"' in pyproject
+    assert 'partman = "partman.entry:main"' in pyproject
 
 
 def test_ecs_task_definition():

@@ -1,9 +1,35 @@
 """Runs last: no output any test captured from partman (stdout, stderr, logs, HTTP bodies that tests
 append to `pg_server.outputs`) may contain the planted database password or AWS secret."""
 
+import os
+import subprocess
+
 import pytest
 
 from conftest import PLANTED_AWS_SECRET, PLANTED_PASSWORD
+from helpers import partman_command
+
+URI = f"postgresql://postgres:{PLANTED_PASSWORD}@127.0.0.1:5432/postgres"
+KV = f"host=127.0.0.1 password='{PLANTED_PASSWORD}' dbname=postgres"
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["--dsn", URI, "status"], {}),  # a flag before the command: the DSN is taken for the command
+    (["maintain", "--dns", URI], {}),  # a misspelt flag: "unrecognized arguments"
+    (["maintain", "--dns", KV], {}),
+    (["convert", "t", "--column", "c", "--interval", URI], {}),  # invalid choice
+    (["convert", "t", "--column", "c", "--interval", KV], {}),
+    (["convert", "t", "--column", "c", "--batch-size", PLANTED_PASSWORD, "--dsn", KV], {}),  # the bare password
+    (["convert", "t", "--column", "c", "--interval", PLANTED_PASSWORD, f"--dsn={URI}"], {}),
+    (["status", "t", PLANTED_PASSWORD], {"PARTMAN_DATABASE_URL": KV}),
+    (["convert", "t", "--column", "c", "--sleep", PLANTED_PASSWORD], {"PGPASSWORD": PLANTED_PASSWORD}),
+])
+def test_a_usage_error_never_prints_a_password(argv, env):
+    p = subprocess.run([partman_command(), *argv], env={**os.environ, **env}, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "partman: error:" in p.stderr and "***" in p.stderr and "Traceback" not in p.stderr
+    assert PLANTED_PASSWORD not in p.stdout + p.stderr, p.stderr
 
 
 def test_no_planted_secret_in_any_output(pg_server):

@@ -128,6 +128,24 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
     return "\n".join(lines)
 
 
+def plan_summary(p: ConversionPlan) -> str:
+    """What a conversion's confirmation asks about, in a few lines (the dry-run shows the whole plan)."""
+    o = p.options
+    span = (f"from {p.partitions[0].lower:%Y-%m-%d} to {p.partitions[-1].upper:%Y-%m-%d} "
+            if p.partitions else "")
+    lines = [
+        f"partman convert {p.table} (--dry-run shows the whole plan):",
+        f"  key {o.column} ({p.key_type or '?'}), ~{p.rows_estimate:,} rows ({_size(p.bytes_estimate)}), "
+        f"expected ~{_duration(p.expected_seconds)}",
+        f"  {len(p.partitions)} {o.interval} partitions {span}in {o.timezone} ({o.premake} beyond the current "
+        f"{o.interval}) + default {p.default}",
+        f"  the original is kept as {p.old}",
+        *(f"  widened key: {w}" for w in p.widened),
+        *(f"  WARNING: {w}" for w in p.warnings),
+    ]
+    return "\n".join(lines)
+
+
 def result_summary(conversion: dict[str, Any] | None, managed: Any) -> dict[str, Any]:
     c = conversion or {}
     return {

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from .. import catalog, db, failpoints, log, naming, partitions
 from ..db import QualifiedName, with_lock_retry
-from ..errors import PartmanError, UsageError
+from ..errors import PartmanError, UsageError, sentences
 from ..settings import Settings
 from . import capture, ddl, matviews, plan as planning, render
 from .copy import run_copy
@@ -109,7 +109,8 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                               note="retention action is archive but PARTMAN_ARCHIVE_BUCKET is not set here; "
                                    "maintain will refuse to remove partitions until it is set where it runs")
         if not running and not confirm(
-            f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes
+            f"Convert {qn} into {len(p.partitions)} {opts.interval} partitions by {opts.column}?", args.yes,
+            details=render.plan_summary(p),
         ):
             raise PartmanError("Conversion cancelled at the prompt. Nothing was changed.")
         return execute(conn, settings, p, model, running, json_out=args.json)
@@ -310,7 +311,7 @@ def _after_swap_error(exc: psycopg.Error, qn: QualifiedName, old: QualifiedName)
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, psycopg.Error):
         diag = exc.diag.message_primary if exc.diag is not None else None
-        return f"PostgreSQL error: {(diag or str(exc)).strip().rstrip('.')}."
+        return f"PostgreSQL error: {sentences(diag or str(exc))}"
     return str(exc)
 
 
