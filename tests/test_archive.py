@@ -146,6 +146,12 @@ def test_failed_upload_and_corrupted_object_keep_the_partition(conn, partman, s3
     ledger_2012_to_now(conn, partman, rows=600)
     cutoff_year = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]
     gone = [f"audit_log_ledger_p{yy}0101" for yy in range(2012, cutoff_year)]
+    # 0. no bucket set: nothing is archived nor dropped; the reason is said once, naming every partition
+    monkeypatch.delenv("PARTMAN_ARCHIVE_BUCKET", raising=False)
+    r = partman("maintain")
+    assert r.code == 1 and set(gone) <= partitions(conn)
+    error = conn.execute("SELECT maintenance_last_error FROM partman_catalog.managed_table").fetchone()[0]
+    assert error.count("no bucket is configured") == 1 and all(name in error for name in gone), error
     # 1. the bucket does not exist: every upload fails, nothing is dropped, the failure is reported
     monkeypatch.setenv("PARTMAN_ARCHIVE_BUCKET", "no-such-bucket-partman")
     r = partman("maintain", "--json")

@@ -37,6 +37,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _per_error(failed: list[dict[str, Any]]) -> list[str]:
+    """Partitions that failed for the same reason (no archive bucket set, say) in one entry that
+    names them all, rather than the reason once per partition."""
+    by_error: dict[str, list[str]] = {}
+    for e in failed:
+        by_error.setdefault(e["error"], []).append(e["partition"])
+    return [f"{', '.join(names)}: {error}" for error, names in by_error.items()]
+
+
 def _drop_old(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> str | None:
     try:
         from ..convert.finish import drop_old_if_due
@@ -92,7 +101,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
             ret = retention.apply(conn, settings, mt, leader_check)
             res["retention"] = ret
             changed |= bool(ret["removed"])
-            errors.extend(f"{e['partition']}: {e['error']}" for e in ret["errors"])
+            errors.extend(_per_error(ret["errors"]))
         # 4. the old table of a conversion, when its time has come
         res["dropped_old"] = _drop_old(conn, settings, mt)
         # 5. statistics: autovacuum never analyzes a partitioned parent
