@@ -13,6 +13,10 @@
 - The database going away: the daemon keeps running and serving (/health says 503 with the
   reason), reconnects with exponential backoff and jitter, and when it is leader again and the
   last pass failed or was missed, runs a pass at once.
+- A failed pass (the daemon's own, or one a `partman maintain` run by hand recorded) is tried
+  again soon rather than at the next scheduled time, so /health does not stay 503 for an hour
+  after the cause is fixed: after min(60 s, interval / 12), then twice as long each time, at most
+  the interval.
 - Signal handlers only set a flag; the main loop notices within one tick, lets the pass finish or
   cancels it (its transaction rolls back), releases the lock and exits 0 within 10 s.
 """
@@ -46,6 +50,7 @@ STOP_BUDGET = 8.0  # seconds the shutdown may spend (the contract allows 10)
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT_MS = 10_000
 QUERY_FAILED = "query failed: "
+RETRY_FIRST_MAX = 60.0  # a failed pass is tried again after at most this long, then twice as long each time
 
 
 def _err(exc: BaseException) -> str:
@@ -112,6 +117,9 @@ class Daemon:
         self.db_error: str | None = None
         self.last_pass_failed = False
         self.missed_pass = False
+        self._failures = 0  # passes failed in a row (this instance's, or one recorded by another process)
+        self._retry_at: float | None = None  # when to try a failed pass again
+        self._answered_failure: Any = None  # the id of the last failed run of another process already retried
         self._run_now: str | None = None
         self._lock_conn: psycopg.Connection | None = None
         self._lock_mutex = threading.RLock()
@@ -202,6 +210,8 @@ class Daemon:
                 self._next_check = now + self.check_interval
                 if not self._holds_lock():
                     self._step_down("the leader lock connection was lost")
+                else:
+                    self._notice_failed_run()
             return
         if now < self._next_check:
             return
@@ -290,6 +300,32 @@ class Daemon:
             return "the last successful pass is older than the maintenance interval"
         return None
 
+    def _retry_delay(self) -> float:
+        first = min(RETRY_FIRST_MAX, self.interval / 12)
+        return min(self.interval, first * 2 ** max(self._failures - 1, 0))
+
+    def _notice_failed_run(self) -> None:
+        """As leader, every check interval: a failed pass another process recorded (a `partman
+        maintain` run by hand) is tried again soon, as the daemon's own failed passes are."""
+        if self._retry_at is not None or self._pass_running():
+            return
+        try:
+            with self._lock_mutex:
+                conn = self._lock_conn
+                if conn is None:
+                    return
+                last = catalog.last_runs(conn, self.settings)["last"]
+        except psycopg.Error:
+            return
+        # (this instance's own failed pass has set its retry already: the check above returned)
+        if last is None or last["ok"] is not False or last["id"] == self._answered_failure:
+            return
+        self._answered_failure = last["id"]
+        self._failures = max(self._failures, 1)
+        delay = self._retry_delay()
+        self._retry_at = time.monotonic() + delay
+        self.log.info("maintenance_retry_scheduled", reason=f"a pass by {last['instance']} failed", retry_in_s=round(delay, 1))
+
     def _step_down(self, why: str) -> None:
         with self._lock_mutex:
             if not self.is_leader:
@@ -337,6 +373,7 @@ class Daemon:
             )
             return
         self._run_now = None
+        self._retry_at = None
         self.missed_pass = False
         self._pass_started = time.monotonic()
         self._pass_thread = threading.Thread(target=self._pass, args=(reason,), name="partman-maintain", daemon=True)
@@ -367,13 +404,17 @@ class Daemon:
             error = _err(exc)
         duration = time.monotonic() - t0
         self.last_pass_failed = not ok
+        self._failures = 0 if ok else self._failures + 1
         self.metrics.runs.labels(result="ok" if ok else "error").inc()
         self.metrics.duration.observe(duration)
         if ok:
             self.log.info("maintenance_finished", phase="maintain", duration_s=round(duration, 3), ok=True,
                           **_summary_counts(result))
         else:
-            self.log.error("maintenance_failed", phase="maintain", duration_s=round(duration, 3), error=error)
+            delay = self._retry_delay()
+            self._retry_at = time.monotonic() + delay
+            self.log.error("maintenance_failed", phase="maintain", duration_s=round(duration, 3), error=error,
+                           retry_in_s=round(delay, 1))
 
     def _cancel_pass(self) -> None:
         conn = self._pass_conn
@@ -453,6 +494,9 @@ class Daemon:
                     self.scheduler.run_pending()
                     if self._run_now and self.is_leader and not self._pass_running():
                         self._start_pass(self._run_now)
+                    elif (self._retry_at is not None and time.monotonic() >= self._retry_at and self.is_leader
+                          and not self._pass_running()):
+                        self._start_pass(f"retrying after {self._failures} failed pass(es)")
                 except Exception as exc:  # noqa: BLE001 - the loop survives anything
                     self.log.error("main_loop_error", error=_err(exc))
                 time.sleep(TICK)

@@ -252,6 +252,28 @@ def test_coverage_low_is_503_on_a_standby_then_leader_fixes_it(conn, dsn, partma
     assert code == 0 and took < 10
 
 
+def test_a_failed_pass_run_by_hand_is_retried_soon_not_an_hour_later(conn, dsn, partman, daemons):
+    """A DBA's `partman maintain` fails (a registered table renamed away) and records it: /health
+    says 503. Once the cause is fixed, the leader tries the pass again within about interval / 12
+    (here 60 s / 12 = 5 s, plus one check interval), not at its next scheduled time, and /health
+    is 200 again."""
+    make_events(conn, future=3)
+    register_events(partman)
+    d = daemons("r", interval="60s")
+    wait_for(lambda: d.leader(), 10, "leadership")
+    wait_for(lambda: len(runs(dsn, ok=True)) >= 1, 15, "the first pass")
+    conn.execute("ALTER TABLE public.events RENAME TO events_away")
+    assert partman("maintain").code == 1
+    conn.execute("ALTER TABLE public.events_away RENAME TO events")
+    assert d.health()[0] == 503
+    wait_for(lambda: d.health()[0] == 200, 25, "/health 200 after the retried pass")
+    assert any(e.get("event") == "maintenance_retry_scheduled" for e in d.events()), d.log()
+    assert any(e.get("event") == "maintenance_started" and "retrying" in e.get("reason", "") for e in d.events())
+    assert len(runs(dsn, ok=True)) == 2  # the first pass and the retry: the scheduled one is a minute off
+    code, took = d.stop(signal.SIGTERM)
+    assert code == 0 and took < 10
+
+
 def test_fresh_standby_with_covered_tables_answers_200_before_any_pass(conn, dsn, partman, daemons):
     make_events(conn, future=3)
     register_events(partman)
