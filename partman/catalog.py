@@ -245,6 +245,13 @@ def add_copied(conn: psycopg.Connection, settings: Settings, conversion_id: int,
     conn.execute(q, [rows, *values.values(), conversion_id])
 
 
+def add_caught_up(conn: psycopg.Connection, settings: Settings, conversion_id: int, rows: int) -> None:
+    """A catch-up round's (or the swap's final replay's) rows, in its transaction: an increment,
+    so the figure counts every round, also across a resumed run."""
+    conn.execute(sql.SQL("UPDATE {} SET rows_caught_up = coalesce(rows_caught_up, 0) + %s, updated_at = now() "
+                         "WHERE id = %s").format(ident(settings, "conversion")), (rows, conversion_id))
+
+
 # ---------------------------------------------------------------- maintenance runs
 
 def start_run(conn: psycopg.Connection, settings: Settings) -> int:

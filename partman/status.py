@@ -306,6 +306,17 @@ def _fmt_bound(v: Any) -> str:
     return _fmt(v)
 
 
+def _copied(c: dict[str, Any]) -> str:
+    """Rows copied, against the planner's estimate of the table's rows when the conversion began
+    (rows written since and the estimate's own error make the count pass it: then no share)."""
+    copied, est = c["rows_copied"] or 0, c["rows_estimate"]
+    if c.get("status") == "done" or not est:
+        return f"{copied:,} rows copied"
+    if copied > est:
+        return f"{copied:,} rows copied (the table was estimated at ~{est:,} when it began)"
+    return f"{copied:,} of ~{est:,} rows copied ({c['progress'] * 100:.1f}%)"
+
+
 def render(doc: dict[str, Any], file: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -322,7 +333,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
         console.print(f"{doc['asked_for']} is not registered with partman, and no conversion of it is running."
                       if doc.get("asked_for") else "No table is registered with partman.")
     for c in doc["conversions_running"]:
-        progress = f"{c['rows_copied']}/{c['rows_estimate'] or '?'} rows copied ({c['progress'] * 100:.1f}%)"
+        progress = _copied(c)
         if c["active"]:
             console.print(f"Conversion of {c['table']} running: phase {c['phase']}, {progress}")
         else:
@@ -359,8 +370,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
         conv = t["conversion"]
         if conv:
             lines.append(
-                f"conversion: {conv['status']} (phase {conv['phase']}), {conv['rows_copied']} of "
-                f"{conv['rows_estimate'] or '?'} rows copied ({conv['progress'] * 100:.1f}%)"
+                f"conversion: {conv['status']} (phase {conv['phase']}), {_copied(conv)}"
             )
         if t["old_table"]:
             lines.append(f"old table kept: {t['old_table']}" + (f", dropped {t['drop_old_after']} after verification" if t["drop_old_after"] else ""))

@@ -620,6 +620,37 @@ def test_rerun_after_success_is_a_no_op(conn, partman):
     assert r.code == 0 and "--premake 5 (it has 3)" in r.out and "partman register" in r.out, r.out
 
 
+def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn, partman):
+    """Rows written during the copy are replayed by the catch-up rounds before the swap; the
+    result's "rows caught up" (and status) counts them, not only the few the swap replays."""
+    import threading
+
+    from partman import failpoints
+
+    make_ledger(conn, 1000)
+    written: list[int] = []
+
+    def write_during() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            wait_for_phase(c, "indexes")  # the copy is done; partman sleeps at its failpoint
+            written.extend(r[0] for r in c.execute(
+                "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
+                "SELECT 'during', 'write', '', '' FROM generate_series(1, 300) RETURNING id").fetchall())
+
+    failpoints.arm("convert.after_copy", "sleep(2)")
+    t = threading.Thread(target=write_during)
+    t.start()
+    try:
+        r = partman(*CONVERT, "--sleep", "0", "--json")
+    finally:
+        failpoints.disarm()
+        t.join()
+    assert r.code == 0, r.err
+    assert len(written) == 300
+    assert json.loads(r.out)["rows_caught_up"] >= 300
+    assert len(ids(conn, LEDGER)) == 1300
+
+
 def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_lock(conn, dsn, partman):
     """A burst of writes between the last catch-up round and the swap's lock waits in the change
     log and is replayed inside the swap: none lost, none twice, the chain intact."""

@@ -216,3 +216,13 @@ def test_a_message_of_several_lines_reads_as_sentences(text, expected):
     from partman.errors import sentences
 
     assert sentences(text) == expected
+
+
+def test_status_says_rows_copied_against_the_estimate_without_a_share_past_it():
+    from partman.status import _copied
+
+    base = {"status": "running", "rows_estimate": 3382, "progress": 1.0}
+    assert _copied({**base, "rows_copied": 1000, "progress": 0.2957}) == "1,000 of ~3,382 rows copied (29.6%)"
+    assert _copied({**base, "rows_copied": 5411}) == "5,411 rows copied (the table was estimated at ~3,382 when it began)"
+    assert _copied({**base, "rows_copied": 5411, "status": "done"}) == "5,411 rows copied"
+    assert _copied({**base, "rows_copied": 7, "rows_estimate": None}) == "7 rows copied"

@@ -543,6 +543,7 @@ def _catch_up(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
         with conn.transaction():
             n = capture.replay(conn, work.convert_log, p.table, p.shadow, p.copy_key, p.columns,
                                overriding=p.overriding, limit=CATCHUP_ROUND, part=p.partition_key)
+            catalog.add_caught_up(conn, settings, cid, n)
         total += n
         failpoints.hit("convert.catchup.after_round")
         if n < CATCHUP_DONE_BELOW and capture.pending(conn, work.convert_log) < CATCHUP_DONE_BELOW:

@@ -246,10 +246,8 @@ def swap(
         failpoints.hit("convert.swap.before_commit")
         swapped_at = c.execute("SELECT now()").fetchone()[0]
         catalog.upsert_managed(c, settings, **registration, swapped_at=swapped_at)
-        catalog.update_conversion(
-            c, settings, conversion_id, phase="verify", rows_caught_up=caught,
-            swap_attempts=int(stats["attempts"]),
-        )
+        catalog.update_conversion(c, settings, conversion_id, phase="verify", swap_attempts=int(stats["attempts"]))
+        catalog.add_caught_up(c, settings, conversion_id, caught)
         stats["caught_up"] = caught
         stats["locked_at"] = locked_at
         stats["committing_at"] = time.perf_counter()
