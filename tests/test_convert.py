@@ -620,13 +620,26 @@ def test_rerun_after_success_is_a_no_op(conn, partman):
     assert r.code == 0 and "--premake 5 (it has 3)" in r.out and "partman register" in r.out, r.out
 
 
-def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn, partman):
-    """Rows written during the copy are replayed by the catch-up rounds before the swap; the
-    result's "rows caught up" (and status) counts them, not only the few the swap replays."""
+def _convert_while_writing(partman, point: str, action: str, write):
+    """`partman convert --sleep 0 --json`, failpoint `point` armed with `action`, while `write`
+    runs on a thread (it waits for its moment itself)."""
     import threading
 
     from partman import failpoints
 
+    failpoints.arm(point, action)
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        return partman(*CONVERT, "--sleep", "0", "--json")
+    finally:
+        failpoints.disarm()
+        t.join()
+
+
+def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn, partman):
+    """Rows written during the copy are replayed by the catch-up rounds before the swap; the
+    result's "rows caught up" (and status) counts them, not only the few the swap replays."""
     make_ledger(conn, 1000)
     written: list[int] = []
 
@@ -637,14 +650,7 @@ def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn
                 "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
                 "SELECT 'during', 'write', '', '' FROM generate_series(1, 300) RETURNING id").fetchall())
 
-    failpoints.arm("convert.after_copy", "sleep(2)")
-    t = threading.Thread(target=write_during)
-    t.start()
-    try:
-        r = partman(*CONVERT, "--sleep", "0", "--json")
-    finally:
-        failpoints.disarm()
-        t.join()
+    r = _convert_while_writing(partman, "convert.after_copy", "sleep(2)", write_during)
     assert r.code == 0, r.err
     assert len(written) == 300
     assert json.loads(r.out)["rows_caught_up"] >= 300
@@ -654,10 +660,6 @@ def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn
 def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_lock(conn, dsn, partman):
     """A burst of writes between the last catch-up round and the swap's lock waits in the change
     log and is replayed inside the swap: none lost, none twice, the chain intact."""
-    import threading
-
-    from partman import failpoints
-
     make_ledger(conn, 2000)
     burst: list[int] = []
 
@@ -672,14 +674,8 @@ def test_rows_written_in_the_final_catch_up_window_are_replayed_under_the_swap_l
                     "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
                     "SELECT 'burst', 'write', '', '' FROM generate_series(1, 50) RETURNING id").fetchall())
 
-    failpoints.arm("convert.swap.before_lock", "sleep(3)")  # after the last replay without the lock
-    t = threading.Thread(target=write_burst)
-    t.start()
-    try:
-        r = partman(*CONVERT, "--sleep", "0", "--json")
-    finally:
-        failpoints.disarm()
-        t.join()
+    # the failpoint comes after the last replay without the lock
+    r = _convert_while_writing(partman, "convert.swap.before_lock", "sleep(3)", write_burst)
     assert r.code == 0, r.err
     assert len(burst) == 500
     summary = json.loads(r.out)
