@@ -30,10 +30,13 @@ CRASH_POINTS = [
     "convert.swap.before_commit=1:kill",
     "convert.swap.after_commit=1:kill",
     "convert.verify.before=1:kill",
+    # a convert that failed, killed inside its rollback: the rollback is one transaction, so the
+    # rerun resumes with its capture trigger in place (before, the trigger could be gone already)
+    "convert.after_copy=1:raise,convert.rollback.after_trigger=1:kill",
 ]
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS, ids=[p.split("=")[0] for p in CRASH_POINTS])
+@pytest.mark.parametrize("point", CRASH_POINTS, ids=[p.split(",")[-1].split("=")[0] for p in CRASH_POINTS])
 def test_killed_at_each_phase_the_rerun_finishes_the_job(conn, dsn, partman_proc, point):
     with matrix_entry("convert", point.split("=")[0]) as entry:
         _killed_and_rerun(conn, dsn, partman_proc, point, entry)
@@ -88,7 +91,7 @@ def _killed_and_rerun(conn, dsn, partman_proc, point, entry, args=()):
 
 
 REVERT_POINTS = ["revert.after_removed_range=1:kill", "revert.after_round=1:kill", "revert.swap.locked=1:kill",
-                 "revert.swap.before_commit=1:kill"]
+                 "revert.swap.before_commit=1:kill", "revert.after_swap=1:kill"]
 
 
 @pytest.mark.parametrize("point", REVERT_POINTS, ids=[p.split("=")[0] for p in REVERT_POINTS])
@@ -114,6 +117,9 @@ def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_pro
         assert second.code == 0, second.err[-2000:]
         assert not w.errors, w.errors[:3]
         assert not is_partitioned(conn, LEDGER)
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman_catalog_w%'").fetchone()[0] == 0
+        again = partman_proc("revert", "audit_log_ledger", "--yes")  # done: nothing to do, said
+        assert again.code == 0 and "already reverted" in again.out, again.err[-500:]
         got = ids(conn, LEDGER)
         assert len(got) == len(set(got)) == 1500 - removed + len(w.committed)
         assert conn.execute("SELECT count(*) FROM audit_log_ledger WHERE event_timestamp < %s::timestamptz",
@@ -124,6 +130,23 @@ def test_revert_killed_at_each_step_the_rerun_finishes_it(conn, dsn, partman_pro
             ("audit_log_ledger_partitioned", "ledger_actor_action_partitioned")]
         entry.outcome = (f"ok: {len(got)} rows exactly once in the original table, the {removed} rows retention "
                          f"removed ({ranges} partitions) not among them, chain valid from the anchor")
+
+
+def test_a_conversion_whose_capture_trigger_was_dropped_is_not_resumed(conn, dsn, partman_proc):
+    """Killed after its copy, then someone drops partman's capture trigger: the changes since
+    were not recorded, so resuming would lose them. The rerun refuses, rolls back and says so;
+    the run after that converts the table afresh, every row there."""
+    make_ledger(conn, 1000)
+    assert partman_proc(*CONVERT, extra_env={"PARTMAN_FAILPOINTS": "convert.after_copy=1:kill"}).code == -9
+    conn.execute("DROP TRIGGER partman_capture ON audit_log_ledger")
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('late', 'x', '', '')")
+    r = partman_proc(*CONVERT)
+    assert r.code == 1 and "partman_capture is missing" in r.err and "rolled back" in r.err, r.err[-1000:]
+    assert not is_partitioned(conn, LEDGER)
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'partman_catalog_w%'").fetchone()[0] == 0
+    r = partman_proc(*CONVERT)
+    assert r.code == 0, r.err[-1000:]
+    assert len(ids(conn, LEDGER)) == 1001 and verify_chain(conn, LEDGER)["ok"]
 
 
 def test_swap_gives_up_cleanly_behind_a_long_transaction(conn, dsn, partman_proc):

@@ -44,6 +44,8 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
             return _abandon(conn, settings, qn, running, args)
         mt = catalog.get_managed(conn, settings, qn.schema, qn.name)
         conv = catalog.latest_conversion(conn, settings, qn.schema, qn.name)
+        if mt is None and conv is not None and conv["status"] == "reverted":
+            return _already_reverted(conn, settings, qn, conv)
         old = QualifiedName(qn.schema, mt.old_table_name) if mt and mt.old_table_name else None
         if old is None or conv is None or not relation_exists(conn, old):
             raise PartmanError(
@@ -86,6 +88,20 @@ def cli_revert(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     finally:
         conn.close()
+
+
+def _already_reverted(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, conv: dict[str, Any]) -> int:
+    """A revert run again after it swapped back: nothing to do but what a run killed after its
+    swap left, partman's work schema (the change logs), dropped now."""
+    work = conv["options"]["work_schema"]
+    left = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (work,)).fetchone()[0]
+    if left:
+        with_lock_retry(conn, settings, f"dropping partman's work schema {work}",
+                        lambda c: c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work))))
+        log.get().info("work_schema_dropped", table=str(qn), schema=work, note="left by an interrupted revert")
+    print(f"{qn} is already reverted (at {conv['updated_at']:%Y-%m-%d %H:%M:%S%z}); nothing to do"
+          + (f" but drop partman's work schema {work}, which an interrupted run left." if left else "."))
+    return 0
 
 
 def _swapped_at(mt: ManagedTable, conv: dict[str, Any]) -> Any:
@@ -199,6 +215,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     with_lock_retry(conn, settings, f"the revert swap of {qn}", attempt, lock_timeout_ms=lock_timeout_ms,
                     tables=[qn])
     lock_ms = (time.perf_counter() - stats["locked"]) * 1000
+    failpoints.hit("revert.after_swap")  # a rerun drops the work schema (_already_reverted)
     with conn.transaction():
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
     conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))

@@ -340,6 +340,11 @@ def _run_phases(
     expected = (recorded.get("fingerprint"), recorded.get("statistics"))
     if phase != "prepare":
         check_unchanged(conn, qn, model.oid, expected)
+    if phase != "prepare" and phase not in AFTER_SWAP and not capture.trigger_exists(conn, CONVERT_TRIGGER, qn):
+        raise PartmanError(
+            f"partman's change-capture trigger {CONVERT_TRIGGER} is missing from {qn} (dropped by hand, or by an "
+            "interrupted rollback of an older partman): changes made since then were not recorded, so this "
+            "conversion cannot resume.")
     with Progress(p.rows_estimate, str(qn)) as progress:
         if phase == "prepare":
             progress.set_phase("prepare")
@@ -605,16 +610,21 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
 def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedName, work_schema: str, cid: int,
                 error: str) -> None:
     """Undo a conversion before its swap: the capture trigger off the live table, the work schema
-    (shadow, partitions, change log) dropped, the attempt recorded as failed with `error`."""
+    (shadow, partitions, change log) dropped, the attempt recorded as failed with `error`. All in
+    one transaction: a run killed half way must not leave a conversion that a rerun would resume
+    without its trigger (writes since then never reach the new table, deletes come back)."""
     failpoints.hit("convert.rollback.before_trigger")
-    if relation_exists(conn, table) and capture.trigger_exists(conn, CONVERT_TRIGGER, table):
-        # keep trying longer than a swap would: a long transaction must end before the table is clean
-        with_lock_retry(conn, settings, f"removing the change-capture trigger from {table}",
-                        lambda c: c.execute(capture.drop_trigger(CONVERT_TRIGGER, table)),
-                        attempts=max(settings.lock_retries, 40), tables=[table])
-    with conn.transaction():
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work_schema)))
-        catalog.update_conversion(conn, settings, cid, status="failed", error=error[:2000])
+
+    def undo(c: psycopg.Connection) -> None:
+        if relation_exists(c, table) and capture.trigger_exists(c, CONVERT_TRIGGER, table):
+            c.execute(capture.drop_trigger(CONVERT_TRIGGER, table))
+        failpoints.hit("convert.rollback.after_trigger")
+        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work_schema)))
+        catalog.update_conversion(c, settings, cid, status="failed", error=error[:2000])
+
+    # keep trying longer than a swap would: a long transaction must end before the table is clean
+    with_lock_retry(conn, settings, f"removing the change-capture trigger from {table}", undo,
+                    attempts=max(settings.lock_retries, 40), tables=[table])
 
 
 def _server_now(conn: psycopg.Connection) -> Any:
