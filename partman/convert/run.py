@@ -291,8 +291,7 @@ def execute(
                 raise PartmanError(
                     f"{_reason(exc)} Rolling the conversion back did not finish either ({outcome.rstrip('.')}): "
                     f"partman's change-capture trigger {CONVERT_TRIGGER} is still on {qn} and records its writes in "
-                    "partman's work "
-                    f"schema {p.work_schema}. Once the sessions holding {qn} are done, run the same command again "
+                    f"partman's work schema {p.work_schema}. Once the sessions holding {qn} are done, run the same command again "
                     f"to resume the conversion, or `partman revert {qn.arg}` to abandon it, which removes them."
                 ) from None
             if isinstance(exc, psycopg.Error) and _swapped(conn, settings, qn):
