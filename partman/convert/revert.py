@@ -129,7 +129,7 @@ def _abandon(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, ru
     """An interrupted conversion before its swap: the original table is still the live one; take
     partman's capture trigger off it and drop the work schema."""
     from ..cli import confirm
-    from .run import remove_work
+    from .rollback import remove_work
 
     if not confirm(f"Abandon the interrupted conversion of {qn} (phase {running['phase']}, "
                    f"{running['rows_copied']:,} rows copied)? The table stays as it is.", args.yes):

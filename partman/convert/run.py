@@ -15,14 +15,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog, db, failpoints, log, naming, partitions
+from .. import catalog, db, failpoints, log, naming
 from ..db import QualifiedName, with_lock_retry
-from ..errors import PartmanError, UsageError, sentences
+from ..errors import PartmanError, UsageError
 from ..settings import Settings
-from . import capture, ddl, matviews, plan as planning, render
+from . import capture, changes, ddl, matviews, plan as planning, render, rollback
 from .copy import run_copy
 from .progress import Progress
-from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, child_tables, relation_exists, swap
+from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, relation_exists, swap
 from .verify import GENTLE_FIRST_RANGE, GENTLE_RANGE_MS, typed_columns, verify
 
 CATCHUP_ROUND = 10_000
@@ -65,9 +65,9 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                 try:
                     return _finish(conn, settings, running)
                 except psycopg.Error as exc:
-                    if _connection_lost(conn):
+                    if rollback.connection_lost(conn):
                         raise
-                    raise _after_swap_error(exc, qn, QualifiedName(qn.schema, naming.old_name(qn.name))) from None
+                    raise rollback.after_swap_error(exc, qn, QualifiedName(qn.schema, naming.old_name(qn.name))) from None
         if running:
             _check_resumable(qn, running, opts)
         p, model = make_plan(conn, settings, qn, opts)
@@ -279,51 +279,8 @@ def execute(
         try:
             return _run_phases(conn, settings, p, model, running, json_out)
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _connection_lost(conn):
-                raise  # resumable: the recorded state stays, the next run continues
-            outcome = _rollback(conn, settings, p, running["id"], exc)
-            if outcome == "rolled back" and isinstance(exc, (PartmanError, psycopg.Error)):
-                raise PartmanError(
-                    f"{_reason(exc)} The conversion was rolled back: {qn} is as it was, and partman's work schema is "
-                    "gone; fix the cause and run the command again."
-                ) from None
-            if outcome not in ("rolled back", "after the swap") and isinstance(exc, (PartmanError, psycopg.Error)):
-                raise PartmanError(
-                    f"{_reason(exc)} Rolling the conversion back did not finish either ({outcome.rstrip('.')}): "
-                    f"partman's change-capture trigger {CONVERT_TRIGGER} is still on {qn} and records its writes in "
-                    f"partman's work schema {p.work_schema}. Once the sessions holding {qn} are done, run the same command again "
-                    f"to resume the conversion, or `partman revert {qn.arg}` to abandon it, which removes them."
-                ) from None
-            if isinstance(exc, psycopg.Error) and _swapped(conn, settings, qn):
-                raise _after_swap_error(exc, qn, p.old) from None
-            raise
-
-
-def _after_swap_error(exc: psycopg.Error, qn: QualifiedName, old: QualifiedName) -> PartmanError:
-    return PartmanError(
-        f"{_reason(exc)} This came after the swap: {qn} is the partitioned table and in use, the original is kept "
-        f"as {old}, no row is lost. Fix the cause and run the same command again: it finishes what is left "
-        "(materialized views, verification)."
-    )
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, psycopg.Error):
-        diag = exc.diag.message_primary if exc.diag is not None else None
-        return f"PostgreSQL error: {sentences(diag or str(exc))}"
-    return str(exc)
-
-
-def _swapped(conn: psycopg.Connection, settings: Settings, qn: QualifiedName) -> bool:
-    try:
-        running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
-    except psycopg.Error:
-        return False
-    return bool(running and running["phase"] in AFTER_SWAP)
-
-
-def _connection_lost(conn: psycopg.Connection) -> bool:
-    return conn.closed or conn.broken
+            rollback.handle_failure(conn, settings, qn, p.old, p.work_schema, running["id"], exc)
+            raise  # (handle_failure always raises)
 
 
 def _run_phases(
@@ -338,12 +295,9 @@ def _run_phases(
     recorded = running.get("options") or {}
     expected = (recorded.get("fingerprint"), recorded.get("statistics"))
     if phase != "prepare":
-        check_unchanged(conn, qn, model.oid, expected)
-    if phase != "prepare" and phase not in AFTER_SWAP and not capture.trigger_exists(conn, CONVERT_TRIGGER, qn):
-        raise PartmanError(
-            f"partman's change-capture trigger {CONVERT_TRIGGER} is missing from {qn} (dropped by hand, or by an "
-            "interrupted rollback of an older partman): changes made since then were not recorded, so this "
-            "conversion cannot resume.")
+        changes.check_unchanged(conn, qn, model.oid, expected)
+    if phase != "prepare" and phase not in AFTER_SWAP:
+        changes.check_capturing(conn, qn)
     with Progress(p.rows_estimate, str(qn)) as progress:
         if phase == "prepare":
             progress.set_phase("prepare")
@@ -380,33 +334,14 @@ def _run_phases(
                 conn, settings, conversion_id=cid, source=qn, old=p.old, shadow=p.shadow, work=work, model=model,
                 index_ddl=p.index_ddl, key=p.copy_key, columns=p.columns, overriding=p.overriding, part=p.partition_key,
                 registration=_registration(p), lock_timeout_ms=p.options.lock_timeout_ms,
-                check=lambda c: (check_unchanged(c, qn, model.oid, expected),
-                                 redecorate_if_changed(c, settings, p, model.oid, cid)),
+                check=lambda c: (changes.check_unchanged(c, qn, model.oid, expected),
+                                 changes.redecorate_if_changed(c, settings, p, model.oid, cid)),
             )
             logger.info("swapped", lock_ms=round(stats["lock_ms"], 1), replay_ms=round(stats["replay_ms"], 1),
                         commit_ms=round(stats["commit_ms"], 1), caught_up=stats.get("caught_up"),
                         attempts=stats["attempts"])
     running = catalog.running_conversion(conn, settings, qn.schema, qn.name) or running
     return _finish(conn, settings, running, json_out=json_out)
-
-
-def check_unchanged(conn: psycopg.Connection, qn: QualifiedName, oid: int,
-                    expected: tuple[str | None, str | None]) -> None:
-    """Refuse to go on when the table was altered during the conversion: the new table would
-    silently lack the change (a column, an index, a trigger, an extended statistics object).
-    `expected`: the digests recorded when it started (a conversion started by an earlier
-    partman has no statistics digest, and that part is not checked)."""
-    from ..introspect import fingerprint
-
-    definition, statistics = expected
-    if definition and fingerprint(conn, oid) != definition:
-        changed = "a column, index, constraint, trigger or policy was added, dropped or altered"
-    elif statistics and fingerprint(conn, oid, statistics=True) != statistics:
-        changed = "an extended statistics object (CREATE STATISTICS) was created, dropped or altered"
-    else:
-        return
-    raise PartmanError(f"The definition of {qn} changed while it was being converted ({changed}), so the "
-                       "partitioned table would not match it.")
 
 
 def _registration(p: planning.ConversionPlan) -> dict[str, Any]:
@@ -475,47 +410,12 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     with conn.transaction():
         for stmt in p.decorate_ddl:
             conn.execute(stmt)
-        _partitions_replica_identity(conn, p.shadow, db.oid_of(conn, p.shadow))
+        changes.partitions_replica_identity(conn, p.shadow, db.oid_of(conn, p.shadow))
         # what the decorations were made from: the swap sets them again if the original's change
         catalog.merge_options(conn, settings, cid, {"decorations": model.decorations})
         if not analyzed:
             indexes.analyze(conn, p.shadow, gentle=p.options.sleep > 0 and settings.throttle)
         catalog.update_conversion(conn, settings, cid, phase="catchup")
-
-
-def _partitions_replica_identity(conn: psycopg.Connection, shadow: QualifiedName, shadow_oid: int) -> None:
-    """Each partition's replica identity from the table's (PostgreSQL hands it to none of them)."""
-    for child in child_tables(conn, shadow):
-        for stmt in partitions.replica_identity_sql(conn, shadow_oid, child):
-            conn.execute(stmt)
-
-
-def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, oid: int,
-                          cid: int) -> None:
-    """Under the swap's lock: when the original's owner, grants, comments, row-level security
-    switches, replica identity, storage options or column statistics settings changed since the
-    new table was decorated from it (a GRANT, or autovacuum tuned, during a conversion of hours),
-    set them again from the original as it is now, rather than put a table in its place that
-    refuses the new reader or still admits the revoked one. A conversion decorated by an earlier
-    partman has no digest to compare with: left as it is."""
-    from ..introspect import decorations, grantees, introspect, settings_in_place
-
-    row = c.execute(sql.SQL("SELECT options->>'decorations' FROM {} WHERE id = %s").format(
-        catalog.ident(settings, "conversion")), (cid,)).fetchone()
-    if row is None or row[0] is None or decorations(c, oid) == row[0]:
-        return
-    now = introspect(c, p.table)
-    shadow_oid = db.oid_of(c, p.shadow)
-    leaves = child_tables(c, p.shadow)
-    columns, options = settings_in_place(c, shadow_oid, [db.oid_of(c, leaf) for leaf in leaves])
-    for stmt in [*ddl.redecorate(now, p.shadow, leaves, grantees(c, shadow_oid), p.index_ddl, p.options.column),
-                 *ddl.resettle(now, p.shadow, leaves, columns=columns, options=options)]:
-        c.execute(stmt)
-    _partitions_replica_identity(c, p.shadow, shadow_oid)
-    catalog.merge_options(c, settings, cid, {"decorations": now.decorations})
-    log.get().warning("decorations_reapplied", table=str(p.table), reason="the original's owner, grants, comments, "
-                      "row-level security, replica identity, storage options or column statistics settings changed "
-                      "during the conversion")
 
 
 def _add_foreign_keys(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan) -> None:
@@ -606,42 +506,5 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     return 0
 
 
-def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedName, work_schema: str, cid: int,
-                error: str) -> None:
-    """Undo a conversion before its swap: the capture trigger off the live table, the work schema
-    (shadow, partitions, change log) dropped, the attempt recorded as failed with `error`. All in
-    one transaction: a run killed half way must not leave a conversion that a rerun would resume
-    without its trigger (writes since then never reach the new table, deletes come back)."""
-    failpoints.hit("convert.rollback.before_trigger")
-
-    def undo(c: psycopg.Connection) -> None:
-        if relation_exists(c, table) and capture.trigger_exists(c, CONVERT_TRIGGER, table):
-            c.execute(capture.drop_trigger(CONVERT_TRIGGER, table))
-        failpoints.hit("convert.rollback.after_trigger")
-        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work_schema)))
-        catalog.update_conversion(c, settings, cid, status="failed", error=error[:2000])
-
-    # keep trying longer than a swap would: a long transaction must end before the table is clean
-    with_lock_retry(conn, settings, f"removing the change-capture trigger from {table}", undo,
-                    attempts=max(settings.lock_retries, 40), tables=[table])
-
-
 def _server_now(conn: psycopg.Connection) -> Any:
     return conn.execute("SELECT clock_timestamp()").fetchone()[0]
-
-
-def _rollback(conn: psycopg.Connection, settings: Settings, p: planning.ConversionPlan, cid: int, exc: BaseException) -> str:
-    """Before the swap: remove the capture trigger and the work schema, record the failure.
-    Returns "rolled back", "after the swap" (both tables are kept; the rerun re-verifies), or
-    why cleaning up failed."""
-    phase = catalog.running_conversion(conn, settings, p.table.schema, p.table.name)
-    if phase and phase["phase"] in AFTER_SWAP:
-        return "after the swap"
-    try:
-        remove_work(conn, settings, p.table, p.work_schema, cid, log.redact(f"{type(exc).__name__}: {exc}"))
-        return "rolled back"
-    except Exception as cleanup_error:  # noqa: BLE001 - report both, keep the first
-        log.get().error("rollback_incomplete", table=str(p.table), error=str(cleanup_error),
-                        advice="run the same convert command again to resume, or partman revert to abandon it")
-        return " ".join(str(cleanup_error).split()) or type(cleanup_error).__name__
-
