@@ -12,7 +12,7 @@ from ..catalog import ManagedTable
 from ..db import QualifiedName, with_lock_retry
 from ..settings import Settings
 from . import capture
-from .swap import REVERT_TRIGGER, relation_exists
+from .swap import REVERT_TRIGGER, drop_work_schema, relation_exists
 
 
 def drop_old_if_due(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> str | None:
@@ -44,6 +44,6 @@ def drop_old_if_due(conn: psycopg.Connection, settings: Settings, mt: ManagedTab
                         tables=[table])
     with conn.transaction():
         if work:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work)))
+            conn.execute(drop_work_schema(work))
         catalog.update_managed(conn, settings, mt.schema_name, mt.table_name, old_table_name=None)
     return dropped

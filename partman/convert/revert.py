@@ -26,7 +26,7 @@ from ..errors import PartmanError
 from ..introspect import publications
 from ..settings import Settings
 from . import capture, ddl, removed, triggers
-from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, free_name, hand_over_identity_names, index_names,
+from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, drop_work_schema, free_name, hand_over_identity_names, index_names,
                    relation_exists, rename_statistics, statistics_exists)
 
 ROUND = 10_000
@@ -97,7 +97,7 @@ def _already_reverted(conn: psycopg.Connection, settings: Settings, qn: Qualifie
     left = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (work,)).fetchone()[0]
     if left:
         with_lock_retry(conn, settings, f"dropping partman's work schema {work}",
-                        lambda c: c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work))))
+                        lambda c: c.execute(drop_work_schema(work)))
         log.get().info("work_schema_dropped", table=str(qn), schema=work, note="left by an interrupted revert")
     print(f"{qn} is already reverted (at {conv['updated_at']:%Y-%m-%d %H:%M:%S%z}); nothing to do"
           + (f" but drop partman's work schema {work}, which an interrupted run left." if left else "."))
@@ -217,7 +217,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     lock_ms = (time.perf_counter() - stats["locked"]) * 1000
     failpoints.hit("revert.after_swap")  # a rerun drops the work schema (_already_reverted)
     with conn.transaction():
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
+        conn.execute(drop_work_schema(work.schema))
     conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))
     log.get().info("reverted", table=str(qn), replayed=replayed + stats["final"], lock_ms=round(lock_ms, 1))
     return {"table": str(qn), "replayed": replayed + stats["final"], "partitioned_table": str(partitioned),

@@ -5,14 +5,13 @@ tables are kept and the same command finishes the job. What the user is told in 
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql
 
 from .. import catalog, failpoints, log
 from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, sentences
 from ..settings import Settings
 from . import capture
-from .swap import AFTER_SWAP, CONVERT_TRIGGER, relation_exists
+from .swap import AFTER_SWAP, CONVERT_TRIGGER, drop_work_schema, relation_exists
 
 
 def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedName, work_schema: str, cid: int,
@@ -27,7 +26,7 @@ def remove_work(conn: psycopg.Connection, settings: Settings, table: QualifiedNa
         if relation_exists(c, table) and capture.trigger_exists(c, CONVERT_TRIGGER, table):
             c.execute(capture.drop_trigger(CONVERT_TRIGGER, table))
         failpoints.hit("convert.rollback.after_trigger")
-        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work_schema)))
+        c.execute(drop_work_schema(work_schema))
         catalog.update_conversion(c, settings, cid, status="failed", error=error[:2000])
 
     # keep trying longer than a swap would: a long transaction must end before the table is clean

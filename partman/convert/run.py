@@ -22,7 +22,7 @@ from ..settings import Settings
 from . import capture, changes, ddl, matviews, plan as planning, render, rollback
 from .copy import run_copy
 from .progress import Progress
-from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, relation_exists, swap
+from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, drop_work_schema, relation_exists, swap
 from .verify import GENTLE_FIRST_RANGE, GENTLE_RANGE_MS, typed_columns, verify
 
 CATCHUP_ROUND = 10_000
@@ -370,7 +370,7 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
     """Work schema, shadow table and partitions (paced: with their indexes), the change log; then
     the capture trigger on the source and the phase change in one transaction."""
     with conn.transaction():
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(work.schema)))
+        conn.execute(drop_work_schema(work.schema))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(work.schema)))
         for stmt in p.shadow_ddl:
             conn.execute(stmt)

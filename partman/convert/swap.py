@@ -26,6 +26,11 @@ REVERT_TRIGGER = "partman_revert_capture"
 AFTER_SWAP = ("verify", "analyze", "done")  # a conversion's phases once the partitioned table is live
 
 
+def drop_work_schema(schema: str) -> sql.Composed:
+    """A conversion's work schema and everything in it (shadow, change logs, capture functions)."""
+    return sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+
+
 @dataclass
 class WorkNames:
     """partman's objects for one conversion, all in its work schema."""
