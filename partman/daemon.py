@@ -17,6 +17,12 @@
   again soon rather than at the next scheduled time, so /health does not stay 503 for an hour
   after the cause is fixed: after min(60 s, interval / 12), then twice as long each time, at most
   the interval.
+- A leader whose own pass failed hands the lock over when another instance is waiting for it
+  (a session named `partman leader lock` in the database), and tries the lock again only after
+  that retry delay: an instance that cannot act (a role without rights, a wrong bucket or S3
+  credentials) does not keep a working one from acting. The new leader runs a pass at once (the
+  last one failed). When the cause is the database's, the instances take turns, each at most once
+  per its own retry delay.
 - Signal handlers only set a flag; the main loop notices within one tick, lets the pass finish or
   cancels it (its transaction rolls back), releases the lock and exits 0 within 10 s.
 """
@@ -50,6 +56,7 @@ STOP_BUDGET = 8.0  # seconds the shutdown may spend (the contract allows 10)
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT_MS = 10_000
 QUERY_FAILED = "query failed: "
+LOCK_APPLICATION_NAME = "partman leader lock"  # the lock connection's name, how instances see each other
 RETRY_FIRST_MAX = 60.0  # a failed pass is tried again after at most this long, then twice as long each time
 
 
@@ -120,6 +127,7 @@ class Daemon:
         self._failures = 0  # passes failed in a row (this instance's, or one recorded by another process)
         self._retry_at: float | None = None  # when to try a failed pass again
         self._answered_failure: Any = None  # the id of the last failed run of another process already retried
+        self._hand_over = False  # set by a failed pass: offer the lock to a waiting instance
         self._run_now: str | None = None
         self._lock_conn: psycopg.Connection | None = None
         self._lock_mutex = threading.RLock()
@@ -186,7 +194,7 @@ class Daemon:
             if now < self._next_connect:
                 return
             try:
-                conn = self._connect("partman leader lock")
+                conn = self._connect(LOCK_APPLICATION_NAME)
                 key = conn.execute("SELECT hashtextextended(%s, 0)", (self.key,)).fetchone()[0]
             except (PartmanError, psycopg.Error) as exc:
                 delay = self._backoff_delay()
@@ -206,6 +214,11 @@ class Daemon:
             self._backoff = BACKOFF_START
             self._next_check = now  # try the lock right away
         if self.is_leader:
+            if self._hand_over and not self._pass_running():
+                self._hand_over = False
+                if self._others_waiting():
+                    self._hand_over_lock()
+                    return
             if self._socket_readable() or now >= self._next_check:
                 self._next_check = now + self.check_interval
                 if not self._holds_lock():
@@ -269,6 +282,7 @@ class Daemon:
     def _become_leader(self) -> None:
         failpoints.hit("daemon.leader.acquired")
         self.is_leader = True
+        self._hand_over = False
         self.metrics.leader_changes.labels(to="leader").inc()
         reason = self._pass_needed_now()
         self.log.info("leader_acquired", check_interval_s=self.check_interval, run_now=reason)
@@ -336,6 +350,37 @@ class Daemon:
         self._cancel_pass()
         # give a standby one check interval to take over before trying again ourselves
         self._drop_lock_conn(self.check_interval + self._backoff_delay())
+
+    def _others_waiting(self) -> bool:
+        """Is another instance of partman connected to this database to take the leader lock?"""
+        try:
+            with self._lock_mutex:
+                conn = self._lock_conn
+                if conn is None:
+                    return False
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = %s AND pid <> pg_backend_pid()", (LOCK_APPLICATION_NAME,)).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
+
+    def _hand_over_lock(self) -> None:
+        """After this instance's pass failed: release the lock for a waiting instance, which may be
+        able to act where this one is not, and try it again only after the retry delay."""
+        delay = max(self._retry_delay(), 2 * self.check_interval)
+        with self._lock_mutex:
+            self.is_leader = False
+            try:
+                if self._lock_conn is not None:
+                    db.advisory_unlock(self._lock_conn, self.key)
+            except psycopg.Error:
+                self._drop_lock_conn(delay)
+        self._retry_at = None
+        self._next_check = time.monotonic() + delay
+        self.metrics.leader_changes.labels(to="standby").inc()
+        self.log.warning("leader_handed_over", reason="the last pass failed on this instance and another instance "
+                         "is waiting for the leader lock", retry_lock_in_s=round(delay, 1))
 
     def leader_check(self) -> bool:
         """Called by maintain before each destructive step: act only while we hold the lock."""
@@ -413,6 +458,7 @@ class Daemon:
         else:
             delay = self._retry_delay()
             self._retry_at = time.monotonic() + delay
+            self._hand_over = True
             self.log.error("maintenance_failed", phase="maintain", duration_s=round(duration, 3), error=error,
                            retry_in_s=round(delay, 1))
 

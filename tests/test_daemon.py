@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from conftest import PLANTED_PASSWORD
@@ -484,3 +485,30 @@ def test_an_instance_on_a_hot_standby_server_never_leads(pg_server, daemons):
         assert body["leader"] is False, body
         assert not any(e.get("event") == "leader_acquired" for e in d.events())
         assert d.stop()[0] == 0
+
+
+def test_an_instance_that_cannot_act_hands_the_lead_to_one_that_can(conn, dsn, partman, daemons):
+    """A rolling deploy with a broken role: the instance connecting as a role without rights on
+    partman's catalog wins the leader lock first, and each of its passes fails. Once another
+    instance is waiting, it hands the lock over after a failed pass; the working one leads, runs a
+    pass at once and keeps the lead (the broken one tries again only after its retry delay, and
+    finds the lock taken)."""
+    make_events(conn, future=3)
+    register_events(partman)
+    role = "no_rights_" + os.urandom(4).hex()
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'no-rights-pw-1'").format(sql.Identifier(role)))
+    try:
+        weak_dsn = psycopg.conninfo.make_conninfo(dsn, user=role, password="no-rights-pw-1")
+        weak = daemons("weak", interval="12s", extra={"PARTMAN_DATABASE_URL": weak_dsn})
+        wait_for(lambda: weak.leader() is True, 10, "the broken instance leads (alone)")
+        wait_for(lambda: any(e.get("event") == "maintenance_failed" for e in weak.events()), 15, "its pass fails")
+        good = daemons("good", interval="12s")
+        wait_for(lambda: good.leader() is True, 30, "the working instance takes the lead")
+        wait_for(lambda: [r for r in runs(dsn, ok=True) if r[1] == "test-good"], 15, "a pass by the working instance")
+        assert any(e.get("event") == "leader_handed_over" for e in weak.events()), weak.log()
+        assert good.health()[0] == 200
+        time.sleep(8)  # past the broken instance's retry delay: it tries the lock again and does not get it
+        assert weak.leader() is False and good.leader() is True
+        assert good.stop()[0] == 0 and weak.stop()[0] == 0
+    finally:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
