@@ -10,7 +10,6 @@ import time
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
