@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 
 import psycopg
 import pytest
@@ -319,6 +320,16 @@ def test_late_rows_are_archived_without_overwriting_the_first_archive(conn, part
     r = partman("restore", "ev", "ev_p20120101")
     assert r.code == 0, r.err
     assert conn.execute("SELECT note FROM ev_p20120101").fetchall() == [("late",)]
+    # and says that an earlier archive of the same range holds 20 more rows, and how to load them
+    first_uri = f"s3://{s3['bucket']}/{first_key}"
+    assert "ev_p20120101 was archived 2 times; this restored the latest archive" in r.err, r.err
+    assert f"{first_uri} (20 rows" in r.err
+    load = re.search(r'`aws s3 cp (\S+) - \| gunzip \| psql -c "\\(copy [^"]+)"`', r.err)
+    assert load and load.group(1) == first_uri, r.err
+    with conn.cursor().copy(load.group(2)) as cp:  # the advice's \copy, as psql would run it
+        cp.write(gzip.decompress(first_body))
+    assert conn.execute("SELECT note, count(*) FROM ev_p20120101 GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("first", 20), ("late", 1)]
 
 
 def test_killed_archive_resumes_without_a_second_upload(conn, partman, partman_proc, s3):

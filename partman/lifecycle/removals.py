@@ -27,6 +27,31 @@ def last_removal(conn: psycopg.Connection, settings: Any, parent: QualifiedName,
         ).fetchone()
 
 
+def earlier_archives(conn: psycopg.Connection, settings: Any, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Archives of earlier removals of the same partition than `rec` (a range removed, filled
+    again by late rows, removed again: each removal has its own archive), oldest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            sql.SQL("SELECT * FROM {} WHERE schema_name = %s AND table_name = %s AND partition_name = %s "
+                    "AND action = 'archive' AND id < %s ORDER BY id").format(catalog.ident(settings, "removal")),
+            (rec["schema_name"], rec["table_name"], rec["partition_name"], rec["id"]),
+        ).fetchall()
+
+
+def earlier_archives_note(target: QualifiedName, uri: str, earlier: list[dict[str, Any]]) -> str:
+    """What restore says when it restored the latest of several archives of one partition."""
+    listed = "; ".join(f"{r['archive_uri']} ({_rows(r)}, removed {_when(r)})" for r in earlier)
+    one = len(earlier) == 1
+    load = (f"aws s3 cp {earlier[0]['archive_uri']} - | gunzip | "
+            f"psql -c \"\\copy {target.literal} FROM STDIN (FORMAT csv, HEADER)\"")
+    return (f"{target} was archived {len(earlier) + 1} times; this restored the latest archive, {uri}. The earlier "
+            f"archive{'' if one else 's'} {listed} {'holds' if one else 'hold'} rows of the same range removed "
+            f"before, which are not in the restored table (unless {target} was restored and attached between the "
+            f"removals: then the latest archive holds them too). To add {'them' if one else 'each'}: `{load}`"
+            f"{'' if one else ' (and likewise for the others)'}; the manifest beside each archive has its row count "
+            "and sha256.")
+
+
 def detached_tables(conn: psycopg.Connection, name: str, schemas: list[str]) -> list[QualifiedName]:
     """Plain tables named `name` that are no partition: where a detach may have left the partition
     (the catalog does not record the retention schema it went to). Those in `schemas` first, in that

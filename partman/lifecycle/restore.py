@@ -165,6 +165,10 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
                 )
     result = {"table": str(parent), "partition": str(target), "rows": n, "sha256": digest, "bytes": size,
               "uri": uri, "attached": False, "manifest": manifest}
+    earlier = removals.earlier_archives(conn, settings, rec) if rec is not None else []
+    if earlier:
+        result["earlier_archives"] = [r["archive_uri"] for r in earlier]
+        result["note"] = removals.earlier_archives_note(target, uri, earlier)
     log.get().info("partition_restored", table=str(parent), partition=str(target), rows=n, uri=uri)
     if attach:
         stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
@@ -203,6 +207,7 @@ def cli_restore(settings: Settings, args: argparse.Namespace) -> int:
     how = f"attached to {r['table']}" if r["attached"] else "as a plain table"
     print(f"restored {r['partition']} {how}: {r['rows']} rows from {r['uri']}; sha256 {r['sha256']} and row count "
           "match the manifest")
-    if r.get("warning"):
-        sys.stderr.write("partman: warning: " + r["warning"] + "\n")
+    for what in ("note", "warning"):
+        if r.get(what):
+            sys.stderr.write(f"partman: {what}: " + r[what] + "\n")
     return 0
