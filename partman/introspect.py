@@ -14,11 +14,10 @@ from typing import Any
 import psycopg
 
 from .db import QualifiedName, fetch_dicts
+from .digests import decorations
 from .errors import PartmanError
+from .naming import PARTMAN_TRIGGERS
 from .partitions import ExtendedStatistics, extended_statistics
-
-# partman's own triggers are never part of the model (they are not the user's)
-PARTMAN_TRIGGERS = ("partman_capture", "partman_revert_capture")
 
 TIME_TYPES = {"timestamp with time zone": "timestamptz", "timestamp without time zone": "timestamp", "date": "date"}
 
@@ -595,98 +594,7 @@ def not_ours(conn: psycopg.Connection, m: TableModel) -> list[tuple[str, str]]:
         "stat_schemas": [s.name.schema for s in m.statistics], "stat_names": [s.name.name for s in m.statistics]})]
 
 
-_DECORATIONS = """
-SELECT md5(json_build_array(
-    pg_get_userbyid(c.relowner), c.relacl::text, obj_description(c.oid, 'pg_class'),
-    c.relrowsecurity, c.relforcerowsecurity, c.relreplident,
-    (SELECT x.relname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
-      WHERE i.indrelid = c.oid AND i.indisreplident),
-    (SELECT json_agg(json_build_array(a.attname, a.attacl::text, col_description(c.oid, a.attnum),
-                                      CASE WHEN a.attstattarget >= 0 THEN a.attstattarget END, a.attoptions::text)
-                     ORDER BY a.attnum)
-       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-    c.reloptions::text, (SELECT t.reloptions::text FROM pg_class t WHERE t.oid = c.reltoastrelid))::text)
-FROM pg_class c WHERE c.oid = %s
-"""
-
-
-def decorations(conn: psycopg.Connection, oid: int) -> str:
-    """A digest of what a DBA may change on a table while it is converted without changing what
-    it is (owner, grants, comments on it and its columns, row-level security switches, replica
-    identity, storage options such as autovacuum's, column statistics targets and n_distinct):
-    the swap compares it with the one of the table it decorated the new one from, and sets them
-    again when they differ (convert.run). Names only: the same whatever search_path."""
-    row = conn.execute(_DECORATIONS, (oid,)).fetchone()
-    if row is None:
-        raise PartmanError(f"The table with oid {oid} no longer exists.")
-    return row[0]
-
-
-def settings_in_place(conn: psycopg.Connection, table: int, partitions: list[int]) -> tuple[list[str], list[str]]:
-    """What a partitioned table and its partitions carry now of what decorations() covers beyond
-    ddl.redecorate's first part: the columns with a statistics target or options (n_distinct) on
-    any of them, and the names of the storage options set on any partition (its TOAST table's as
-    `toast.<name>`), for ddl.resettle to reset."""
-    columns = [r[0] for r in conn.execute(
-        "SELECT DISTINCT attname FROM pg_attribute WHERE attrelid = ANY(%s) AND attnum > 0 AND NOT attisdropped "
-        "AND (attstattarget >= 0 OR attoptions IS NOT NULL) ORDER BY 1", ([table, *partitions],))]
-    options = [r[0] for r in conn.execute(
-        "SELECT DISTINCT o.name FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid, "
-        "LATERAL (SELECT option_name FROM pg_options_to_table(c.reloptions) "
-        "         UNION ALL SELECT 'toast.' || option_name FROM pg_options_to_table(t.reloptions)) AS o(name) "
-        "WHERE c.oid = ANY(%s) ORDER BY 1", (partitions,))]
-    return columns, options
-
-
 def grantees(conn: psycopg.Connection, oid: int) -> list[str]:
     """The roles (and PUBLIC) that hold a privilege on a table or on one of its columns, other
     than its owner's own."""
     return sorted({g.grantee for g in _grants(conn, _ACL, (oid, oid))})
-
-
-_FINGERPRINT = """
-SELECT md5(concat_ws(' | ',
-    (SELECT string_agg(concat_ws(':', a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity,
-                                 a.attgenerated, pg_get_expr(d.adbin, d.adrelid)), ', ' ORDER BY a.attnum)
-       FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-    (SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ' ORDER BY 1) FROM pg_index i WHERE i.indrelid = c.oid),
-    (SELECT string_agg(concat_ws(' ', k.conname, pg_get_constraintdef(k.oid)), ', ' ORDER BY k.conname)
-       FROM pg_constraint k WHERE k.conrelid = c.oid),
-    (SELECT string_agg(concat_ws(' ', t.tgname, t.tgenabled, pg_get_triggerdef(t.oid)), ', ' ORDER BY t.tgname)
-       FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND NOT (t.tgname = ANY(%(ours)s))),
-    (SELECT string_agg(concat_ws(' ', p.polname, pg_get_expr(p.polqual, p.polrelid)), ', ' ORDER BY p.polname)
-       FROM pg_policy p WHERE p.polrelid = c.oid)))
-FROM pg_class c WHERE c.oid = %(oid)s
-"""
-
-
-# a digest of the table's extended statistics objects, apart from _FINGERPRINT's so that a
-# conversion started before it was taken (which has none recorded) is not refused as changed
-_STATISTICS_FINGERPRINT = """
-SELECT md5(coalesce((SELECT string_agg(concat_ws(' ', pg_get_statisticsobjdef(s.oid),
-                                                CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END), ', ' ORDER BY 1)
-                       FROM pg_statistic_ext s WHERE s.stxrelid = c.oid), ''))
-FROM pg_class c WHERE c.oid = %(oid)s
-"""
-
-
-def fingerprint(conn: psycopg.Connection, oid: int, *, statistics: bool = False) -> str:
-    """A digest of what a conversion carries over (columns, indexes, constraints, triggers,
-    policies; or, with `statistics`, its extended statistics objects), to notice a table altered
-    while it was being converted. Works inside the caller's transaction (the swap) or on its own."""
-    query = _STATISTICS_FINGERPRINT if statistics else _FINGERPRINT
-
-    def read() -> str:
-        saved = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
-        conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)")
-        value = conn.execute(query, {"oid": oid, "ours": list(PARTMAN_TRIGGERS)}).fetchone()
-        conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
-        if value is None:
-            raise PartmanError(f"The table with oid {oid} no longer exists.")
-        return value[0]
-
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        return read()
-    with conn.transaction():
-        return read()

@@ -10,6 +10,12 @@ from datetime import date, datetime
 
 MAX_IDENTIFIER_BYTES = 63
 
+# the change-capture triggers a conversion (and a revert) puts on the live table: partman's own,
+# never part of a table's model or of what the swap compares
+CONVERT_TRIGGER = "partman_capture"
+REVERT_TRIGGER = "partman_revert_capture"
+PARTMAN_TRIGGERS = (CONVERT_TRIGGER, REVERT_TRIGGER)
+
 
 def derived(table: str, suffix: str) -> str:
     """`table + suffix`, with the table part cut so the result fits in 63 bytes."""

@@ -32,7 +32,7 @@ def check_unchanged(conn: psycopg.Connection, qn: QualifiedName, oid: int,
     silently lack the change (a column, an index, a trigger, an extended statistics object).
     `expected`: the digests recorded when it started (a conversion started by an earlier
     partman has no statistics digest, and that part is not checked)."""
-    from ..introspect import fingerprint
+    from ..digests import fingerprint
 
     definition, statistics = expected
     if definition and fingerprint(conn, oid) != definition:
@@ -60,7 +60,8 @@ def redecorate_if_changed(c: psycopg.Connection, settings: Settings, p: planning
     set them again from the original as it is now, rather than put a table in its place that
     refuses the new reader or still admits the revoked one. A conversion decorated by an earlier
     partman has no digest to compare with: left as it is."""
-    from ..introspect import decorations, grantees, introspect, settings_in_place
+    from ..digests import decorations, settings_in_place
+    from ..introspect import grantees, introspect
 
     row = c.execute(sql.SQL("SELECT options->>'decorations' FROM {} WHERE id = %s").format(
         catalog.ident(settings, "conversion")), (cid,)).fetchone()

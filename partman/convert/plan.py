@@ -12,7 +12,7 @@ from psycopg import sql
 from .. import intervals, naming
 from ..db import QualifiedName
 from ..partitions import create_default_sql, create_partition_sql
-from . import ddl
+from . import ddl, suitability
 from .capture import KeyColumn
 
 # A conservative copy rate for the estimate shown by --dry-run (rows/s, 2 cores, ~300 B rows),
@@ -171,8 +171,8 @@ def work_schema_for(catalog_schema: str, table_oid: int) -> str:
 def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, key: list[KeyColumn]) -> ConversionPlan:
     """Plan a conversion. `model` is partman.introspect.TableModel."""
     table: QualifiedName = model.table
-    refusals = list(ddl.refusals(model, options.column))
-    warnings = list(ddl.warnings(model, options.column))
+    refusals = list(suitability.refusals(model, options.column))
+    warnings = list(suitability.warnings(model, options.column))
     key_type = _key_type(model, options.column)
     if not key:
         refusals.append(

@@ -267,7 +267,7 @@ def execute(
     with db.advisory_lock(conn, lock_key, f"Another `partman convert` of {qn} is running. Wait for it to finish."):
         running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
         if running is None:
-            from ..introspect import fingerprint
+            from ..digests import fingerprint
 
             options = {**p.options.to_json(), "work_schema": p.work_schema,
                        "fingerprint": fingerprint(conn, model.oid), "widened_keys": p.widened,

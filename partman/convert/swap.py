@@ -13,16 +13,15 @@ import psycopg
 from psycopg import sql
 
 from .. import catalog, failpoints, log, naming
+from ..naming import CONVERT_TRIGGER, REVERT_TRIGGER
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
 from ..introspect import publications
 from ..partitions import statistics_names
 from ..settings import Settings
-from . import capture, ddl, matviews
+from . import capture, ddl, matviews, suitability
 from .capture import KeyColumn
 
-CONVERT_TRIGGER = "partman_capture"
-REVERT_TRIGGER = "partman_revert_capture"
 AFTER_SWAP = ("verify", "analyze", "done")  # a conversion's phases once the partitioned table is live
 
 
@@ -203,7 +202,7 @@ def swap(
             check(c)  # the table is fenced: nobody can alter it between this check and the commit
         # read now, not at the plan: a paced conversion runs for hours, and ALTER PUBLICATION waits for this lock
         published = publications(c, model.oid)
-        refused = ddl.publication_refusals(model, part.name if part is not None else None, published)
+        refused = suitability.publication_refusals(model, part.name if part is not None else None, published)
         if refused:
             raise PartmanError(f"The publications of {source} changed while it was being converted, and the new table "
                                f"cannot be published as it is: {' '.join(refused)} Nothing was swapped; run the same "
