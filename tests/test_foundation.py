@@ -171,7 +171,7 @@ def test_index_names_as_postgresql_chooses_them():
     ("NEW.current_hash := digest(NEW.prev_hash || NEW.event_timestamp::text);", "event_timestamp", False),
 ])
 def test_a_trigger_body_that_sets_the_partition_key_is_recognised(source, column, assigns):
-    from partman.convert.ddl import _assigns
+    from partman.convert.suitability import _assigns
 
     assert _assigns(source, column) is assigns
 
