@@ -58,17 +58,27 @@ def _one_line(exc: BaseException) -> str:
     return log.redact(sentences(str(exc)))
 
 
+DSN_FORMS = ("Use a libpq URI, postgresql://user@host:5432/db with the password after the user name and a colon, "
+             "its special characters (and the user name's) percent-encoded: '@' as %40, a space as %20, '/' as %2F, "
+             "'%' as %25; or a key=value string (host=... dbname=..., a value with blanks in single quotes: 'a b').")
+
+
 def check_dsn(dsn: str) -> None:
-    """A connection string libpq cannot parse is a usage error, reported before any work."""
+    """A connection string libpq cannot parse, or would misread, is a usage error, reported
+    before any work and without its password."""
     log.add_dsn_secret(dsn)
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
         raise UsageError(
-            f"The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: {_one_line(exc)} Use"
-            " a libpq URI (postgresql://user@host:5432/db, with special characters in the password "
-            "percent-encoded: '%' as %25) or a key=value string (host=... dbname=...)."
+            f"The connection string given by --dsn / PARTMAN_DATABASE_URL is not valid: {_one_line(exc)} {DSN_FORMS}"
         ) from None
+    authority = dsn.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0] if "://" in dsn else ""
+    if authority.count("@") > 1:  # libpq splits at the first '@' and reads the rest as the host
+        raise UsageError(
+            "The connection string given by --dsn / PARTMAN_DATABASE_URL has more than one '@' before its host: "
+            f"libpq would take part of the user name or password for the host name. {DSN_FORMS}"
+        )
 
 
 def connect(settings: Settings, application_name: str = "partman", autocommit: bool = True) -> psycopg.Connection:

@@ -28,9 +28,34 @@ def add_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+_URI_SCHEME = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+# a key=value password as written, to the next `key=` or the end: libpq stops at a blank in an
+# unquoted value and quotes the rest in its error ('missing "=" after "rest"')
+_KV_PASSWORD_WRITTEN = re.compile(r"password\s*=\s*(.*?)(?=\s+\w+\s*=|\s*$)", re.IGNORECASE | re.DOTALL)
+_PIECES = re.compile(r"[\s@/:'\"]+")
+MIN_PIECE = 4  # pieces of a written password shorter than this are not redacted apart (too common)
+
+
+def _written_passwords(dsn: str) -> list[str]:
+    """A password as written in a DSN that libpq may misread (a blank, a second '@'): in a URI all
+    between `user:` and the last '@' before the query; in key=value all up to the next key."""
+    out: list[str] = []
+    m = _URI_SCHEME.match(dsn)
+    if m:
+        rest = dsn[m.end():].split("?", 1)[0]
+        userinfo = rest[: rest.rfind("@")] if "@" in rest else ""
+        if ":" in userinfo:
+            out.append(userinfo.split(":", 1)[1])
+    else:
+        out += [w.group(1).strip().strip("'") for w in _KV_PASSWORD_WRITTEN.finditer(dsn)]
+    return out
+
+
 def add_dsn_secret(dsn: str | None) -> None:
-    """Register a connection string's password, as libpq reads it and as written: libpq quotes
-    the written form in its error for a DSN it cannot parse (a '%' that starts no escape)."""
+    """Register a connection string's password, as libpq reads it and as written, whole and in
+    pieces: libpq quotes the written form, or a piece of it, in its error for a DSN it misreads
+    (a '%' that starts no escape, a blank, an '@' in the password: 'failed to resolve host
+    "rest@host"')."""
     if not dsn:
         return
     try:
@@ -41,6 +66,11 @@ def add_dsn_secret(dsn: str | None) -> None:
         add_secret(m.group(2))
     for m in _KV_PASSWORD.finditer(dsn):
         add_secret(m.group(2).strip("'"))
+    for written in _written_passwords(dsn):
+        add_secret(written)
+        for piece in _PIECES.split(written):
+            if len(piece) >= MIN_PIECE:
+                add_secret(piece)
 
 
 def register_env_secrets() -> None:
