@@ -54,6 +54,8 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
 STOP_BUDGET = 8.0  # seconds the shutdown may spend (the contract allows 10)
 CONNECT_TIMEOUT = 3
+PROBE_WAIT = 2 * CONNECT_TIMEOUT + 1.0  # a /health or /metrics request waits at most this long for its turn
+PROBE_FAILURE_TTL = 2.0  # a failed connection attempt answers the checks waiting behind it for this long
 STATEMENT_TIMEOUT_MS = 10_000
 QUERY_FAILED = "query failed: "
 LOCK_APPLICATION_NAME = "partman leader lock"  # the lock connection's name, how instances see each other
@@ -65,32 +67,47 @@ def _err(exc: BaseException) -> str:
 
 
 class Probe:
-    """One shared, lazily (re)opened connection for /health and /metrics."""
+    """One shared, lazily (re)opened connection for /health and /metrics. Requests take turns on
+    it; while the database does not answer, a connection attempt that failed in the last
+    PROBE_FAILURE_TTL seconds answers the requests that waited for it, so concurrent checks (a load
+    balancer's, a scrape) do not each wait out a connect timeout in turn."""
 
     def __init__(self, connect: Callable[[str], psycopg.Connection]) -> None:
         self._connect = connect
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
+        self._failed: tuple[float, str] | None = None  # when the last connection attempt failed, and why
 
     def run(self, fn: Callable[[psycopg.Connection], Any]) -> tuple[Any, str | None]:
-        with self._lock:
-            for attempt in (1, 2):
-                fresh = self._conn is None or self._conn.closed or self._conn.broken
-                try:
-                    if fresh:
-                        self._close()
-                        self._conn = self._connect("partman health")
-                    return fn(self._conn), None
-                except (psycopg.OperationalError, psycopg.InterfaceError, PartmanError) as exc:
+        if not self._lock.acquire(timeout=PROBE_WAIT):
+            return None, f"the database did not answer within {PROBE_WAIT:g} s (an earlier check still waits for it)"
+        try:
+            return self._run(fn)
+        finally:
+            self._lock.release()
+
+    def _run(self, fn: Callable[[psycopg.Connection], Any]) -> tuple[Any, str | None]:
+        if self._conn is None and self._failed is not None and time.monotonic() - self._failed[0] < PROBE_FAILURE_TTL:
+            return None, self._failed[1]
+        for attempt in (1, 2):
+            fresh = self._conn is None or self._conn.closed or self._conn.broken
+            try:
+                if fresh:
                     self._close()
-                    if fresh or attempt == 2:  # a stale connection gets one retry on a fresh one
-                        return None, _err(exc)
-                except psycopg.Error as exc:
-                    if self._conn is not None and self._conn.broken:
-                        self._close()
-                        return None, _err(exc)
-                    return None, QUERY_FAILED + _err(exc)  # the server answers; the catalog query failed
-            return None, "unreachable"
+                    self._conn = self._connect("partman health")
+                    self._failed = None
+                return fn(self._conn), None
+            except (psycopg.OperationalError, psycopg.InterfaceError, PartmanError) as exc:
+                self._close()
+                if fresh or attempt == 2:  # a stale connection gets one retry on a fresh one
+                    self._failed = (time.monotonic(), _err(exc))
+                    return None, self._failed[1]
+            except psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._close()
+                    return None, _err(exc)
+                return None, QUERY_FAILED + _err(exc)  # the server answers; the catalog query failed
+        return None, "unreachable"
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -304,8 +321,10 @@ class Daemon:
                 age = None
                 if runs["last_ok"] is not None and runs["last_ok"]["finished_at"] is not None:
                     age = conn.execute("SELECT extract(epoch FROM now() - %s)", (runs["last_ok"]["finished_at"],)).fetchone()[0]
-        except psycopg.Error:
-            return None
+        except psycopg.Error as exc:
+            # e.g. a role without rights on the catalog: a pass now fails at once and, with another
+            # instance waiting, hands the lead over, rather than holding it until the schedule's pass
+            return f"the catalog could not be read ({_err(exc)})"
         if runs["last"] is not None and runs["last"]["ok"] is False:
             return "the last pass failed"
         if age is None:

@@ -51,11 +51,11 @@ class _CatalogCollector(Collector):
         # so an alert on partman_healthy == 0 fires during an outage too
         healthy.add_metric([], 1.0 if read and facts["health"]["status"] == "ok" else 0.0)  # type: ignore[index]
         yield healthy
+        ok = GaugeMetricFamily("partman_catalog_scrape_ok", "1 when the catalog was read for this scrape")
+        ok.add_metric([], 1.0 if read else 0.0)  # 0 during an outage too, never absent
+        yield ok
         if error or facts is None:
             return
-        ok = GaugeMetricFamily("partman_catalog_scrape_ok", "1 when the catalog was read for this scrape")
-        ok.add_metric([], 1.0 if read else 0.0)
-        yield ok
         if read:
             yield from self._families(facts)
 

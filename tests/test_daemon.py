@@ -499,16 +499,49 @@ def test_an_instance_that_cannot_act_hands_the_lead_to_one_that_can(conn, dsn, p
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'no-rights-pw-1'").format(sql.Identifier(role)))
     try:
         weak_dsn = psycopg.conninfo.make_conninfo(dsn, user=role, password="no-rights-pw-1")
-        weak = daemons("weak", interval="12s", extra={"PARTMAN_DATABASE_URL": weak_dsn})
+        weak = daemons("weak", interval="60s", extra={"PARTMAN_DATABASE_URL": weak_dsn})
         wait_for(lambda: weak.leader() is True, 10, "the broken instance leads (alone)")
-        wait_for(lambda: any(e.get("event") == "maintenance_failed" for e in weak.events()), 15, "its pass fails")
-        good = daemons("good", interval="12s")
+        # at once, not at the schedule's first pass a minute later: it cannot read the catalog
+        wait_for(lambda: any(e.get("event") == "maintenance_failed" for e in weak.events()), 10, "its pass fails")
+        good = daemons("good", interval="60s")
         wait_for(lambda: good.leader() is True, 30, "the working instance takes the lead")
         wait_for(lambda: [r for r in runs(dsn, ok=True) if r[1] == "test-good"], 15, "a pass by the working instance")
         assert any(e.get("event") == "leader_handed_over" for e in weak.events()), weak.log()
         assert good.health()[0] == 200
-        time.sleep(8)  # past the broken instance's retry delay: it tries the lock again and does not get it
+        time.sleep(12)  # past the broken instance's retry delay (10 s): it tries the lock again and does not get it
         assert weak.leader() is False and good.leader() is True
         assert good.stop()[0] == 0 and weak.stop()[0] == 0
     finally:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_checks_during_a_hung_database_do_not_queue_behind_each_other(daemons):
+    """The database's address accepts TCP and never answers (a hung server, a black-holing proxy):
+    each /health must not wait out a connect timeout behind the others' (six requests took 3, 6,
+    ... 18 s, a scrape 21 s: past any load balancer's timeout). All answer 503 with the reason
+    within about one connect timeout, and /metrics says the catalog was not read (0, not absent)."""
+    import concurrent.futures
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
+    try:
+        port = hung.getsockname()[1]
+        d = daemons("hung", interval="1h", extra={
+            "PARTMAN_DATABASE_URL": f"postgresql://partman@127.0.0.1:{port}/app?connect_timeout=3"})
+
+        def timed(path: str) -> tuple[int, str, float]:
+            t0 = time.monotonic()
+            code, body = d.get(path, timeout=30)
+            return code, body, time.monotonic() - t0
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(timed, ["/health"] * 6 + ["/metrics"]))
+        for code, body, _ in answers[:6]:
+            assert code == 503 and json.loads(body)["status"] != "ok", body
+        assert "partman_catalog_scrape_ok 0.0" in answers[6][1] and "partman_up 0.0" in answers[6][1]
+        slowest = max(a[2] for a in answers)
+        assert slowest < 8, [round(a[2], 1) for a in answers]  # one connect timeout (3 s), not seven in a row
+        assert d.stop()[0] == 0
+    finally:
+        hung.close()
