@@ -607,12 +607,13 @@ class Daemon:
 
 
 def _judge_result(result: Any) -> tuple[bool, str | None]:
+    """(ok, error): the error as maintain records it, `<table>: <message>; ...` (never a dict's repr)."""
     if isinstance(result, dict):
-        if result.get("ok") is False:
-            return False, log.redact(str(result.get("error") or result.get("errors") or "maintenance reported failure"))
         errors = result.get("errors")
-        if errors:
-            return False, log.redact(str(errors))
+        if isinstance(errors, dict):
+            errors = "; ".join(f"{table}: {message}" for table, message in errors.items())
+        if result.get("ok") is False or errors:
+            return False, log.redact(str(result.get("error") or errors or "maintenance reported failure"))
     return True, None
 
 

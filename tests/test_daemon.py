@@ -545,3 +545,12 @@ def test_checks_during_a_hung_database_do_not_queue_behind_each_other(daemons):
         assert d.stop()[0] == 0
     finally:
         hung.close()
+
+
+def test_a_failed_pass_is_logged_as_tables_and_messages_not_a_dict():
+    from partman.daemon import _judge_result
+
+    errors = {"public.events": "the lock was not granted", "public.ledger": "permission denied"}
+    assert _judge_result({"ok": False, "errors": errors}) == (
+        False, "public.events: the lock was not granted; public.ledger: permission denied")
+    assert _judge_result({"ok": True, "errors": {}}) == (True, None)
