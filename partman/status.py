@@ -175,6 +175,9 @@ def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         "drop_old_after": mt.drop_old_after,
         "swapped_at": mt.swapped_at,
         "verified_at": mt.verified_at,
+        # when maintenance drops <table>_old: drop_old_after past the verified swap (convert.finish)
+        "old_table_drop_at": conn.execute("SELECT %s::timestamptz + %s::interval", (mt.verified_at, mt.drop_old_after)
+                                          ).fetchone()[0] if mt.old_table_name and mt.verified_at and mt.drop_old_after else None,
     }
     held = holds(conn, settings, mt, cov) if cov.exists else {}
     doc["partitions"] = [_partition_doc(p, held) for p in cov.partitions]
@@ -317,6 +320,18 @@ def _copied(c: dict[str, Any]) -> str:
     return f"{copied:,} of ~{est:,} rows copied ({c['progress'] * 100:.1f}%)"
 
 
+def _old_table_fate(t: dict[str, Any], now: datetime) -> str:
+    """When maintenance drops <table>_old (--drop-old-after past the verified swap), or that it does not."""
+    if not t["drop_old_after"]:
+        return " (no --drop-old-after: kept until you drop it)"
+    at = t.get("old_table_drop_at")
+    if at is None:
+        return "; maintenance drops it once --drop-old-after has passed since the verification, which has not finished"
+    if at <= now:
+        return f"; due to be dropped since {_fmt(at)} (--drop-old-after): the next maintenance pass drops it"
+    return f"; maintenance drops it from {_fmt(at)} on (--drop-old-after, counted from the verified swap)"
+
+
 def render(doc: dict[str, Any], file: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -373,7 +388,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                 f"conversion: {conv['status']} (phase {conv['phase']}), {_copied(conv)}"
             )
         if t["old_table"]:
-            lines.append(f"old table kept: {t['old_table']}" + (f", dropped {t['drop_old_after']} after verification" if t["drop_old_after"] else ""))
+            lines.append(f"old table kept: {t['old_table']}{_old_table_fate(t, doc['now'])}")
         for line in lines:
             console.print(line)
         table = Table(show_header=True, header_style="bold")

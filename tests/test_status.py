@@ -112,3 +112,33 @@ def test_an_unqualified_name_is_resolved_through_search_path_as_psql_does(conn, 
     assert partman("status", "events").code == 1
     r = partman("status", "events", "--json", "--dsn", on_path)
     assert r.code == 0 and [t["table"] for t in json.loads(r.out)["tables"]] == ["s1.events"]
+
+
+def test_status_says_when_the_old_table_will_be_dropped(conn, partman):
+    """`--drop-old-after` is when maintenance drops <table>_old, counted from the verified swap:
+    status says when that is (or that it is due), not that it was dropped."""
+    conn.execute("CREATE TABLE readings (id bigserial PRIMARY KEY, at date NOT NULL);"
+                 "INSERT INTO readings (at) SELECT date '2024-01-01' + g FROM generate_series(1, 50) g")
+    r = partman("convert", "readings", "--column", "at", "--drop-old-after", "7 days", "--sleep", "0", "--yes")
+    assert r.code == 0, r.err
+    verified, drop_at = conn.execute("SELECT verified_at, verified_at + interval '7 days' FROM partman_catalog.managed_table"
+                                     ).fetchone()
+
+    def text(table: str) -> str:
+        return " ".join(partman("status", table).out.split())  # as one line, whatever the width
+
+    out = text("readings")
+    assert f"old table kept: readings_old; maintenance drops it from {drop_at:%Y-%m-%d %H:%M:%S%z} on " \
+           "(--drop-old-after, counted from the verified swap)" in out, out
+    assert ", dropped" not in out
+    (t,) = json.loads(partman("status", "readings", "--json").out)["tables"]
+    assert verified is not None and t["old_table_drop_at"] == drop_at.isoformat()
+    conn.execute("UPDATE partman_catalog.managed_table SET drop_old_after = interval '1 second', "
+                 "verified_at = verified_at - interval '1 minute'")
+    out = text("readings")
+    assert "old table kept: readings_old; due to be dropped since " in out and "the next maintenance pass drops it" in out, out
+    assert partman("maintain").code == 0
+    assert "old table kept" not in text("readings")
+    conn.execute("CREATE TABLE kept (id bigserial PRIMARY KEY, at date NOT NULL); INSERT INTO kept (at) VALUES ('2024-05-01')")
+    assert partman("convert", "kept", "--column", "at", "--sleep", "0", "--yes").code == 0
+    assert "old table kept: kept_old (no --drop-old-after: kept until you drop it)" in text("kept")
