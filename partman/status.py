@@ -202,9 +202,20 @@ def _partition_doc(p: Partition, held: dict[str, Any]) -> dict[str, Any]:
         "default": p.is_default,
         "lower": "DEFAULT" if p.is_default else ("MINVALUE" if p.lower is None else p.lower),
         "upper": None if p.is_default else ("MAXVALUE" if p.upper is None else p.upper),
+        # reltuples; 0 where PostgreSQL has none (what /metrics sums): `status --json` prints null there
         "rows_estimate": p.estimated_rows,
+        "rows_estimate_known": p.estimate_known,
         "held": p.name in held,
     }
+
+
+def _for_output(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document `status --json` prints: an estimate PostgreSQL does not have is null, not 0."""
+    for t in doc["tables"]:
+        for p in t.get("partitions", []):
+            if not p["rows_estimate_known"]:
+                p["rows_estimate"] = None
+    return doc
 
 
 def gather(conn: psycopg.Connection, settings: Settings, table: str | None = None) -> dict[str, Any]:
@@ -283,7 +294,7 @@ def cli_status(settings: Settings, args: Any) -> int:
     finally:
         conn.close()
     if getattr(args, "json", False):
-        sys.stdout.write(log.redact(json.dumps(doc, default=_json_default, indent=2)) + "\n")
+        sys.stdout.write(log.redact(json.dumps(_for_output(doc), default=_json_default, indent=2)) + "\n")
         return 0
     render(doc)
     return 0
@@ -403,8 +414,15 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                 flags.append("held")
             if p["name"] in t["retention_due"]:
                 flags.append("retention due")
-            table.add_row(p["name"], _fmt_bound(p["lower"]), _fmt_bound(p["upper"]), str(p["rows_estimate"]), ", ".join(flags))
+            rows = str(p["rows_estimate"]) if p["rows_estimate_known"] else "?"
+            table.add_row(p["name"], _fmt_bound(p["lower"]), _fmt_bound(p["upper"]), rows, ", ".join(flags))
         console.print(table)
+        unknown = [p for p in t["partitions"] if not p["rows_estimate_known"]]
+        if unknown:
+            example = QualifiedName(unknown[0]["schema"], unknown[0]["name"]).literal
+            console.print(f"rows (est.) ?: PostgreSQL has no estimate for {len(unknown)} partition(s) yet (not analyzed "
+                          f"since created or written to); `ANALYZE {example}` gives one now, autovacuum does once "
+                          "enough rows are written.")
         if t["removals"] and not out.isatty():  # a file or a pipe: one full line each, nothing cut to a width
             console.print("removed partitions:")
             for r in t["removals"]:
