@@ -423,26 +423,45 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
             console.print(f"rows (est.) ?: PostgreSQL has no estimate for {len(unknown)} partition(s) yet (not analyzed "
                           f"since created or written to); `ANALYZE {example}` gives one now, autovacuum does once "
                           "enough rows are written.")
-        if t["removals"] and not out.isatty():  # a file or a pipe: one full line each, nothing cut to a width
-            console.print("removed partitions:")
-            for r in t["removals"]:
-                archive = f" -> {r['archive_uri']} sha256 {r['archive_sha256']}" if r["archive_uri"] else ""
-                console.print(
-                    f"  {r['partition_name']}  {_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}  "
-                    f"{r['row_count']} rows, ids {r['min_id'] or '-'} .. {r['max_id'] or '-'}  {r['action']}{archive}  "
-                    f"at {_fmt(r['removed_at'])}", overflow="ignore", crop=False)
-        elif t["removals"]:
-            rt = Table(title="removed partitions", show_header=True, header_style="bold")
-            for col in ("partition", "range", "rows", "ids", "action", "archive", "removed"):
-                rt.add_column(col, overflow="fold")
-            for r in t["removals"]:
-                rt.add_row(
-                    r["partition_name"],
-                    f"{_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}",
-                    str(r["row_count"]),
-                    f"{r['min_id'] or '-'} .. {r['max_id'] or '-'}",
-                    r["action"],
-                    (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256']}" if r["archive_sha256"] else ""),
-                    _fmt(r["removed_at"]),
-                )
-            console.print(rt)
+        if t["removals"]:
+            _render_removals(console, t["removals"], out.isatty())
+
+
+def _render_removals(console: Any, removals: list[dict[str, Any]], terminal: bool) -> None:
+    """The record of removed partitions. Piped or redirected: one full line each, nothing cut to a
+    width. On a terminal: a table when it fits the width whole; else (the archive URI and its sha256
+    alone are ~170 characters) a few lines each, none cut: the object's URI and sha256 on lines of their own."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    def where(r: dict[str, Any]) -> str:
+        return f"{_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}"
+
+    def ids(r: dict[str, Any]) -> str:
+        return f"{r['min_id'] or '-'} .. {r['max_id'] or '-'}"
+
+    if not terminal:
+        console.print("removed partitions:")
+        for r in removals:
+            archive = f" -> {r['archive_uri']} sha256 {r['archive_sha256']}" if r["archive_uri"] else ""
+            console.print(f"  {r['partition_name']}  {where(r)}  {r['row_count']} rows, ids {ids(r)}  {r['action']}{archive}  "
+                          f"at {_fmt(r['removed_at'])}", overflow="ignore", crop=False)
+        return
+    rt = Table(title="removed partitions", show_header=True, header_style="bold")
+    for col in ("partition", "range", "rows", "ids", "action", "archive", "removed"):
+        rt.add_column(col, no_wrap=True)
+    for r in removals:
+        rt.add_row(r["partition_name"], where(r), str(r["row_count"]), ids(r), r["action"],
+                   (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256']}" if r["archive_sha256"] else ""),
+                   _fmt(r["removed_at"]))
+    if Measurement.get(console, console.options.update_width(10_000), rt).maximum <= console.width:  # unclamped
+        console.print(rt)
+        return
+    console.print("removed partitions:")
+    for r in removals:
+        console.print(f"  {r['partition_name']}  {where(r)}  {r['action']}")
+        console.print(f"    {r['row_count']} rows, ids {ids(r)}; removed {_fmt(r['removed_at'])}")
+        if r["archive_uri"]:
+            console.print(f"    {r['archive_uri']}", soft_wrap=True)
+        if r["archive_sha256"]:
+            console.print(f"    sha256 {r['archive_sha256']}", soft_wrap=True)
