@@ -138,6 +138,11 @@ def column_statistics(model: TableModel, shadow: QualifiedName, leaves: list[Qua
     return out
 
 
+def loading_options(options: list[str]) -> list[str]:
+    """Those of `options` (reloptions, the TOAST table's as toast.<name>) that loading turns off."""
+    return sorted(o for o in options if _option_name(o) in LOADING_OFF)
+
+
 def after_load(model: TableModel, partition: QualifiedName) -> list[sql.Composable]:
     """A partition's autovacuum as the original table had it, whether or not the copy turned it
     off (a resumed conversion may run at another pace than the one that prepared it)."""

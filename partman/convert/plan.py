@@ -85,8 +85,9 @@ class ConversionPlan:
     index_ddl: list[Any]  # ddl.IndexDDL
     decorate_ddl: list[sql.Composable]
     foreign_keys: list[Any]  # ddl.ConstraintStep
-    # what the swap runs on each partition before it locks the table (ddl.after_load), for the dry-run;
-    # the swap runs it on the partitions the shadow has
+    # what the swap runs on each partition before it locks the table (ddl.after_load), for the dry-run
+    # of a conversion at --sleep 0 (a paced one leaves autovacuum alone); the swap runs it on the
+    # partitions the shadow has whose autovacuum is not the original's (swap.loaded_without_autovacuum)
     after_load_ddl: list[sql.Composable]
     recreated: dict[str, list[str]]
     widened: list[str]
@@ -237,7 +238,8 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         leaves.append((create_default_sql(shadow, QualifiedName(work, default), storage), QualifiedName(work, default)))
         for stmt, leaf in leaves:
             shadow_ddl.append(stmt)
-            after_load_ddl += ddl.after_load(model, leaf)
+            if options.sleep == 0:  # paced, the partitions are made with the original's autovacuum settings
+                after_load_ddl += ddl.after_load(model, leaf)
         shadow_ddl += ddl.column_statistics(model, shadow, [leaf for _, leaf in leaves])
         shadow_ddl += ddl.extended_statistics(model, shadow, [leaf for _, leaf in leaves])
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))
