@@ -15,7 +15,7 @@ import psycopg
 from . import __version__, db, entry, log
 from .errors import PartmanError, sentences
 from .intervals import INTERVALS
-from .settings import load_settings
+from .settings import load_settings, unknown_env_variables
 
 # command -> (module, function); imported lazily so one command's dependencies never slow another
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         debug = settings.debug
         db.check_dsn(settings.dsn)
         log.configure(settings.log_format, "debug" if debug else settings.log_level)
+        for warning in unknown_env_variables():
+            log.get().warning("unknown_environment_variable", message=warning)
         module, func = COMMANDS[args.command]
         command = getattr(importlib.import_module(module), func)
         if args.command != "run":  # the daemon takes a signal received while starting over itself

@@ -1,5 +1,6 @@
 """Settings precedence, durations, names, bounds: the pure parts, no server."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -273,3 +274,43 @@ def test_removed_partitions_read_whole_on_an_80_column_terminal(monkeypatch, ter
         assert all(len(line) <= 80 for line in section if "s3://" not in line), text
     else:
         assert len(section) == len(doc["tables"][0]["removals"]), text
+
+
+@pytest.mark.parametrize("value, expected", [("verbose", None), ("trace", None), ("INFO", "info"), ("warning", "warning")])
+def test_the_log_level_is_one_partman_knows(monkeypatch, value, expected):
+    monkeypatch.setenv("PARTMAN_LOG_LEVEL", value)
+    if expected is None:
+        with pytest.raises(UsageError, match=f"'{value}' is not a log level: use one of debug, info, warning, error"):
+            load_settings({}, None)
+    else:
+        assert load_settings({}, None).log_level == expected
+
+
+def test_a_misspelt_partman_variable_is_warned_about_naming_the_closest(monkeypatch, capsys):
+    """pydantic-settings ignores a PARTMAN_* variable it does not know (a config file's unknown key
+    is refused): partman warns, naming the variable it probably meant, never its value. Every
+    variable the README, the contract, the tests and the benchmarks use is known."""
+    from partman import cli
+    from partman.settings import ENV_ALIASES, Settings, unknown_env_variables
+
+    known = {f"PARTMAN_{n.upper()}": "1" for n in Settings.model_fields}
+    known.update({v: "1" for v in ENV_ALIASES.values()})
+    known.update({"PARTMAN_CONFIG": "p.toml", "PARTMAN_FAILPOINTS": "", "PARTMAN_TEST_PG": "15",
+                  "PARTMAN_TEST_DSN": "host=x", "partman_batch_size": "5", "PGHOST": "x"})
+    assert unknown_env_variables(known) == []
+    (warning,) = unknown_env_variables({"PARTMAN_BATCHSIZE": "5"})
+    assert "PARTMAN_BATCHSIZE is not a partman setting and is ignored; did you mean PARTMAN_BATCH_SIZE?" in warning
+    (warning,) = unknown_env_variables({"PARTMAN_WHATEVER": "1"})
+    assert "did you mean" not in warning
+
+    for name in list(known) + ["PARTMAN_DATABASE_URL", "PARTMAN_DSN"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PARTMAN_DATABSE_URL", "postgresql://u:hunter2-not-shown@db/app")
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT", "100")
+    monkeypatch.setenv("PARTMAN_LOG_FORMAT", "json")
+    capsys.readouterr()
+    assert cli.main(["status", "--dsn", "host=127.0.0.1 port=1 connect_timeout=1"]) == 1  # nothing listens there
+    err = capsys.readouterr().err
+    warnings = [json.loads(line) for line in err.splitlines() if '"unknown_environment_variable"' in line]
+    assert len(warnings) == 1 and "did you mean PARTMAN_DATABASE_URL?" in warnings[0]["message"], err
+    assert "hunter2" not in err
