@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import sql
 
 from .. import intervals, naming
-from ..db import QualifiedName
+from ..db import QualifiedName, quote_ident
 from ..partitions import create_default_sql, create_partition_sql
 from . import ddl, suitability
 from .capture import KeyColumn
@@ -183,8 +183,10 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
     if stats.null_keys:
         refusals.append(
             f"{stats.null_keys} row(s) of {table} have a NULL {options.column}: they would land in the default "
-            f"partition, where retention and coverage cannot see them. Give those rows a {options.column} "
-            f"(and SET NOT NULL on the column), then run again."
+            f"partition, where retention and coverage cannot see them. Give those rows a value "
+            f"(UPDATE {table.literal} SET {quote_ident(options.column)} = ... WHERE {quote_ident(options.column)} IS NULL) "
+            f"and make the column NOT NULL (ALTER TABLE {table.literal} ALTER COLUMN {quote_ident(options.column)} "
+            "SET NOT NULL), then run again."
         )
     if stats.infinite_keys:
         warnings.append(
