@@ -152,3 +152,20 @@ def test_advice_names_odd_names_as_sql_and_the_shell_take_them(conn, partman):
     assert r.code == 1
     command = re.search(r"`(partman convert .*?)`", r.err).group(1)
     assert shlex.split(command) == ["partman", "convert", 'public."Audit Log"', "--column", "Event TS", "--interval", "year"]
+
+
+def test_the_load_advice_for_an_earlier_archive_runs_in_a_shell_with_odd_names():
+    """Restore names the command that adds an earlier archive's rows: the object's URI and psql's
+    \\copy of a table named with spaces and quotes come through a shell whole."""
+    import shlex
+
+    from partman.lifecycle.removals import earlier_archives_note
+
+    target = QualifiedName("public", 'Audit "Log"_p20120101')
+    uri = 's3://bucket/partman/public.Audit "Log"/Audit "Log"_p20120101.csv.gz'
+    earlier = [{"archive_uri": uri, "row_count": 20, "min_id": 1, "max_id": 20, "removed_by": "vm:1",
+                "removed_at": datetime(2026, 1, 1, 0, 0, 0).astimezone()}]
+    note = earlier_archives_note(target, uri + ".2", earlier)
+    argv = shlex.split(note[note.index("`aws s3 cp") + 1:note.index("`", note.index("`aws s3 cp") + 1)])
+    assert argv == ["aws", "s3", "cp", uri, "-", "|", "gunzip", "|", "psql", "-c",
+                    '\\copy public."Audit ""Log""_p20120101" FROM STDIN (FORMAT csv, HEADER)'], argv
