@@ -15,7 +15,7 @@ import psycopg
 from . import __version__, db, entry, log
 from .errors import PartmanError, sentences
 from .intervals import INTERVALS
-from .settings import load_settings
+from .settings import load_settings, unknown_env_variables
 
 # command -> (module, function); imported lazily so one command's dependencies never slow another
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     _register_secrets(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    advising = False  # whether this call set the SIGTERM handler (partman.entry), to be taken off at the end
     try:
         cli_values: dict[str, Any] = {}
         for flag, field in SETTING_FLAGS.items():
@@ -169,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         debug = settings.debug
         db.check_dsn(settings.dsn)
         log.configure(settings.log_format, "debug" if debug else settings.log_level)
+        for warning in unknown_env_variables():
+            log.get().warning("unknown_environment_variable", message=warning)
         module, func = COMMANDS[args.command]
         command = getattr(importlib.import_module(module), func)
         if args.command != "run":  # the daemon takes a signal received while starting over itself
-            entry.release()  # start-up is over: such a signal acts now, as it would have (partman.entry)
+            advising = entry.release()  # start-up is over: such a signal acts now, as it would have (partman.entry)
         return int(command(settings, args) or 0)
     except PartmanError as exc:
         _fail(str(exc), debug)
@@ -184,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"PostgreSQL error: {sentences(primary)}{hint} Nothing further was changed; fix the cause and run the command again.", debug)
         return 1
     except KeyboardInterrupt:
-        _fail("Interrupted. A conversion resumes where it stopped when run again.", debug)
+        _fail(f"Interrupted. {entry.ADVICE}", debug)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         _fail(f"Unexpected error: {type(exc).__name__}: {exc}. Run again with --debug for the traceback, and report it.", debug)
         return 1
+    finally:
+        if advising:
+            entry.done()
 
 
 def _fail(message: str, debug: bool) -> None:

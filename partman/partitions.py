@@ -31,7 +31,10 @@ class Partition:
     is_default: bool
     lower: datetime | date | None  # None: MINVALUE (or the default partition)
     upper: datetime | date | None  # None: MAXVALUE
-    estimated_rows: int
+    estimated_rows: int  # pg_class.reltuples, 0 when unknown
+    # False when PostgreSQL has no estimate: reltuples -1 (never vacuumed or analyzed), or 0 from an
+    # ANALYZE or VACUUM that found the partition empty while rows were written since (a premade one)
+    estimate_known: bool = True
 
     @property
     def qualified(self) -> QualifiedName:
@@ -65,7 +68,9 @@ def _parse_value(text: str) -> str | None:
 def list_partitions(conn: psycopg.Connection, parent: QualifiedName, key_type: str) -> list[Partition]:
     """Partitions of parent ordered by lower bound (the default partition last)."""
     rows = conn.execute(
-        """SELECT n.nspname, c.relname, c.oid, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint
+        """SELECT n.nspname, c.relname, c.oid, pg_get_expr(c.relpartbound, c.oid),
+                  CASE WHEN c.reltuples > 0 OR (c.reltuples = 0 AND pg_stat_get_mod_since_analyze(c.oid) = 0)
+                       THEN c.reltuples::bigint END
            FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -96,7 +101,7 @@ def list_partitions(conn: psycopg.Connection, parent: QualifiedName, key_type: s
     for schema, name, oid, is_default, lo_i, hi_i, tuples in parsed:
         lo = values[lo_i] if lo_i is not None else None
         hi = values[hi_i] if hi_i is not None else None
-        out.append(Partition(schema, name, oid, is_default, lo, hi, max(int(tuples), 0)))
+        out.append(Partition(schema, name, oid, is_default, lo, hi, max(int(tuples or 0), 0), tuples is not None))
     out.sort(key=lambda p: (p.is_default, p.lower is not None, _sortable(p.lower)))
     return out
 

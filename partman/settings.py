@@ -25,6 +25,11 @@ _config_file: Path | None = None
 
 # settings whose flag has another name: PARTMAN_<FLAG> is read too (below PARTMAN_<NAME> when both are set)
 ENV_ALIASES = {"database_url": "PARTMAN_DSN", "lock_timeout_ms": "PARTMAN_LOCK_TIMEOUT"}
+# PARTMAN_* variables that are no setting but are read elsewhere: the config file (load_settings), the
+# failpoints (partman.failpoints), and the test suite's and benchmarks' own (PARTMAN_TEST_*)
+OTHER_ENV = ("PARTMAN_CONFIG", "PARTMAN_FAILPOINTS", "PARTMAN_TEST_PG", "PARTMAN_TEST_DSN")
+OTHER_ENV_PREFIXES = ("PARTMAN_TEST_",)
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _EnvAliases(PydanticBaseSettingsSource):
@@ -103,6 +108,13 @@ class Settings(BaseSettings):
         zone(v)  # ValueError: unknown time zone
         return v
 
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.strip().lower() not in LOG_LEVELS:
+            raise ValueError(f"{v!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
+        return v.strip().lower()
+
     @field_validator("catalog_schema")
     @classmethod
     def _catalog(cls, v: str) -> str:
@@ -146,6 +158,25 @@ def load_settings(cli: dict[str, Any] | None = None, config_file: str | None = N
         _config_file = None
 
 
+def unknown_env_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """Warnings, one per PARTMAN_* variable in the environment that partman does not read (a typo:
+    pydantic-settings ignores it, where an unknown config file key is refused), naming the closest
+    variable it does read. Names only: a value may hold a password."""
+    import difflib
+
+    known = [f"PARTMAN_{name.upper()}" for name in Settings.model_fields] + list(ENV_ALIASES.values()) + list(OTHER_ENV)
+    out = []
+    for var in sorted(environ if environ is not None else os.environ):
+        name = var.upper()  # pydantic-settings reads the variables case-insensitively
+        if not name.startswith("PARTMAN_") or name in known or name.startswith(OTHER_ENV_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name[len("PARTMAN_"):], [k[len("PARTMAN_"):] for k in known], n=1, cutoff=0.6)
+        out.append(f"The environment variable {var} is not a partman setting and is ignored"
+                   + (f"; did you mean PARTMAN_{close[0]}?" if close else ".")
+                   + " The variables partman reads are in the README's settings table.")
+    return out
+
+
 def _check_config_keys(path: Path) -> None:
     """A key the settings do not know (a typo) is an error, not silently ignored."""
     try:
@@ -166,7 +197,8 @@ def _short_validation(exc: Exception) -> str:
         parts = []
         for e in errors():
             loc = ".".join(str(x) for x in e.get("loc", ()))
-            parts.append(f"{loc}: {e.get('msg')}")
+            msg = str(e.get("msg"))
+            parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")  # a validator's own message is the reason
         return "; ".join(parts)
     return str(exc)
 

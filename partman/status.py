@@ -175,6 +175,9 @@ def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         "drop_old_after": mt.drop_old_after,
         "swapped_at": mt.swapped_at,
         "verified_at": mt.verified_at,
+        # when maintenance drops <table>_old: drop_old_after past the verified swap (convert.finish)
+        "old_table_drop_at": conn.execute("SELECT %s::timestamptz + %s::interval", (mt.verified_at, mt.drop_old_after)
+                                          ).fetchone()[0] if mt.old_table_name and mt.verified_at and mt.drop_old_after else None,
     }
     held = holds(conn, settings, mt, cov) if cov.exists else {}
     doc["partitions"] = [_partition_doc(p, held) for p in cov.partitions]
@@ -199,9 +202,20 @@ def _partition_doc(p: Partition, held: dict[str, Any]) -> dict[str, Any]:
         "default": p.is_default,
         "lower": "DEFAULT" if p.is_default else ("MINVALUE" if p.lower is None else p.lower),
         "upper": None if p.is_default else ("MAXVALUE" if p.upper is None else p.upper),
+        # reltuples; 0 where PostgreSQL has none (what /metrics sums): `status --json` prints null there
         "rows_estimate": p.estimated_rows,
+        "rows_estimate_known": p.estimate_known,
         "held": p.name in held,
     }
+
+
+def _for_output(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document `status --json` prints: an estimate PostgreSQL does not have is null, not 0."""
+    for t in doc["tables"]:
+        for p in t.get("partitions", []):
+            if not p["rows_estimate_known"]:
+                p["rows_estimate"] = None
+    return doc
 
 
 def gather(conn: psycopg.Connection, settings: Settings, table: str | None = None) -> dict[str, Any]:
@@ -280,7 +294,7 @@ def cli_status(settings: Settings, args: Any) -> int:
     finally:
         conn.close()
     if getattr(args, "json", False):
-        sys.stdout.write(log.redact(json.dumps(doc, default=_json_default, indent=2)) + "\n")
+        sys.stdout.write(log.redact(json.dumps(_for_output(doc), default=_json_default, indent=2)) + "\n")
         return 0
     render(doc)
     return 0
@@ -315,6 +329,18 @@ def _copied(c: dict[str, Any]) -> str:
     if copied > est:
         return f"{copied:,} rows copied (the table was estimated at ~{est:,} when it began)"
     return f"{copied:,} of ~{est:,} rows copied ({c['progress'] * 100:.1f}%)"
+
+
+def _old_table_fate(t: dict[str, Any], now: datetime) -> str:
+    """When maintenance drops <table>_old (--drop-old-after past the verified swap), or that it does not."""
+    if not t["drop_old_after"]:
+        return " (no --drop-old-after: kept until you drop it)"
+    at = t.get("old_table_drop_at")
+    if at is None:
+        return "; maintenance drops it once --drop-old-after has passed since the verification, which has not finished"
+    if at <= now:
+        return f"; due to be dropped since {_fmt(at)} (--drop-old-after): the next maintenance pass drops it"
+    return f"; maintenance drops it from {_fmt(at)} on (--drop-old-after, counted from the verified swap)"
 
 
 def render(doc: dict[str, Any], file: Any = None) -> None:
@@ -373,7 +399,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                 f"conversion: {conv['status']} (phase {conv['phase']}), {_copied(conv)}"
             )
         if t["old_table"]:
-            lines.append(f"old table kept: {t['old_table']}" + (f", dropped {t['drop_old_after']} after verification" if t["drop_old_after"] else ""))
+            lines.append(f"old table kept: {t['old_table']}{_old_table_fate(t, doc['now'])}")
         for line in lines:
             console.print(line)
         table = Table(show_header=True, header_style="bold")
@@ -388,28 +414,54 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                 flags.append("held")
             if p["name"] in t["retention_due"]:
                 flags.append("retention due")
-            table.add_row(p["name"], _fmt_bound(p["lower"]), _fmt_bound(p["upper"]), str(p["rows_estimate"]), ", ".join(flags))
+            rows = str(p["rows_estimate"]) if p["rows_estimate_known"] else "?"
+            table.add_row(p["name"], _fmt_bound(p["lower"]), _fmt_bound(p["upper"]), rows, ", ".join(flags))
         console.print(table)
-        if t["removals"] and not out.isatty():  # a file or a pipe: one full line each, nothing cut to a width
-            console.print("removed partitions:")
-            for r in t["removals"]:
-                archive = f" -> {r['archive_uri']} sha256 {r['archive_sha256']}" if r["archive_uri"] else ""
-                console.print(
-                    f"  {r['partition_name']}  {_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}  "
-                    f"{r['row_count']} rows, ids {r['min_id'] or '-'} .. {r['max_id'] or '-'}  {r['action']}{archive}  "
-                    f"at {_fmt(r['removed_at'])}", overflow="ignore", crop=False)
-        elif t["removals"]:
-            rt = Table(title="removed partitions", show_header=True, header_style="bold")
-            for col in ("partition", "range", "rows", "ids", "action", "archive", "removed"):
-                rt.add_column(col, overflow="fold")
-            for r in t["removals"]:
-                rt.add_row(
-                    r["partition_name"],
-                    f"{_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}",
-                    str(r["row_count"]),
-                    f"{r['min_id'] or '-'} .. {r['max_id'] or '-'}",
-                    r["action"],
-                    (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256']}" if r["archive_sha256"] else ""),
-                    _fmt(r["removed_at"]),
-                )
-            console.print(rt)
+        unknown = [p for p in t["partitions"] if not p["rows_estimate_known"]]
+        if unknown:
+            example = QualifiedName(unknown[0]["schema"], unknown[0]["name"]).literal
+            console.print(f"rows (est.) ?: PostgreSQL has no estimate for {len(unknown)} partition(s) yet (not analyzed "
+                          f"since created or written to); `ANALYZE {example}` gives one now, autovacuum does once "
+                          "enough rows are written.")
+        if t["removals"]:
+            _render_removals(console, t["removals"], out.isatty())
+
+
+def _render_removals(console: Any, removals: list[dict[str, Any]], terminal: bool) -> None:
+    """The record of removed partitions. Piped or redirected: one full line each, nothing cut to a
+    width. On a terminal: a table when it fits the width whole; else (the archive URI and its sha256
+    alone are ~170 characters) a few lines each, none cut: the object's URI and sha256 on lines of their own."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    def where(r: dict[str, Any]) -> str:
+        return f"{_fmt_bound(r['lower_bound'])} .. {_fmt_bound(r['upper_bound'])}"
+
+    def ids(r: dict[str, Any]) -> str:
+        return f"{r['min_id'] or '-'} .. {r['max_id'] or '-'}"
+
+    if not terminal:
+        console.print("removed partitions:")
+        for r in removals:
+            archive = f" -> {r['archive_uri']} sha256 {r['archive_sha256']}" if r["archive_uri"] else ""
+            console.print(f"  {r['partition_name']}  {where(r)}  {r['row_count']} rows, ids {ids(r)}  {r['action']}{archive}  "
+                          f"at {_fmt(r['removed_at'])}", overflow="ignore", crop=False)
+        return
+    rt = Table(title="removed partitions", show_header=True, header_style="bold")
+    for col in ("partition", "range", "rows", "ids", "action", "archive", "removed"):
+        rt.add_column(col, no_wrap=True)
+    for r in removals:
+        rt.add_row(r["partition_name"], where(r), str(r["row_count"]), ids(r), r["action"],
+                   (r["archive_uri"] or "-") + (f" sha256 {r['archive_sha256']}" if r["archive_sha256"] else ""),
+                   _fmt(r["removed_at"]))
+    if Measurement.get(console, console.options.update_width(10_000), rt).maximum <= console.width:  # unclamped
+        console.print(rt)
+        return
+    console.print("removed partitions:")
+    for r in removals:
+        console.print(f"  {r['partition_name']}  {where(r)}  {r['action']}")
+        console.print(f"    {r['row_count']} rows, ids {ids(r)}; removed {_fmt(r['removed_at'])}")
+        if r["archive_uri"]:
+            console.print(f"    {r['archive_uri']}", soft_wrap=True)
+        if r["archive_sha256"]:
+            console.print(f"    sha256 {r['archive_sha256']}", soft_wrap=True)

@@ -1309,3 +1309,42 @@ def test_the_widened_key_note_says_what_an_upsert_must_name(conn, partman):
         conn.execute("INSERT INTO codes VALUES (5, date '2024-01-06', 1) ON CONFLICT (id) DO UPDATE SET n = 1")
     conn.execute("INSERT INTO codes VALUES (5, date '2024-01-06', 1) ON CONFLICT (id, at) DO UPDATE SET n = 1")
     assert conn.execute("SELECT n FROM codes WHERE id = 5").fetchone()[0] == 1
+
+
+def test_a_paced_conversion_leaves_autovacuum_alone_and_a_paced_resume_turns_it_back_on(conn, partman, partman_proc):
+    """Paced, the partitions are made with the original's storage options and the swap runs no
+    ALTER TABLE ... RESET (autovacuum_enabled ...) on them (nor does the dry-run list one). A paced
+    rerun of a conversion a --sleep 0 run prepared (its partitions loaded with autovacuum off)
+    still gives them the original's back."""
+    conn.execute(
+        "CREATE TABLE public.ddl_seen (query text);"
+        "CREATE FUNCTION public.ddl_seen() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO public.ddl_seen VALUES (current_query()); END$$;"
+        "CREATE EVENT TRIGGER ddl_seen ON ddl_command_end WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION public.ddl_seen();"
+        "CREATE TABLE paced (id bigserial PRIMARY KEY, at date NOT NULL) WITH (fillfactor = 90);"
+        "INSERT INTO paced (at) SELECT date '2024-01-01' + g FROM generate_series(1, 300) g;"
+        "CREATE TABLE resumed (id bigserial PRIMARY KEY, at date NOT NULL) WITH (fillfactor = 90);"
+        "INSERT INTO resumed (at) SELECT date '2024-01-01' + g FROM generate_series(1, 300) g"
+    )
+
+    def resets(table: str) -> list[str]:
+        return [q for (q,) in conn.execute("SELECT query FROM public.ddl_seen WHERE query LIKE %s",
+                                           (f"%{table}%RESET (autovacuum_enabled%",))]
+
+    paced = ("convert", "paced", "--column", "at", "--interval", "month", "--sleep", "0.01", "--yes")
+    plan = partman(*paced[:-1], "--dry-run")
+    assert plan.code == 0 and "CREATE TABLE" in plan.out and "RESET (autovacuum_enabled" not in plan.out, plan.out
+    r = partman(*paced)
+    assert r.code == 0, r.err
+    assert resets("paced") == []
+    after = _leaf_options(conn, "paced")
+    assert len(after) >= 8 and all(o == ["fillfactor=90"] for o in after.values()), after
+
+    args = ("convert", "resumed", "--column", "at", "--interval", "month", "--yes")
+    first = partman_proc(*args, "--sleep", "0", extra_env={"PARTMAN_FAILPOINTS": "convert.after_copy=1:kill"})
+    assert first.code == -9, first.err[-500:]
+    second = partman_proc(*args, "--sleep", "0.01")
+    assert second.code == 0, second.err[-2000:]
+    after = _leaf_options(conn, "resumed")
+    assert len(after) >= 8 and all(o == ["fillfactor=90"] for o in after.values()), after
+    assert len(resets("resumed")) == len(after)

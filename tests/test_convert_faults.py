@@ -229,3 +229,51 @@ def test_two_converts_of_one_table_never_overlap(conn, dsn, partman_proc):
     assert second.code == 1 and "running" in second.err
     assert slow.returncode == 0, err[-1000:]
     assert len(ids(conn, LEDGER)) == 1500
+
+
+@pytest.mark.parametrize("where", ["between batches", "waiting for a lock"])
+def test_sigterm_gives_the_advice_sigint_gives_and_still_ends_by_the_signal(conn, dsn, env, partman_proc, pg_server, where):
+    """A convert stopped by SIGTERM (a container stopped, `kill`) says, as one stopped by SIGINT does,
+    that the same command resumes it, and still ends at once by the signal (exit -15, 143 in a
+    shell), wherever it is: in Python between batches or inside a statement waiting for a lock."""
+    import signal
+    import subprocess
+
+    from helpers import partman_command
+
+    conn.execute("CREATE TABLE readings (id bigserial PRIMARY KEY, at date NOT NULL);"
+                 "INSERT INTO readings (at) SELECT date '2024-01-01' + g % 300 FROM generate_series(1, 3000) g")
+    e = {**env, "PARTMAN_FAILPOINTS": "convert.copy.after_batch=1:sleep(60)" if where == "between batches" else ""}
+    args = ["convert", "readings", "--column", "at", "--batch-size", "500", "--sleep", "0.01", "--yes"]
+    holder = psycopg.connect(dsn)
+    try:
+        if where == "waiting for a lock":  # CREATE TRIGGER needs SHARE ROW EXCLUSIVE: it waits its lock_timeout
+            holder.execute("LOCK TABLE readings IN SHARE MODE")
+        proc = subprocess.Popen([partman_command(), *args, "--lock-timeout", "60000"], env=e, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            if where == "between batches":
+                ready = conn.execute("SELECT to_regclass('partman_catalog.conversion') IS NOT NULL").fetchone()[0] and \
+                    conn.execute("SELECT coalesce(max(rows_copied), 0) > 0 FROM partman_catalog.conversion").fetchone()[0]
+            else:
+                ready = conn.execute("SELECT count(*) FROM pg_locks WHERE relation = 'readings'::regclass AND NOT granted"
+                                     ).fetchone()[0] > 0
+            if ready:
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        holder.close()
+    pg_server.outputs.extend([out, err])
+    assert proc.returncode == -signal.SIGTERM and took < 5, (proc.returncode, took, err[-1000:])
+    assert err.splitlines()[-1] == "partman: Terminated. A conversion resumes where it stopped when run again.", err[-1000:]
+    assert "Traceback" not in err
+    r = partman_proc(*args)
+    assert r.code == 0, r.err[-2000:]
+    assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 3000

@@ -1,5 +1,6 @@
 """Settings precedence, durations, names, bounds: the pure parts, no server."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -226,3 +227,90 @@ def test_status_says_rows_copied_against_the_estimate_without_a_share_past_it():
     assert _copied({**base, "rows_copied": 5411}) == "5,411 rows copied (the table was estimated at ~3,382 when it began)"
     assert _copied({**base, "rows_copied": 5411, "status": "done"}) == "5,411 rows copied"
     assert _copied({**base, "rows_copied": 7, "rows_estimate": None}) == "7 rows copied"
+
+
+def _status_doc_with_archives(years: tuple[int, ...]) -> dict:
+    now = datetime(2026, 11, 25, 19, 20, 11, tzinfo=timezone.utc)
+    removals = [{"partition_name": f"audit_log_ledger_p{y}0101", "lower_bound": f"{y}-01-01 00:00:00+00",
+                 "upper_bound": f"{y + 1}-01-01 00:00:00+00", "row_count": 7749, "min_id": 1 + 7749 * i,
+                 "max_id": 7749 * (i + 1), "action": "archive", "archive_bytes": 1, "removed_at": now, "removed_by": "vm:1",
+                 "archive_uri": f"s3://care-platform-audit-archive/partman/public.audit_log_ledger/audit_log_ledger_p{y}0101.csv.gz",
+                 "archive_sha256": f"{y:04d}" + "576960ce5f95186b" * 3 + "0123456789abcdef"[: 12]}
+                for i, y in enumerate(years)]
+    table = {"table": "public.audit_log_ledger", "column": "event_timestamp", "key_type": "timestamptz", "interval": "year",
+             "premake": 3, "timezone": "UTC", "retention": "10 years", "retention_action": "archive", "exists": True,
+             "maintenance": {"last_run": now, "last_attempt": now, "last_error": None}, "old_table": None,
+             "drop_old_after": None, "partitions": [], "partitions_ahead": 3, "required_ahead": 2, "covered_until": now,
+             "default_rows": 0, "default_rows_unplaceable": 0, "retention_due": [], "holds": [], "conversion": None,
+             "removals": removals}
+    return {"now": now, "last_maintenance": None, "tables": [table], "conversions_running": []}
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_removed_partitions_read_whole_on_an_80_column_terminal(monkeypatch, terminal):
+    """On an 80-column terminal the record of removed partitions is a few lines each, nothing cut
+    (the table folded its archive URI and sha256 over some 15 lines); piped, one full line each."""
+    import io
+
+    from partman.status import render
+
+    class Out(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    monkeypatch.setenv("COLUMNS", "80")
+    doc = _status_doc_with_archives((2014, 2015))
+    out = Out()
+    render(doc, file=out)
+    text = out.getvalue()
+    section = text[text.index("removed partitions"):].splitlines()[1:]
+    for r in doc["tables"][0]["removals"]:
+        lines = [line for line in section if r["partition_name"] in line or r["archive_sha256"] in line]
+        assert any(r["archive_uri"] in line for line in section), text  # whole, on one line
+        assert any(r["archive_sha256"] in line for line in lines), text
+        assert any(f"{r['min_id']} .. {r['max_id']}" in line for line in section), text
+    if terminal:
+        assert len(section) <= 4 * len(doc["tables"][0]["removals"]), text
+        assert all(len(line) <= 80 for line in section if "s3://" not in line), text
+    else:
+        assert len(section) == len(doc["tables"][0]["removals"]), text
+
+
+@pytest.mark.parametrize("value, expected", [("verbose", None), ("trace", None), ("INFO", "info"), ("warning", "warning")])
+def test_the_log_level_is_one_partman_knows(monkeypatch, value, expected):
+    monkeypatch.setenv("PARTMAN_LOG_LEVEL", value)
+    if expected is None:
+        with pytest.raises(UsageError, match=f"'{value}' is not a log level: use one of debug, info, warning, error"):
+            load_settings({}, None)
+    else:
+        assert load_settings({}, None).log_level == expected
+
+
+def test_a_misspelt_partman_variable_is_warned_about_naming_the_closest(monkeypatch, capsys):
+    """pydantic-settings ignores a PARTMAN_* variable it does not know (a config file's unknown key
+    is refused): partman warns, naming the variable it probably meant, never its value. Every
+    variable the README, the contract, the tests and the benchmarks use is known."""
+    from partman import cli
+    from partman.settings import ENV_ALIASES, Settings, unknown_env_variables
+
+    known = {f"PARTMAN_{n.upper()}": "1" for n in Settings.model_fields}
+    known.update({v: "1" for v in ENV_ALIASES.values()})
+    known.update({"PARTMAN_CONFIG": "p.toml", "PARTMAN_FAILPOINTS": "", "PARTMAN_TEST_PG": "15",
+                  "PARTMAN_TEST_DSN": "host=x", "partman_batch_size": "5", "PGHOST": "x"})
+    assert unknown_env_variables(known) == []
+    (warning,) = unknown_env_variables({"PARTMAN_BATCHSIZE": "5"})
+    assert "PARTMAN_BATCHSIZE is not a partman setting and is ignored; did you mean PARTMAN_BATCH_SIZE?" in warning
+    (warning,) = unknown_env_variables({"PARTMAN_WHATEVER": "1"})
+    assert "did you mean" not in warning
+
+    for name in list(known) + ["PARTMAN_DATABASE_URL", "PARTMAN_DSN"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PARTMAN_DATABSE_URL", "postgresql://u:hunter2-not-shown@db/app")
+    monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT", "100")
+    monkeypatch.setenv("PARTMAN_LOG_FORMAT", "json")
+    capsys.readouterr()
+    assert cli.main(["status", "--dsn", "host=127.0.0.1 port=1 connect_timeout=1"]) == 1  # nothing listens there
+    err = capsys.readouterr().err
+    warnings = [json.loads(line) for line in err.splitlines() if '"unknown_environment_variable"' in line]
+    assert len(warnings) == 1 and "did you mean PARTMAN_DATABASE_URL?" in warnings[0]["message"], err
+    assert "hunter2" not in err

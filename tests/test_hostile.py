@@ -4,6 +4,7 @@ named like a keyword, unusual column types, dropped columns, rows at the exact b
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -121,3 +122,50 @@ def test_hostile_names_never_break_the_error_path(conn, partman):
         assert r.code == 1 and "Traceback" not in r.err
         assert "does not exist" in r.err or "no column" in r.err
     assert conn.execute("SELECT to_regclass('public.x') IS NOT NULL").fetchone()[0]  # nothing was injected
+
+
+def test_advice_names_odd_names_as_sql_and_the_shell_take_them(conn, partman):
+    """Where a message gives SQL or a command line to run, a name with spaces or capitals is quoted
+    as PostgreSQL (or the shell) needs it, so the advice runs as printed."""
+    import re
+    import shlex
+
+    conn.execute('CREATE TABLE public."Audit Log" (id bigserial PRIMARY KEY, "Event TS" timestamptz, "Owner" text);'
+                 'INSERT INTO public."Audit Log" ("Event TS") VALUES (now()), (NULL);'
+                 'CREATE PUBLICATION "Pub One" FOR TABLE public."Audit Log" (id, "Event TS", "Owner")')
+    r = partman("convert", 'public."Audit Log"', "--column", "Event TS", "--dry-run")
+    assert r.code == 1, r.err
+    text = " ".join(r.out.split())
+    update = re.search(r"\(UPDATE (.*? IS NULL)\)", text).group(1)
+    assert update == 'public."Audit Log" SET "Event TS" = ... WHERE "Event TS" IS NULL', text
+    conn.execute("UPDATE " + update.replace("...", "now()"))
+    for advised in (re.search(r"\((ALTER TABLE .*? SET NOT NULL)\)", text).group(1),
+                    re.search(r"(ALTER PUBLICATION .*? SET \(publish_via_partition_root = true\))", text).group(1)):
+        conn.execute(advised)  # runs as printed
+    assert conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = 'Pub One'").fetchone()[0] is True
+    r = partman("convert", 'public."Audit Log"', "--column", "Event TS", "--dry-run", "--json")
+    assert r.code == 0, r.err
+    (widened,) = json.loads(r.out)["widened_keys"]
+    assert 'ON CONFLICT (id) finds no key to match (name (id, "Event TS") instead)' in widened, widened
+
+    r = partman("register", 'public."Audit Log"', "--column", "Event TS", "--interval", "year")
+    assert r.code == 1
+    command = re.search(r"`(partman convert .*?)`", r.err).group(1)
+    assert shlex.split(command) == ["partman", "convert", 'public."Audit Log"', "--column", "Event TS", "--interval", "year"]
+
+
+def test_the_load_advice_for_an_earlier_archive_runs_in_a_shell_with_odd_names():
+    """Restore names the command that adds an earlier archive's rows: the object's URI and psql's
+    \\copy of a table named with spaces and quotes come through a shell whole."""
+    import shlex
+
+    from partman.lifecycle.removals import earlier_archives_note
+
+    target = QualifiedName("public", 'Audit "Log"_p20120101')
+    uri = 's3://bucket/partman/public.Audit "Log"/Audit "Log"_p20120101.csv.gz'
+    earlier = [{"archive_uri": uri, "row_count": 20, "min_id": 1, "max_id": 20, "removed_by": "vm:1",
+                "removed_at": datetime(2026, 1, 1, 0, 0, 0).astimezone()}]
+    note = earlier_archives_note(target, uri + ".2", earlier)
+    argv = shlex.split(note[note.index("`aws s3 cp") + 1:note.index("`", note.index("`aws s3 cp") + 1)])
+    assert argv == ["aws", "s3", "cp", uri, "-", "|", "gunzip", "|", "psql", "-c",
+                    '\\copy public."Audit ""Log""_p20120101" FROM STDIN (FORMAT csv, HEADER)'], argv

@@ -143,3 +143,18 @@ def test_docker_image_builds_runs_as_non_root():
         assert cfg["Entrypoint"] == ["partman"] and cfg["Cmd"] == ["run"] and "8080/tcp" in cfg["ExposedPorts"]
     finally:
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_install_instructions_install_this_checkout_not_a_name_on_pypi():
+    """partman is not published on PyPI: every `pip install` the README, the unit file, the Dockerfile
+    and deploy/ show installs a path (the checkout, `.`) or a built wheel, never the bare name."""
+    files = [REPO / "README.md", REPO / "Dockerfile", REPO / "systemd" / "partman.service",
+             *sorted((REPO / "deploy").iterdir())]
+    found = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            for m in re.finditer(r"\bpip install\s+((?:-\S+\s+)*)(\S+)", line):
+                target = m.group(2).strip("'\"`")
+                found.append((path.name, target))
+                assert target.startswith((".", "/", "dist/")) or target.endswith(".whl"), (path.name, line)
+    assert ("README.md", ".") in found and any(name == "partman.service" for name, _ in found), found

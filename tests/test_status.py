@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg
 
@@ -112,3 +113,70 @@ def test_an_unqualified_name_is_resolved_through_search_path_as_psql_does(conn, 
     assert partman("status", "events").code == 1
     r = partman("status", "events", "--json", "--dsn", on_path)
     assert r.code == 0 and [t["table"] for t in json.loads(r.out)["tables"]] == ["s1.events"]
+
+
+def test_status_says_when_the_old_table_will_be_dropped(conn, partman):
+    """`--drop-old-after` is when maintenance drops <table>_old, counted from the verified swap:
+    status says when that is (or that it is due), not that it was dropped."""
+    conn.execute("CREATE TABLE readings (id bigserial PRIMARY KEY, at date NOT NULL);"
+                 "INSERT INTO readings (at) SELECT date '2024-01-01' + g FROM generate_series(1, 50) g")
+    r = partman("convert", "readings", "--column", "at", "--drop-old-after", "7 days", "--sleep", "0", "--yes")
+    assert r.code == 0, r.err
+    verified, drop_at = conn.execute("SELECT verified_at, verified_at + interval '7 days' FROM partman_catalog.managed_table"
+                                     ).fetchone()
+
+    def text(table: str) -> str:
+        return " ".join(partman("status", table).out.split())  # as one line, whatever the width
+
+    out = text("readings")
+    assert f"old table kept: readings_old; maintenance drops it from {drop_at:%Y-%m-%d %H:%M:%S%z} on " \
+           "(--drop-old-after, counted from the verified swap)" in out, out
+    assert ", dropped" not in out
+    (t,) = json.loads(partman("status", "readings", "--json").out)["tables"]
+    assert verified is not None and t["old_table_drop_at"] == drop_at.isoformat()
+    conn.execute("UPDATE partman_catalog.managed_table SET drop_old_after = interval '1 second', "
+                 "verified_at = verified_at - interval '1 minute'")
+    out = text("readings")
+    assert "old table kept: readings_old; due to be dropped since " in out and "the next maintenance pass drops it" in out, out
+    assert partman("maintain").code == 0
+    assert "old table kept" not in text("readings")
+    conn.execute("CREATE TABLE kept (id bigserial PRIMARY KEY, at date NOT NULL); INSERT INTO kept (at) VALUES ('2024-05-01')")
+    assert partman("convert", "kept", "--column", "at", "--sleep", "0", "--yes").code == 0
+    assert "old table kept: kept_old (no --drop-old-after: kept until you drop it)" in text("kept")
+
+
+def test_a_partition_postgresql_has_no_estimate_for_shows_unknown_not_zero(conn, partman):
+    """reltuples is -1 for a partition never vacuumed or analyzed, and 0 for one analyzed while empty
+    that rows were written to since: neither is a count of 0. Status shows "?" (null in --json)."""
+    conn.execute("CREATE TABLE public.metrics (id bigserial, ts timestamptz NOT NULL) PARTITION BY RANGE (ts);"
+                 "CREATE TABLE public.metrics_p20240101 PARTITION OF public.metrics FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+                 "CREATE TABLE public.metrics_p20250101 PARTITION OF public.metrics FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');"
+                 "CREATE TABLE public.metrics_p20260101 PARTITION OF public.metrics FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');"
+                 "ANALYZE public.metrics_p20250101, public.metrics_p20260101")  # while empty: reltuples 0
+    for year in (2024, 2025):
+        conn.execute(f"INSERT INTO metrics (ts) SELECT timestamptz '{year}-01-01' + g * interval '1 minute' "
+                     "FROM generate_series(1, 1440) g")
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")  # the flush of this session's counts
+    deadline = time.monotonic() + 10
+    while conn.execute("SELECT pg_stat_get_mod_since_analyze('metrics_p20250101'::regclass)").fetchone()[0] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert partman("register", "metrics", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
+
+    r = partman("status", "metrics")
+    assert r.code == 0, r.err
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.out.splitlines() if line.startswith("│ metrics_p2")]
+    assert {c[0]: c[3] for c in cells} == {"metrics_p20240101": "?", "metrics_p20250101": "?", "metrics_p20260101": "0"}, r.out
+    text = " ".join(r.out.split())
+    assert "rows (est.) ?: PostgreSQL has no estimate for 2 partition(s)" in text and "ANALYZE public.metrics_p20240101" in text
+    (t,) = json.loads(partman("status", "metrics", "--json").out)["tables"]
+    est = {p["name"]: (p["rows_estimate"], p["rows_estimate_known"]) for p in t["partitions"]}
+    assert est["metrics_p20240101"] == (None, False) and est["metrics_p20250101"] == (None, False)
+    assert est["metrics_p20260101"] == (0, True)
+
+    conn.execute("ANALYZE metrics")
+    (t,) = json.loads(partman("status", "metrics", "--json").out)["tables"]
+    est = {p["name"]: (p["rows_estimate"], p["rows_estimate_known"]) for p in t["partitions"]}
+    assert est["metrics_p20240101"] == (1440, True) and est["metrics_p20250101"] == (1440, True)
+    assert "no estimate" not in partman("status", "metrics").out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from .. import naming
-from ..db import QualifiedName
+from ..db import QualifiedName, quote_ident
 from ..introspect import Column, Constraint, DependentView, Publication, TableModel
 from ..partitions import ExtendedStatistics, column_settings_sql, partition_statistics_sql, statistics_sql
 
@@ -138,6 +138,11 @@ def column_statistics(model: TableModel, shadow: QualifiedName, leaves: list[Qua
     return out
 
 
+def loading_options(options: list[str]) -> list[str]:
+    """Those of `options` (reloptions, the TOAST table's as toast.<name>) that loading turns off."""
+    return sorted(o for o in options if _option_name(o) in LOADING_OFF)
+
+
 def after_load(model: TableModel, partition: QualifiedName) -> list[sql.Composable]:
     """A partition's autovacuum as the original table had it, whether or not the copy turned it
     off (a resumed conversion may run at another pace than the one that prepared it)."""
@@ -190,10 +195,11 @@ def create_indexes(model: TableModel, shadow: QualifiedName, key: str) -> list[I
         note = ""
         if widen:
             what = "primary key" if idx.primary else ("unique constraint" if con else "unique index")
-            note = (f"{what} {idx.name} ({', '.join(cols)}) becomes ({', '.join(new_cols)}): a unique key of a "
-                    f"partitioned table must include its partition key, so ({', '.join(cols)}) alone is no longer "
-                    f"enforced unique, and an INSERT ... ON CONFLICT ({', '.join(cols)}) finds no key to match "
-                    f"(name ({', '.join(new_cols)}) instead)")
+            old, new = ", ".join(map(quote_ident, cols)), ", ".join(map(quote_ident, new_cols))  # as ON CONFLICT takes them
+            note = (f"{what} {idx.name} ({old}) becomes ({new}): a unique key of a "
+                    f"partitioned table must include its partition key, so ({old}) alone is no longer "
+                    f"enforced unique, and an INSERT ... ON CONFLICT ({old}) finds no key to match "
+                    f"(name ({new}) instead)")
         keys = len(idx.columns)  # the index's own column names: key columns (the partition key appended), INCLUDE
         names = naming.unique_column_names(idx.attnames[:keys] + ([key] if widen else []) + idx.attnames[keys:])
         include = sql.SQL(" INCLUDE ({})").format(_idents(idx.include)) if idx.include else sql.SQL("")

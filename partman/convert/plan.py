@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import sql
 
 from .. import intervals, naming
-from ..db import QualifiedName
+from ..db import QualifiedName, quote_ident
 from ..partitions import create_default_sql, create_partition_sql
 from . import ddl, suitability
 from .capture import KeyColumn
@@ -85,8 +85,9 @@ class ConversionPlan:
     index_ddl: list[Any]  # ddl.IndexDDL
     decorate_ddl: list[sql.Composable]
     foreign_keys: list[Any]  # ddl.ConstraintStep
-    # what the swap runs on each partition before it locks the table (ddl.after_load), for the dry-run;
-    # the swap runs it on the partitions the shadow has
+    # what the swap runs on each partition before it locks the table (ddl.after_load), for the dry-run
+    # of a conversion at --sleep 0 (a paced one leaves autovacuum alone); the swap runs it on the
+    # partitions the shadow has whose autovacuum is not the original's (swap.loaded_without_autovacuum)
     after_load_ddl: list[sql.Composable]
     recreated: dict[str, list[str]]
     widened: list[str]
@@ -182,8 +183,10 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
     if stats.null_keys:
         refusals.append(
             f"{stats.null_keys} row(s) of {table} have a NULL {options.column}: they would land in the default "
-            f"partition, where retention and coverage cannot see them. Give those rows a {options.column} "
-            f"(and SET NOT NULL on the column), then run again."
+            f"partition, where retention and coverage cannot see them. Give those rows a value "
+            f"(UPDATE {table.literal} SET {quote_ident(options.column)} = ... WHERE {quote_ident(options.column)} IS NULL) "
+            f"and make the column NOT NULL (ALTER TABLE {table.literal} ALTER COLUMN {quote_ident(options.column)} "
+            "SET NOT NULL), then run again."
         )
     if stats.infinite_keys:
         warnings.append(
@@ -237,7 +240,8 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         leaves.append((create_default_sql(shadow, QualifiedName(work, default), storage), QualifiedName(work, default)))
         for stmt, leaf in leaves:
             shadow_ddl.append(stmt)
-            after_load_ddl += ddl.after_load(model, leaf)
+            if options.sleep == 0:  # paced, the partitions are made with the original's autovacuum settings
+                after_load_ddl += ddl.after_load(model, leaf)
         shadow_ddl += ddl.column_statistics(model, shadow, [leaf for _, leaf in leaves])
         shadow_ddl += ddl.extended_statistics(model, shadow, [leaf for _, leaf in leaves])
         index_ddl = list(ddl.create_indexes(model, shadow, options.column))

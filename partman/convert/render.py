@@ -77,8 +77,7 @@ _WHEN = {
     "foreign keys": {b: ": each partition's NOT VALID, then validated (writers of the referenced table go on), then "
                         "the table's, which takes the partitions' as its own without reading them" for b in (True, False)},
     "swap": {False: ": autovacuum back on the partitions as on the original (off while the copy filled them), "
-                    "before the table is locked",
-             True: ": the partitions' autovacuum as on the original, before the table is locked"},
+                    "before the table is locked"},  # paced (True): autovacuum is left alone, no such statements
 }
 
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 
 from .. import naming
+from ..db import quote_ident as q
 from ..introspect import Publication, TableModel, key_type_of
 from .ddl import keeps_not_valid, replica_index_unusable
 
@@ -40,22 +41,22 @@ def publication_refusals(model: TableModel, column: str | None, publications: Se
         if not p.ours:
             out.append(f"publication {p.name} publishes {t} and belongs to {p.owner}: the swap adds the new table "
                        "to it and takes the original out, which only a role with its owner's privileges may. Run the "
-                       f"conversion as such a role, or give it to the table's owner first (ALTER PUBLICATION {p.name} "
-                       f"OWNER TO {model.owner}).")
+                       f"conversion as such a role, or give it to the table's owner first (ALTER PUBLICATION {q(p.name)} "
+                       f"OWNER TO {q(model.owner)}).")
         elif narrowed and not p.via_root:
             what = " and ".join(narrowed)
             out.append(f"publication {p.name} publishes {t} with {what}, which PostgreSQL allows on a partitioned "
                        "table only when the publication publishes via its partition root (otherwise the partitions "
-                       f"would be published whole). Set it first: ALTER PUBLICATION {p.name} SET "
+                       f"would be published whole). Set it first: ALTER PUBLICATION {q(p.name)} SET "
                        "(publish_via_partition_root = true), after which its subscribers receive the new table's "
-                       f"changes under {t}'s name, as they do now; or take the {what} off.")
+                       f"changes under {t}'s name, as they do now; or take the {what.replace('a ', '', 1)} off.")
         elif (p.columns is not None and p.updates and identity is not None and column not in p.columns
               and set(identity) <= set(p.columns)):
             out.append(f"publication {p.name} publishes the columns ({', '.join(p.columns)}) of {t} and its updates "
                        f"or deletes; the new table's replica identity gets {column} (its key widened to include it), "
                        "which that column list lacks, so every UPDATE and DELETE of the table would fail after the "
-                       f"swap. Add {column} to {p.name}'s column list for {t} (and to its subscribers' table) first, "
-                       f"or have it publish inserts only (ALTER PUBLICATION {p.name} SET (publish = 'insert')).")
+                       f"swap. Add {q(column)} to {p.name}'s column list for {t} (and to its subscribers' table) first, "
+                       f"or have it publish inserts only (ALTER PUBLICATION {q(p.name)} SET (publish = 'insert')).")
     return out
 
 
@@ -131,15 +132,15 @@ def warnings(model: TableModel, column: str) -> list[str]:
                    f"sends {column}, or give it a DEFAULT, first.")
     elif col is not None and not col.notnull:
         out.append(f"column {column} of {t} is nullable: rows with a NULL key would land in the default partition. "
-                   f"Consider ALTER TABLE ... ALTER COLUMN {column} SET NOT NULL.")
+                   f"Consider ALTER TABLE {t.literal} ALTER COLUMN {q(column)} SET NOT NULL.")
     for k in model.constraints:
         if k.kind == "c" and k.no_inherit:
             out.append(f"CHECK constraint {k.name} is NO INHERIT, which a partitioned table cannot have; not carried.")
         if k.kind == "f" and not k.validated and not keeps_not_valid(model, k):
             out.append(f"foreign key {k.name} of {t} is NOT VALID: the new table's is validated (a partitioned table "
                        "cannot keep one unvalidated before PostgreSQL 18), so a row that violates it stops the "
-                       f"conversion before its swap, rolled back. Check first: ALTER TABLE {t} VALIDATE CONSTRAINT "
-                       f"{k.name}.")
+                       f"conversion before its swap, rolled back. Check first: ALTER TABLE {t.literal} VALIDATE CONSTRAINT "
+                       f"{q(k.name)}.")
         if k.kind == "f" and keeps_not_valid(model, k):
             out.append(f"foreign key {k.name} is re-created on the new table after the copy NOT VALID, as the original "
                        "has it (on each partition and on the table; PostgreSQL 18): its old rows are not checked.")
@@ -151,7 +152,7 @@ def warnings(model: TableModel, column: str) -> list[str]:
         out.append(f"the replica identity of {t} is index {model.replica_identity_index}, which gets {column} appended "
                    f"(a unique index of a partitioned table must include its partition key), and {column} is nullable, "
                    "so it cannot be one: the new table and its partitions keep the default (the primary key). To keep "
-                   f"it, SET NOT NULL on {column} first.")
+                   f"it, make {q(column)} NOT NULL first (ALTER TABLE {t.literal} ALTER COLUMN {q(column)} SET NOT NULL).")
     for v in model.views:
         if v.materialized:
             out.append(f"materialized view {v.name} is rebuilt after the swap, under another name while the old one "
@@ -160,11 +161,11 @@ def warnings(model: TableModel, column: str) -> list[str]:
     for tr in model.triggers:
         if tr.before_insert_source and _assigns(tr.before_insert_source, column):
             out.append(
-                f"trigger {tr.name} (BEFORE INSERT, FOR EACH ROW) sets NEW.{column}. On a partitioned table a row is "
+                f"trigger {tr.name} (BEFORE INSERT, FOR EACH ROW) sets NEW.{q(column)}. On a partitioned table a row is "
                 "routed to its partition before that trigger runs, and PostgreSQL fails the INSERT (\"moving row to "
                 "another partition during a BEFORE FOR EACH ROW trigger is not supported\") whenever the trigger's "
                 f"value belongs to another partition than the inserted one, a NULL or missing {column} included (it "
-                f"routes to the default partition). Give {column} a DEFAULT that yields the trigger's value and stop "
+                f"routes to the default partition). Give {q(column)} a DEFAULT that yields the trigger's value and stop "
                 "setting it in the trigger, or set it in the application, before converting.")
     per_partition = [p.name for p in model.publications if not p.via_root]
     if per_partition:
@@ -181,11 +182,11 @@ def warnings(model: TableModel, column: str) -> list[str]:
                    f"to the type: ALTER TYPE {model.of_type} no longer changes it.")
     if model.clustered_on:
         out.append(f"{t} is marked CLUSTER ON {model.clustered_on}, which a partitioned table cannot carry: a "
-                   f"CLUSTER of the new table names the index (CLUSTER {t} USING {model.clustered_on}; before "
+                   f"CLUSTER of the new table names the index (CLUSTER {t.literal} USING {q(model.clustered_on)}; before "
                    "PostgreSQL 15, one per partition).")
     for s in model.owned_sequences:
         if s.identity and s.column not in model.index_leads():
             out.append(f"IDENTITY column {s.column} of {t} has no index that leads with it: the swap reads the whole "
                        f"table under its exclusive lock to move the column's sequence past the highest value in use. "
-                       f"Index it first (CREATE INDEX CONCURRENTLY ON {t} ({s.column})) to keep the swap short.")
+                       f"Index it first (CREATE INDEX CONCURRENTLY ON {t.literal} ({q(s.column)})) to keep the swap short.")
     return out

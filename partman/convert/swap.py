@@ -152,6 +152,21 @@ def child_tables(conn: psycopg.Connection, parent: QualifiedName) -> list[Qualif
     ]
 
 
+def loaded_without_autovacuum(conn: psycopg.Connection, parent: QualifiedName, model: Any) -> list[QualifiedName]:
+    """The partitions of `parent` whose autovacuum settings (ddl.LOADING_OFF) are not the original's:
+    those a copy at --sleep 0 filled with autovacuum off (ddl.partition_options), a resumed paced
+    conversion's included. A paced conversion made its partitions with the original's: none, and
+    autovacuum is left alone."""
+    want = ddl.loading_options(model.reloptions)
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, coalesce(c.reloptions, '{}') || "
+        "coalesce((SELECT array_agg('toast.' || o) FROM unnest(t.reloptions) o), '{}') "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE i.inhparent = %s::regclass ORDER BY c.relname",
+        (parent.literal,))
+    return [QualifiedName(schema, name) for schema, name, options in rows if ddl.loading_options(list(options)) != want]
+
+
 def install_revert_capture(conn: psycopg.Connection, work: WorkNames, table: QualifiedName, key: list[KeyColumn]) -> None:
     conn.execute(capture.create_log(work.revert_log, key))
     conn.execute(capture.create_function(work.revert_fn, work.revert_log, key))
@@ -191,7 +206,7 @@ def swap(
         lock_private_first(c, [shadow], lock_timeout_ms)  # the shadow and its partitions
         # what was written while that lock was awaited, replayed before writers are fenced
         replay_all(c)
-        for child in child_tables(c, shadow):  # autovacuum as on the original (ddl.after_load), before the lock
+        for child in loaded_without_autovacuum(c, shadow, model):  # as on the original (ddl.after_load), before the lock
             for stmt in ddl.after_load(model, child):
                 c.execute(stmt)
         failpoints.hit("convert.swap.before_lock")

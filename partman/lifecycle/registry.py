@@ -4,6 +4,7 @@ or stop managing it (no data changes either way)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 import psycopg
@@ -75,7 +76,7 @@ def register(
     if kind != "p":
         raise PartmanError(
             f"{qn} is not a partitioned table, so there is nothing to register. "
-            f"Convert it first with `partman convert {qn.arg} --column {column} --interval {interval}`."
+            f"Convert it first with `partman convert {qn.arg} --column {shlex.quote(column)} --interval {interval}`."
         )
     key = key_column(conn, qn)
     if key is None:
@@ -84,7 +85,7 @@ def register(
             "partman only manages time-range partitioning."
         )
     if key[0] != column:
-        raise UsageError(f"{qn} is partitioned by column {key[0]!r}, not {column!r}. Pass --column {key[0]}.")
+        raise UsageError(f"{qn} is partitioned by column {key[0]!r}, not {column!r}. Pass --column {shlex.quote(key[0])}.")
     if pg_partman_manages(conn, qn):
         raise PartmanError(
             f"{qn} is still managed by pg_partman (it is listed in partman.part_config). Two managers would "

@@ -5,6 +5,7 @@ without an archive is gone. Reading is separate from the wording, which needs no
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import psycopg
@@ -42,8 +43,8 @@ def earlier_archives_note(target: QualifiedName, uri: str, earlier: list[dict[st
     """What restore says when it restored the latest of several archives of one partition."""
     listed = "; ".join(f"{r['archive_uri']} ({_rows(r)}, removed {_when(r)})" for r in earlier)
     one = len(earlier) == 1
-    load = (f"aws s3 cp {earlier[0]['archive_uri']} - | gunzip | "
-            f"psql -c \"\\copy {target.literal} FROM STDIN (FORMAT csv, HEADER)\"")
+    copy = f"\\copy {target.literal} FROM STDIN (FORMAT csv, HEADER)"
+    load = f"aws s3 cp {shlex.quote(earlier[0]['archive_uri'])} - | gunzip | psql -c {shlex.quote(copy)}"  # as a shell takes it
     return (f"{target} was archived {len(earlier) + 1} times; this restored the latest archive, {uri}. The earlier "
             f"archive{'' if one else 's'} {listed} {'holds' if one else 'hold'} rows of the same range removed "
             f"before, which are not in the restored table (unless {target} was restored and attached between the "
