@@ -94,3 +94,31 @@ def past_retention_doc(*, retention: str | None, action: str | None, cutoff: dat
         "rows": sum(d.rows for d in removed) if all(d.rows is not None for d in removed) else None,
         "note": note,
     }
+
+
+def coverage_note(*, table: str, interval: str, premake: int, current: tuple[datetime, datetime],
+                  current_covered: bool, ahead: int, has_default: bool, unhealthy: bool,
+                  retention_first: bool) -> str | None:
+    """`register`: the current period's partition or future ones the table lacks, what that means
+    for writes and /health until maintenance creates them, and to run `partman maintain` now.
+    None when the table is covered as maintain keeps it."""
+    if current_covered and ahead >= premake:
+        return None
+    lo, hi = current
+    if not current_covered:
+        what = (f"{table} has no partition for the current {interval} ({lo.isoformat(sep=' ')} .. "
+                f"{hi.isoformat(sep=' ')})")
+        what += (": rows written for now land in its default partition" if has_default else
+                 " and no default partition: an INSERT of a row for now fails with \"no partition of relation "
+                 "... found for row\"")
+        if premake:
+            what += f", and it has {ahead} of the {premake} future partition{'s' if premake > 1 else ''} premake keeps"
+    else:
+        what = (f"{table} has {ahead} of the {premake} future {interval} partition{'s' if premake > 1 else ''} "
+                "premake keeps beyond the current one")
+    health = " /health reports the table unhealthy (503) until then." if unhealthy else ""
+    first = (" That pass also applies the retention: hold first what it should keep (above)."
+             if retention_first else "")
+    return (f"{what}. partman creates the missing ones at the next maintenance pass, which the daemon runs on "
+            f"its schedule (PARTMAN_MAINTENANCE_INTERVAL, default 1h).{health} Run `partman maintain` now to "
+            f"create them at once.{first}")
