@@ -19,6 +19,18 @@ EFFECT = {
 }
 
 
+# what the action does to one partition that was removed before and is back (partman restore --attach)
+AGAIN = {
+    "drop": "drops it again, deleting its rows from the database (its archive in S3 stays)",
+    "detach": "detaches it again, leaving it a plain table",
+    "archive": "archives and removes it again",
+}
+
+
+def again(action: str | None) -> str:
+    return AGAIN.get(action or "drop", AGAIN["drop"])
+
+
 @dataclass
 class Due:
     """A partition past the retention as soon as the table is registered."""
