@@ -146,13 +146,18 @@ def _check_zone(name: str) -> None:
 def _estimates(conn: psycopg.Connection, due: list[dict[str, Any]]) -> dict[str, tuple[int, bool]]:
     """Rows of each due partition: the planner's estimate where it has one, else (never analyzed)
     a count. partition name -> (rows, estimated)."""
+    if not due:
+        return {}
+    tuples = dict(conn.execute(  # one statement however many (a daily table's may be hundreds)
+        "SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s)", (due[0]["schema"], [d["partition"] for d in due])).fetchall())
     out: dict[str, tuple[int, bool]] = {}
     for d in due:
-        qn = QualifiedName(d["schema"], d["partition"])
-        tuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (qn.literal,)).fetchone()[0]
-        if tuples is not None and tuples >= 0:
-            out[d["partition"]] = (int(tuples), True)
+        estimate = tuples.get(d["partition"])
+        if estimate is not None and estimate >= 0:
+            out[d["partition"]] = (int(estimate), True)
         else:
+            qn = QualifiedName(d["schema"], d["partition"])
             out[d["partition"]] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qn.ident())).fetchone()[0], False)
     return out
 
