@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _retention(p)
     p.add_argument("--retention-schema", help="schema detached partitions are moved to")
     p.add_argument("--timezone")
+    p.add_argument("--json", action="store_true", help="print the registration (and what it does at once) as one JSON document")
     _common(p)
 
     p = sub.add_parser("unregister", help="stop managing a table (changes no data)")

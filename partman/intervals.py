@@ -119,3 +119,16 @@ def literal(value: datetime, key_type: str) -> str:
 def is_due(upper: datetime | None, cutoff: datetime) -> bool:
     """A partition is due when its whole range is older than the retention."""
     return upper is not None and upper <= cutoff
+
+
+def past_retention(upper: date | datetime | None, cutoff: datetime, now: datetime, interval: str, tz: ZoneInfo) -> bool:
+    """The retention rule for a partition whose range ends at `upper` (None: MAXVALUE): due when
+    its whole range is older than the retention (`upper <= now() - retention`, `cutoff` being the
+    server's `now() - retention`), and never the current or a future partition, whatever the
+    retention. Pure: maintenance (lifecycle.retention) and a conversion's plan both judge by it."""
+    if upper is None:
+        return False
+    end = _local(upper, tz)
+    if end > now or end > floor(now, interval, tz):
+        return False
+    return is_due(end, cutoff)

@@ -56,6 +56,11 @@ def key_column(conn: psycopg.Connection, parent: QualifiedName) -> tuple[str, st
     return (row[0], key_type) if key_type else None
 
 
+def key_cast(key_type: str) -> sql.SQL:
+    """The SQL type name of a key type (timestamptz, timestamp, date), for casts."""
+    return _CAST[key_type]
+
+
 def _parse_value(text: str) -> str | None:
     text = text.strip()
     if text.upper() in ("MINVALUE", "MAXVALUE"):

@@ -144,6 +144,63 @@ def test_contract_retention_example_archive_then_restore(conn, partman, s3):
     assert r.code == 1 and "is a live partition of public.audit_log_ledger" in r.err and "drop" not in r.err
 
 
+def daily_events_archived(conn: psycopg.Connection, partman, retention: str = "3 days") -> list[str]:
+    """The auditor's table: `events` by day (partitions made by hand, the last ten days and today),
+    registered with a short archive retention, and one pass: returns the archived partitions."""
+    conn.execute("CREATE TABLE events (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) "
+                 "PARTITION BY RANGE (ts)")
+    conn.execute("""DO $$ DECLARE d date; BEGIN
+        FOR d IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date - 10, (now() AT TIME ZONE 'UTC')::date, '1 day')
+        LOOP EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+                            'events_p' || to_char(d, 'YYYYMMDD'), d::text || ' 00:00+00', (d + 1)::text || ' 00:00+00');
+        END LOOP; END $$""")
+    conn.execute("INSERT INTO events (ts, note) SELECT now() - g * interval '2 hours', 'x' FROM generate_series(0, 120) g")
+    r = partman("register", "events", "--column", "ts", "--interval", "day", "--retention", retention,
+                "--retention-action", "archive")
+    assert r.code == 0, r.err
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    return [x["partition"] for x in json.loads(r.out)["tables"]["public.events"]["retention"]["removed"]]
+
+
+def test_restore_attach_warns_of_the_pass_that_removes_it_again_also_when_it_is_not_due_yet(conn, partman, s3):
+    """`partman restore events events_p<a week ago> --attach` on a daily table: retention takes it
+    again, at the next pass when it is past the retention now, else at the first pass after the
+    moment it will be (its range only gets older). Before, only the first case was warned of, so a
+    partition due minutes after the restore went again at the daemon's next pass unannounced."""
+    conn.execute("SET TimeZone TO 'UTC'")  # as partman's sessions (PARTMAN_TIMEZONE unset), for the time it names
+    removed = daily_events_archived(conn, partman)
+    week_ago = conn.execute("SELECT 'events_p' || to_char((now() AT TIME ZONE 'UTC')::date - 7, 'YYYYMMDD')").fetchone()[0]
+    assert week_ago in removed and len(removed) == 7, removed
+    # past the retention now: the next pass
+    r = partman("restore", "events", removed[0], "--attach")
+    assert r.code == 0, r.err
+    assert "the next maintenance pass archives and removes it again" in r.err, r.err
+    assert f"partman hold public.{removed[0]} --reason" in r.err
+    # the retention is longer now (re-registered): a week ago's partition is due one hour from now
+    retention = conn.execute("SELECT date_trunc('second', now() - (%s::date + 1)::timestamptz + interval '1 hour')::text",
+                             (week_ago[len("events_p"):],)).fetchone()[0]
+    assert partman("register", "events", "--column", "ts", "--interval", "day", "--retention", retention,
+                   "--retention-action", "archive").code == 0
+    r = partman("restore", "events", week_ago, "--attach")
+    assert r.code == 0, r.err
+    when = conn.execute("SELECT to_char((%s::date + 1)::timestamptz + %s::interval, 'YYYY-MM-DD HH24:MI')",
+                        (week_ago[len("events_p"):], retention)).fetchone()[0]
+    assert f"public.{week_ago} will be older than the retention of public.events ({retention}) from {when}" in r.err, r.err
+    assert "the first maintenance pass after that archives and removes it again" in r.err
+    assert f"partman hold public.{week_ago} --reason" in r.err
+    r = partman("maintain", "--json")  # not yet: the warning's "from" is when
+    assert r.code == 0, r.err
+    assert week_ago not in [x["partition"] for x in json.loads(r.out)["tables"]["public.events"]["retention"]["removed"]]
+    # an hour later (the retention two hours shorter, as good as time passing): taken again, as warned
+    shorter = conn.execute("SELECT (%s::interval - interval '2 hours')::text", (retention,)).fetchone()[0]
+    assert partman("register", "events", "--column", "ts", "--interval", "day", "--retention", shorter,
+                   "--retention-action", "archive").code == 0
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    assert week_ago in [x["partition"] for x in json.loads(r.out)["tables"]["public.events"]["retention"]["removed"]]
+
+
 def test_failed_upload_and_corrupted_object_keep_the_partition(conn, partman, s3, monkeypatch):
     ledger_2012_to_now(conn, partman, rows=600)
     cutoff_year = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]

@@ -171,6 +171,44 @@ def test_dry_run_prints_the_plan_and_changes_nothing(conn, partman):
 
 
 
+def test_the_plan_names_the_partitions_already_past_retention_with_their_rows(conn, partman):
+    """`--retention '10 years' --retention-action drop` on a ledger from 2014: the first maintenance
+    pass after the swap drops 2014 and 2015 for good. The dry-run (text and JSON) names them, with
+    their rows, what the action does, and how to keep one, by the rule maintain applies."""
+    make_ledger(conn, 600)
+    counts = dict(conn.execute("SELECT 'audit_log_ledger_p' || extract(year FROM event_timestamp AT TIME ZONE 'UTC') "
+                               "|| '0101', count(*) FROM audit_log_ledger GROUP BY 1").fetchall())
+    cutoff_year = conn.execute("SELECT extract(year FROM now() - interval '10 years')::int").fetchone()[0]
+    due = [f"audit_log_ledger_p{y}0101" for y in range(2014, cutoff_year)]
+    assert due == ["audit_log_ledger_p20140101", "audit_log_ledger_p20150101"]  # 2026: as the audit found
+    r = partman(*CONVERT, "--retention", "10 years", "--retention-action", "drop", "--dry-run")
+    assert r.code == 0, r.err
+    (line,) = [x for x in r.out.splitlines() if x.startswith("-- PAST RETENTION: ")]
+    for name in due:
+        assert f"{name} ({counts[name]:,} rows)" in line, line
+        assert f"{name} " in r.out and f"past retention: {counts[name]:,} rows, removed (drop) by the first pass" in r.out
+    assert "audit_log_ledger_p20160101 (" not in line
+    assert f"{sum(counts[n] for n in due):,} rows in all" in line
+    assert "their rows are deleted for good" in line and "partman hold public.audit_log_ledger_p20140101" in line
+    assert "partman register public.audit_log_ledger --column event_timestamp --interval year --retention '10 years'" in line
+    plan = json.loads(partman(*CONVERT, "--retention", "10 years", "--retention-action", "archive", "--dry-run",
+                              "--json").out)["past_retention"]
+    assert [(p["partition"], p["rows"]) for p in plan["partitions"]] == [(n, counts[n]) for n in due]
+    assert plan["action"] == "archive" and "S3" in plan["effect"] and plan["rows"] == sum(counts[n] for n in due)
+    detach = partman(*CONVERT, "--retention", "10 years", "--retention-action", "detach", "--dry-run").out
+    assert "detaches them: each is left as a plain table" in detach
+    # none past it: said so, and nothing listed; no retention: nothing at all
+    r = partman(*CONVERT, "--retention", "20 years", "--dry-run")
+    assert "no planned partition is past it yet" in r.out and "PAST RETENTION" not in r.out
+    assert json.loads(partman(*CONVERT, "--dry-run", "--json").out)["past_retention"] is None
+    # what maintain removes after the conversion is what the plan named
+    assert partman(*CONVERT, "--retention", "10 years", "--retention-action", "drop", "--yes", "--sleep", "0").code == 0
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    removed = json.loads(r.out)["tables"]["public.audit_log_ledger"]["retention"]["removed"]
+    assert [(x["partition"], x["rows"]) for x in removed] == [(n, counts[n]) for n in due]
+
+
 def test_a_flags_own_name_is_an_environment_variable_too(conn, dsn, env, partman_proc, pg_server):
     """--lock-timeout sets lock_timeout_ms and --dsn database_url: PARTMAN_LOCK_TIMEOUT and PARTMAN_DSN
     count as well as PARTMAN_LOCK_TIMEOUT_MS and PARTMAN_DATABASE_URL (which win), the flag over all."""
@@ -223,6 +261,19 @@ def test_the_confirmation_goes_to_stderr_after_a_summary_and_stdout_stays_the_re
         assert summary < r.stderr.index("Convert public.audit_log_ledger into ") < r.stderr.index("[y/N] ")
         assert "year partitions from 2014-01-01 to " in r.stderr and "kept as public.audit_log_ledger_old" in r.stderr
     assert is_partitioned(conn, LEDGER)
+
+
+def test_the_confirmation_summary_names_the_partitions_past_retention(conn, env, pg_server):
+    """On a terminal, what is confirmed says which partitions the first pass removes at once."""
+    make_ledger(conn, 300)
+    no = _convert_on_a_terminal(env, b"n\n", "--retention", "10 years", "--retention-action", "archive")
+    pg_server.outputs.extend([no.stdout, no.stderr])
+    assert no.returncode == 1 and "cancelled at the prompt" in no.stderr, no.stderr
+    summary = no.stderr[:no.stderr.index("[y/N] ")]
+    assert "PAST RETENTION: 2 partitions of public.audit_log_ledger are already past its retention of 10 years" in summary
+    assert "audit_log_ledger_p20140101 (" in summary and "audit_log_ledger_p20150101 (" in summary
+    assert "archives each to S3" in summary and "partman hold" in summary
+    assert not is_partitioned(conn, LEDGER)
 
 
 def test_the_paced_estimate_counts_the_verifications_pauses(conn):

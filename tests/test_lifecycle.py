@@ -93,6 +93,89 @@ def test_register_premake_makes_the_current_and_future_partitions_and_is_idempot
     assert runs == (2, True)
 
 
+def daily_events(conn: psycopg.Connection, days_back: int, days_to: int, default: bool = False) -> None:
+    """events by day (UTC), partitions made by hand from `days_back` days ago up to `days_to` days
+    ago (0: today), six rows in each."""
+    conn.execute("CREATE TABLE events (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) "
+                 "PARTITION BY RANGE (ts)")
+    conn.execute("""DO $$ DECLARE d date; BEGIN
+        FOR d IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date - %s, (now() AT TIME ZONE 'UTC')::date - %s, '1 day')
+        LOOP EXECUTE format('CREATE TABLE %%I PARTITION OF events FOR VALUES FROM (%%L) TO (%%L)',
+                            'events_p' || to_char(d, 'YYYYMMDD'), d::text || ' 00:00+00', (d + 1)::text || ' 00:00+00');
+             INSERT INTO events (ts) SELECT d + g * interval '4 hours' FROM generate_series(0, 5) g;
+        END LOOP; END $$""" % (int(days_back), int(days_to)))
+    if default:
+        conn.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
+
+
+def day_name(conn: psycopg.Connection, days_ago: int) -> str:
+    return conn.execute("SELECT 'events_p' || to_char((now() AT TIME ZONE 'UTC')::date - %s, 'YYYYMMDD')",
+                        (days_ago,)).fetchone()[0]
+
+
+def test_register_names_what_the_first_pass_removes_and_the_partitions_the_table_lacks(conn, partman):
+    """A daily table adopted with a retention of 3 days: the partitions already past it (which the
+    next pass removes: what the action does, their rows, how to keep one) and that it has no
+    partition for today (INSERTs of now() fail until a pass makes it: run `partman maintain`), in
+    register's text and --json output, before anything happens."""
+    daily_events(conn, 8, 1)  # eight days ago .. yesterday: nothing for today, no default partition
+    assert partman("hold", day_name(conn, 5), "--reason", "case 4711").code == 0
+    r = partman("register", "events", "--column", "ts", "--interval", "day", "--retention", "3 days",
+                "--retention-action", "archive")
+    assert r.code == 0, r.err
+    assert r.out.startswith("registered public.events: day partitions on ts")
+    due = [day_name(conn, n) for n in (8, 7, 6, 4)]  # whole days older than now - 3 days, but the held one
+    (past,) = [w for w in r.err.splitlines() if "past its retention" in w]
+    assert past.startswith("partman: warning: 4 partitions of public.events are already past its retention of 3 days")
+    for name in due:
+        assert f"{name} (6 rows)" in past
+    assert day_name(conn, 3) not in past and "24 rows in all" in past
+    assert "The next maintenance pass" in past and "archives each to S3 (uploaded and verified) and then drops it" in past
+    assert f"partman hold public.{due[0]} --reason" in past and f"Under legal hold, so kept: {day_name(conn, 5)}" in past
+    (gap,) = [w for w in r.err.splitlines() if "current day" in w]
+    assert "public.events has no partition for the current day" in gap and "no default partition" in gap
+    assert "no partition of relation ... found for row" in gap and "0 of the 3 future partitions" in gap
+    assert "Run `partman maintain` now" in gap and "503" in gap and "also applies the retention" in gap
+    with pytest.raises(psycopg.errors.CheckViolation, match="no partition of relation"):
+        conn.execute("INSERT INTO events (ts) VALUES (now())")  # as the warning says
+    # --json: the same, as one document on stdout; with drop, what is lost is said
+    r = partman("register", "events", "--column", "ts", "--interval", "day", "--retention", "3 days",
+                "--retention-action", "drop", "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    listed = doc["past_retention"]["partitions"]
+    assert [p["partition"] for p in listed if not p["held"]] == due and [p["rows"] for p in listed] == [6] * 5
+    assert [p["partition"] for p in listed if p["held"]] == [day_name(conn, 5)]
+    assert "deleted for good" in doc["past_retention"]["effect"] and doc["past_retention"]["rows"] == 24
+    assert doc["coverage"]["current_partition"] is False and doc["coverage"]["partitions_ahead"] == 0
+    assert doc["coverage"]["default_partition"] is None and "partman maintain" in doc["coverage"]["note"]
+    assert len(doc["warnings"]) == 2
+    # the pass removes what register named, and makes what it said was missing
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)["tables"]["public.events"]
+    assert [x["partition"] for x in res["retention"]["removed"]] == due
+    assert sorted(res["created"]) == [day_name(conn, -n) for n in range(0, 4)]
+    # registered again, covered and nothing due: nothing to warn of
+    r = partman("register", "events", "--column", "ts", "--interval", "day", "--retention", "3 days",
+                "--retention-action", "drop")
+    assert r.code == 0 and "warning" not in r.err, r.err
+
+
+def test_register_says_where_rows_for_now_go_when_a_default_partition_holds_them(conn, partman):
+    daily_events(conn, 2, 0, default=True)  # today, but nothing ahead
+    r = partman("register", "events", "--column", "ts", "--interval", "day", "--premake", "2")
+    assert r.code == 0, r.err
+    assert "past its retention" not in r.err and "current day" not in r.err
+    assert "public.events has 0 of the 2 future day partitions premake keeps" in r.err
+    assert "Run `partman maintain` now" in r.err and "also applies the retention" not in r.err
+    doc = json.loads(partman("register", "events", "--column", "ts", "--interval", "day", "--json").out)
+    assert doc["past_retention"] is None and doc["coverage"]["default_partition"] == "events_default"
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(day_name(conn, 0))))
+    r = partman("register", "events", "--column", "ts", "--interval", "day", "--premake", "2")
+    assert "no partition for the current day" in r.err and "rows written for now land in its default partition" in r.err
+
+
 def test_a_stray_row_far_in_the_past_makes_one_partition_not_thousands(conn, partman):
     """A daily table, and one row with a mistyped year (or an epoch-zero timestamp from a bug)
     lands in the default partition. The pass moves it into a partition of its own day, and makes

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from .. import intervals, naming
 from ..db import QualifiedName, quote_ident
+from ..lifecycle.notice import Due
 from ..partitions import create_default_sql, create_partition_sql
 from . import ddl, suitability
 from .capture import KeyColumn
@@ -66,6 +67,7 @@ class KeyStats:
     null_keys: int
     now: datetime
     infinite_keys: int = 0  # rows at -infinity/infinity: no bounded partition holds them
+    retention_cutoff: datetime | None = None  # the server's now() - retention (None: no retention)
 
 
 @dataclass
@@ -96,6 +98,9 @@ class ConversionPlan:
     rows_estimate: int
     bytes_estimate: int
     stats: KeyStats
+    # planned partitions already past the retention: the first maintenance pass after the swap
+    # removes them (their rows are counted by the caller, which has the connection)
+    past_retention: list[Due] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -223,6 +228,9 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         )
         ranges = []  # a plan that lists them all would be unreadable, and is refused anyway
     parts = [PartitionSpec(naming.partition_name(table.name, lo), lo, hi) for lo, hi in ranges]
+    past = ([Due(p.name, p.lower, p.upper) for p in parts
+             if intervals.past_retention(p.upper, stats.retention_cutoff, stats.now, options.interval, tz)]
+            if options.retention and stats.retention_cutoff is not None else [])
     default = naming.default_name(table.name)
     shadow_ddl: list[sql.Composable] = []
     index_ddl: list[Any] = []
@@ -275,6 +283,7 @@ def build(model: Any, options: Options, stats: KeyStats, catalog_schema: str, ke
         rows_estimate=max(0, int(getattr(model, "estimated_rows", 0) or 0)),
         bytes_estimate=int(getattr(model, "total_bytes", 0) or 0),
         stats=stats,
+        past_retention=past,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from ..lifecycle import notice
 from .plan import MAX_PAUSE, ConversionPlan
 
 
@@ -37,6 +38,24 @@ def _pace(p: ConversionPlan) -> str:
             f"the verification on an idle server, up to ~{_duration(p.expected_seconds_max)} on a busy one (--sleep 0: full speed)")
 
 
+def past_retention_note(p: ConversionPlan) -> str | None:
+    """The planned partitions already past the retention, which the first maintenance pass after
+    the conversion removes, and how to keep one; None when there are none."""
+    o = p.options
+    if not o.retention:
+        return None
+    action = o.retention_action or "drop"
+    return notice.past_retention_note(
+        table=str(p.table), retention=o.retention, action=action, cutoff=p.stats.retention_cutoff,
+        items=p.past_retention,
+        when="The first maintenance pass after the conversion (`partman maintain`, or the daemon's next pass)",
+        keep=(f"To keep one, convert without --retention, hold it once converted (`partman hold "
+              f"{p.table.schema}.{p.past_retention[0].name if p.past_retention else '<partition>'} --reason ...`; "
+              "retention never removes a held partition), then set the retention with `partman register "
+              f"{p.table.arg} --column {o.column} --interval {o.interval} --retention '{o.retention}' "
+              f"--retention-action {action}`."))
+
+
 def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "table": str(p.table),
@@ -48,6 +67,9 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "retention": p.options.retention,
         "retention_action": p.options.retention_action,
         "drop_old_after": p.options.drop_old_after,
+        "past_retention": notice.past_retention_doc(
+            retention=p.options.retention, action=p.options.retention_action, cutoff=p.stats.retention_cutoff,
+            items=p.past_retention, note=past_retention_note(p), table=str(p.table)),
         "rows_estimate": p.rows_estimate,
         "bytes_estimate": p.bytes_estimate,
         "disk_needed_bytes": p.bytes_estimate,
@@ -95,8 +117,11 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
         f"-- pace: {_pace(p)}",
         f"-- partitions ({len(p.partitions)}, {o.premake} beyond the current {o.interval}) + default {p.default}:",
     ]
+    past = {d.name: d for d in p.past_retention}
     for x in p.partitions:
-        lines.append(f"--   {x.name:<40} [{x.lower.isoformat(sep=' ')}, {x.upper.isoformat(sep=' ')})")
+        mark = (f"  past retention: {notice.rows_text(past[x.name])}, removed ({o.retention_action or 'drop'}) by the first pass"
+                if x.name in past else "")
+        lines.append(f"--   {x.name:<40} [{x.lower.isoformat(sep=' ')}, {x.upper.isoformat(sep=' ')}){mark}")
     for note in p.widened:
         lines.append(f"-- widened key: {note}")
     for kind, names in p.recreated.items():
@@ -104,7 +129,11 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
     lines.append(f"-- the original table is kept as {p.old}; the swap takes ACCESS EXCLUSIVE for milliseconds, "
                  f"with lock_timeout {o.lock_timeout_ms} ms per attempt, retried")
     if o.retention:
-        lines.append(f"-- retention registered (applied by maintain): {o.retention}, action {o.retention_action or 'drop'}")
+        lines.append(f"-- retention registered (applied by maintain): {o.retention}, action {o.retention_action or 'drop'}"
+                     + ("" if p.past_retention else "; no planned partition is past it yet"))
+        note = past_retention_note(p)
+        if note:
+            lines.append(f"-- PAST RETENTION: {note}")
     for w in p.warnings:
         lines.append(f"-- WARNING: {w}")
     lines.append("")
@@ -142,6 +171,9 @@ def plan_summary(p: ConversionPlan) -> str:
         *(f"  widened key: {w}" for w in p.widened),
         *(f"  WARNING: {w}" for w in p.warnings),
     ]
+    note = past_retention_note(p)
+    if note:
+        lines.append(f"  PAST RETENTION: {note}")
     return "\n".join(lines)
 
 

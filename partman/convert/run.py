@@ -15,9 +15,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog, db, failpoints, log, naming
+from .. import catalog, db, failpoints, intervals, log, naming
 from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, UsageError
+from ..partitions import key_cast
 from ..settings import Settings
 from . import capture, changes, ddl, matviews, plan as planning, render, rollback
 from .copy import run_copy
@@ -104,6 +105,9 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
             log.get().warning("plan_warning", table=str(qn), warning=w)
         for w in p.widened:
             log.get().warning("key_widened", table=str(qn), note=w)
+        past = render.past_retention_note(p)
+        if past:
+            log.get().warning("past_retention", table=str(qn), note=past)
         if opts.retention and opts.retention_action == "archive" and not settings.archive_bucket:
             log.get().warning("archive_bucket_missing", table=str(qn),
                               note="retention action is archive but PARTMAN_ARCHIVE_BUCKET is not set here; "
@@ -202,6 +206,22 @@ def key_stats(conn: psycopg.Connection, table: QualifiedName, column: str, index
     return planning.KeyStats(row[0], row[1], row[2], row[3], row[4])
 
 
+def past_retention_rows(conn: psycopg.Connection, table: QualifiedName, column: str, key_type: str,
+                        due: list[Any]) -> list[int]:
+    """Rows of `table` in each of the planned partitions past the retention (contiguous ranges,
+    oldest first: notice.Due), in one statement over those keys only (a range scan where an index
+    leads with the key)."""
+    c = sql.Identifier(column)
+    bounds = [intervals.literal(d.lower, key_type) for d in due]
+    rows = conn.execute(
+        sql.SQL("SELECT width_bucket({c}, %s::text[]::{t}[]), count(*) FROM {table} "
+                "WHERE {c} >= %s::{t} AND {c} < %s::{t} GROUP BY 1").format(
+            c=c, t=key_cast(key_type), table=table.ident()),
+        (bounds, bounds[0], intervals.literal(due[-1].upper, key_type))).fetchall()
+    counts = dict(rows)
+    return [counts.get(i, 0) for i in range(1, len(due) + 1)]
+
+
 def make_plan(
     conn: psycopg.Connection, settings: Settings, qn: QualifiedName, opts: planning.Options
 ) -> tuple[planning.ConversionPlan, Any]:
@@ -215,10 +235,16 @@ def make_plan(
     stats = planning.KeyStats(None, None, 0, conn.execute("SELECT now()").fetchone()[0])
     if key_type_of(model, opts.column) and not getattr(model, "is_partitioned", False):
         stats = key_stats(conn, qn, opts.column, indexed=opts.column in model.index_leads())
+    if opts.retention:  # as maintain judges it, in this session's time zone
+        stats.retention_cutoff = conn.execute("SELECT %s::timestamptz - %s::interval",
+                                              (stats.now, opts.retention)).fetchone()[0]
     if model.relkind == "r" and model.estimated_rows <= 0:  # never analyzed: count, for honest progress and ETA
         model.estimated_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qn.ident())).fetchone()[0]
     key = capture.copy_key(conn, qn)
     p = planning.build(model, opts, stats, settings.catalog_schema, key)
+    if p.past_retention and not p.refusals and model.relkind == "r":
+        for due, rows in zip(p.past_retention, past_retention_rows(conn, qn, opts.column, p.key_type, p.past_retention)):
+            due.rows = rows
     if not model.is_partitioned and model.relkind == "r":
         wanted = [p.old.name, p.default, *(x.name for x in p.partitions), *(i.final_name for i in p.index_ddl)]
         rows = conn.execute(  # each name taken, and the table it is a partition or an index of

@@ -4,18 +4,22 @@ or stop managing it (no data changes either way)."""
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from .. import catalog, log
+from .. import catalog, intervals, log
 from ..catalog import ManagedTable
 from ..db import QualifiedName, column_arg, connect, resolve_table
 from ..errors import PartmanError, UsageError
 from ..intervals import INTERVALS, zone
 from ..partitions import key_column
 from ..settings import Settings
+from . import notice
 
 ACTIONS = ("drop", "detach", "archive")
 
@@ -140,6 +144,69 @@ def _check_zone(name: str) -> None:
         raise UsageError(f"--timezone {name!r} is not a known time zone. Use an IANA name such as 'Europe/Berlin' or 'UTC'.") from None
 
 
+def _estimates(conn: psycopg.Connection, due: list[dict[str, Any]]) -> dict[str, tuple[int, bool]]:
+    """Rows of each due partition: the planner's estimate where it has one, else (never analyzed)
+    a count. partition name -> (rows, estimated)."""
+    if not due:
+        return {}
+    tuples = dict(conn.execute(  # one statement however many (a daily table's may be hundreds)
+        "SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s)", (due[0]["schema"], [d["partition"] for d in due])).fetchall())
+    out: dict[str, tuple[int, bool]] = {}
+    for d in due:
+        estimate = tuples.get(d["partition"])
+        if estimate is not None and estimate >= 0:
+            out[d["partition"]] = (int(estimate), True)
+        else:
+            qn = QualifiedName(d["schema"], d["partition"])
+            out[d["partition"]] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qn.ident())).fetchone()[0], False)
+    return out
+
+
+def report(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> dict[str, Any]:
+    """What the registration does at once, before any maintenance pass: the partitions already
+    past the retention (which the next pass removes; retention.due, the rule maintain applies)
+    and the current or future partitions the table lacks (which the next pass creates)."""
+    from ..health import coverage, required_ahead
+    from .retention import due
+
+    now = conn.execute("SELECT now()").fetchone()[0]
+    tz = zone(mt.timezone)
+    items: list[notice.Due] = []
+    cutoff = None
+    if mt.retention:
+        cutoff = conn.execute("SELECT now() - %s::interval", (mt.retention,)).fetchone()[0]
+        found = due(conn, settings, mt)
+        rows = _estimates(conn, found)
+        items = [notice.Due(d["partition"], d["lower"], d["upper"], *rows[d["partition"]], held=d["held"]) for d in found]
+    moved_to = (mt.retention_schema or settings.retention_schema or None) if mt.retention_action == "detach" else None
+    past = notice.past_retention_note(
+        table=mt.qualified, retention=mt.retention or "", action=mt.retention_action, cutoff=cutoff, items=items,
+        when="The next maintenance pass (`partman maintain`, or the daemon's next scheduled pass)",
+        keep=(f"To keep one, hold it before that pass (`partman hold {mt.schema_name}.{items[0].name if items else ''} "
+              "--reason ...`): retention never removes a held partition."),
+        moved_to=moved_to)
+    cov = coverage(conn, mt, now)
+    start = intervals.floor(now, mt.interval, tz)
+    gap = notice.coverage_note(
+        table=mt.qualified, interval=mt.interval, premake=mt.premake, current=(start, intervals.step(start, mt.interval)),
+        current_covered=cov.current_covered, ahead=cov.ahead, has_default=cov.default_partition is not None,
+        unhealthy=not cov.current_covered or cov.ahead < required_ahead(mt.premake), retention_first=past is not None)
+    return {
+        "past_retention": notice.past_retention_doc(retention=mt.retention, action=mt.retention_action, cutoff=cutoff,
+                                                    items=items, note=past, table=mt.qualified, moved_to=moved_to),
+        "coverage": {
+            "current_partition": cov.current_covered,
+            "partitions_ahead": cov.ahead,
+            "premake": mt.premake,
+            "default_partition": cov.default_partition.name if cov.default_partition else None,
+            "covered_until": cov.covered_until.isoformat() if cov.current_covered and cov.covered_until else None,
+            "note": gap,
+        },
+        "warnings": [w for w in (past, gap) if w],
+    }
+
+
 def cli_register(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings) as conn:
         mt = register(
@@ -147,11 +214,23 @@ def cli_register(settings: Settings, args: argparse.Namespace) -> int:
             premake=args.premake, retention=settings.retention, retention_action=settings.retention_action,
             retention_schema=getattr(args, "retention_schema", None), timezone=getattr(args, "timezone", None),
         )
+        found = report(conn, settings, mt)
     keep = f", retention {mt.retention} ({mt.retention_action})" if mt.retention else ", no retention"
-    print(f"registered {mt.qualified}: {mt.interval} partitions on {mt.column_name} ({mt.timezone}), premake {mt.premake}{keep}")
+    message = f"registered {mt.qualified}: {mt.interval} partitions on {mt.column_name} ({mt.timezone}), premake {mt.premake}{keep}"
+    warnings = list(found["warnings"])
     if mt.retention_action == "archive" and mt.retention and not settings.archive_bucket:
-        sys.stderr.write("partman: warning: retention action is archive but PARTMAN_ARCHIVE_BUCKET is not set here; "
-                         "maintain will refuse to remove partitions until it is.\n")
+        warnings.append("retention action is archive but PARTMAN_ARCHIVE_BUCKET is not set here; "
+                        "maintain will refuse to remove partitions until it is.")
+    if getattr(args, "json", False):
+        doc = {"table": mt.qualified, "column": mt.column_name, "key_type": mt.key_type, "interval": mt.interval,
+               "timezone": mt.timezone, "premake": mt.premake, "retention": mt.retention,
+               "retention_action": mt.retention_action, "retention_schema": mt.retention_schema,
+               **found, "warnings": warnings, "message": message}
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(message)
+    for w in warnings:
+        sys.stderr.write(f"partman: warning: {w}\n")
     return 0
 
 

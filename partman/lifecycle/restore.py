@@ -22,7 +22,9 @@ from ..db import QualifiedName, connect, resolve_table, split_name, with_lock_re
 from ..errors import PartmanError, UsageError
 from ..partitions import key_column, list_partitions, newest_partition, replica_identity_sql, standalone_partition_sql
 from ..settings import Settings
-from . import relation_kind, removals
+from ..catalog import ManagedTable
+from ..intervals import zone
+from . import aware, notice, parent_of, relation_kind, removals
 
 CHUNK = 1024 * 1024
 
@@ -190,15 +192,32 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
             ) from None
         result["attached"] = True
         mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
-        if mt is not None and mt.retention:
-            from .retention import due
-
-            if any(d["partition"] == target.name and not d["held"] for d in due(conn, settings, mt)):
-                result["warning"] = (
-                    f"{target} is older than the retention of {parent} ({mt.retention}): the next maintenance pass "
-                    f"archives and removes it again unless you hold it (`partman hold {target.arg} --reason ...`)."
-                )
+        warning = _retention_warning(conn, settings, mt, target) if mt is not None and mt.retention else None
+        if warning:
+            result["warning"] = warning
     return result
+
+
+def _retention_warning(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, target: QualifiedName) -> str | None:
+    """What retention will do to a partition just attached again: remove it at the next pass when it
+    is past the retention now, or at the first pass after the moment it will be (its range only
+    gets older), unless it is held."""
+    from .retention import due, holds
+
+    if target.name in holds(conn, settings, mt.schema_name):
+        return None
+    again = f"{notice.again(mt.retention_action)} unless you hold it (`partman hold {target.arg} --reason ...`)"
+    if any(d["partition"] == target.name for d in due(conn, settings, mt)):
+        return (f"{target} is older than the retention of {mt.qualified} ({mt.retention}): the next maintenance "
+                f"pass {again}.")
+    part = next((p for p in list_partitions(conn, parent_of(mt), mt.key_type) if p.name == target.name), None)
+    if part is None or part.upper is None:
+        return None
+    upper = aware(part.upper, zone(mt.timezone))
+    when = conn.execute("SELECT %s::timestamptz + %s::interval", (upper, mt.retention)).fetchone()[0]
+    return (f"{target} will be older than the retention of {mt.qualified} ({mt.retention}) from "
+            f"{when.replace(microsecond=0).isoformat(sep=' ')} (its range ends at {upper.isoformat(sep=' ')}): the "
+            f"first maintenance pass after that {again}.")
 
 
 def cli_restore(settings: Settings, args: argparse.Namespace) -> int:

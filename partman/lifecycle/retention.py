@@ -37,18 +37,8 @@ def _due_partitions(conn: psycopg.Connection, mt: ManagedTable) -> list[Partitio
         return []
     tz = intervals.zone(mt.timezone)
     cutoff, now = conn.execute("SELECT now() - %s::interval, now()", (mt.retention,)).fetchone()
-    current = intervals.floor(now, mt.interval, tz)
-    out = []
-    for p in list_partitions(conn, parent_of(mt), mt.key_type):
-        if p.is_default:
-            continue
-        upper = aware(p.upper, tz)
-        # never the current or a future partition, whatever the setting
-        if upper is None or upper > now or upper > current:
-            continue
-        if intervals.is_due(upper, cutoff):
-            out.append(p)
-    return out
+    return [p for p in list_partitions(conn, parent_of(mt), mt.key_type)
+            if not p.is_default and intervals.past_retention(p.upper, cutoff, now, mt.interval, tz)]
 
 
 def due(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> list[dict[str, Any]]:
