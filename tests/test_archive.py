@@ -433,3 +433,52 @@ def test_converted_ledger_end_to_end(conn, partman, s3):
     led.insert(conn)  # the application keeps appending, chained onto the remaining rows
     assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
     assert conn.execute("SELECT to_regclass('public.audit_log_ledger_old')").fetchone()[0] is not None
+
+
+def _ev_with_2012_archived(conn, partman) -> None:
+    """public.ev by year with a default partition, retention 10 years (archive): 2012's 20 rows
+    archived and removed by the first pass."""
+    conn.execute("CREATE TABLE ev (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE ev_default PARTITION OF ev DEFAULT")
+    conn.execute("INSERT INTO ev (ts, note) SELECT '2012-03-01'::timestamptz + g * interval '1 day', 'first' FROM generate_series(1, 20) g")
+    r = partman("register", "ev", "--column", "ts", "--interval", "year", "--retention", "10 years",
+                "--retention-action", "archive", "--premake", "1")
+    assert r.code == 0, r.err
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    assert [x["partition"] for x in json.loads(r.out)["tables"]["public.ev"]["retention"]["removed"]] == ["ev_p20120101"]
+
+
+def test_restore_attach_takes_in_the_rows_written_for_its_range_since(conn, partman, s3):
+    """A late row for 2012 waits in the default partition when 2012 is restored with --attach:
+    the attach would fail on it ("updated partition constraint for default partition would be
+    violated"), leaving a plain table that every later pass trips over. The restore moves it into
+    the partition in the attach's transaction."""
+    _ev_with_2012_archived(conn, partman)
+    conn.execute("INSERT INTO ev (ts, note) VALUES ('2012-12-24', 'late')")
+    r = partman("restore", "ev", "ev_p20120101", "--attach")
+    assert r.code == 0, r.err
+    assert "with 1 rows written for its range since, moved in from the default partition" in r.out, r.out
+    assert "ev_p20120101" in partitions(conn, "ev")
+    assert conn.execute("SELECT note, count(*) FROM ONLY ev_p20120101 GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("first", 20), ("late", 1)]
+    assert conn.execute("SELECT count(*) FROM ev_default").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname = 'partman_range'").fetchone()[0] == 0
+
+
+def test_a_pass_names_the_table_that_takes_a_partition_name_and_what_to_do(conn, partman, s3):
+    """Restored without --attach, 2012 is a plain table named ev_p20120101; a late row for 2012 then
+    needs that name for its partition. Each pass says so and what to do, rather than failing on
+    'relation already exists'; following its advice (drop the copy, restore with --attach) ends it."""
+    _ev_with_2012_archived(conn, partman)
+    assert partman("restore", "ev", "ev_p20120101").code == 0
+    conn.execute("INSERT INTO ev (ts, note) VALUES ('2012-12-24', 'late')")
+    r = partman("maintain")
+    assert r.code == 1
+    assert "public.ev_p20120101 (1 rows of [2012-01-01" in r.err, r.err
+    assert "is no partition of public.ev" in r.err and "--attach" in r.err and "never drop it" in r.err
+    assert "already exists" not in r.err
+    conn.execute("DROP TABLE ev_p20120101")
+    r = partman("restore", "ev", "ev_p20120101", "--attach")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT count(*) FROM ev_p20120101").fetchone()[0] == 21

@@ -35,7 +35,7 @@ from ..introspect import publications
 from ..partitions import (Partition, list_partitions, newest_partition, replica_identity_sql,
                           standalone_partition_sql)
 from ..settings import Settings
-from . import aware, columns, overlaps, parent_of
+from . import aware, columns, overlaps, parent_of, relation_kind
 from .premake import ddl_attempts
 
 MARKER = "partman:default-move"
@@ -142,12 +142,11 @@ def _restore(conn: psycopg.Connection, statements: list[sql.Composed]) -> None:
         conn.execute(stmt)
 
 
-def _move_sql(mt: ManagedTable, src: QualifiedName, dst: QualifiedName, cols: list[str], lo: datetime, hi: datetime,
+def _move_sql(mt: ManagedTable, src: QualifiedName, dst: QualifiedName, cols: list[str], lo: str, hi: str,
               limit: int | None) -> sql.Composed:
+    """Move the rows of [lo, hi) (key literals) from src into dst, at most `limit` (None: all)."""
     key = sql.Identifier(mt.column_name)
-    cond = sql.SQL("{k} >= {lo} AND {k} < {hi}").format(
-        k=key, lo=sql.Literal(intervals.literal(lo, mt.key_type)), hi=sql.Literal(intervals.literal(hi, mt.key_type))
-    )
+    cond = sql.SQL("{k} >= {lo} AND {k} < {hi}").format(k=key, lo=sql.Literal(lo), hi=sql.Literal(hi))
     collist = sql.SQL(", ").join(map(sql.Identifier, cols))
     if limit is None:
         where = cond
@@ -158,14 +157,14 @@ def _move_sql(mt: ManagedTable, src: QualifiedName, dst: QualifiedName, cols: li
     ).format(src=src.ident(), where=where, cols=collist, dst=dst.ident())
 
 
-def _published(conn: psycopg.Connection, partition: Partition) -> bool:
+def is_published(conn: psycopg.Connection, partition: Partition) -> bool:
     """Whether a publication publishes this partition's changes: one of it, of a table it is a
     partition of, of their schema, or of all tables."""
     tables = [r[0] for r in conn.execute("SELECT relid::oid FROM pg_partition_ancestors(%s::oid)", (partition.oid,))]
     return any(publications(conn, oid) for oid in tables)
 
 
-def _take_out_sql(mt: ManagedTable, src: QualifiedName, cols: list[str], lo: datetime, hi: datetime) -> sql.Composed:
+def _take_out_sql(mt: ManagedTable, src: QualifiedName, cols: list[str], lo: str, hi: str) -> sql.Composed:
     """The range's rows deleted from `src` into a temporary table (never published) MOVING."""
     key = sql.Identifier(mt.column_name)
     collist = sql.SQL(", ").join(map(sql.Identifier, cols))
@@ -173,7 +172,7 @@ def _take_out_sql(mt: ManagedTable, src: QualifiedName, cols: list[str], lo: dat
         "CREATE TEMP TABLE {moving} ON COMMIT DROP AS WITH moved AS (DELETE FROM {src} WHERE {k} >= {lo} AND {k} < {hi} "
         "RETURNING {cols}) SELECT {cols} FROM moved"
     ).format(moving=sql.Identifier(MOVING), src=src.ident(), k=key, cols=collist,
-             lo=sql.Literal(intervals.literal(lo, mt.key_type)), hi=sql.Literal(intervals.literal(hi, mt.key_type)))
+             lo=sql.Literal(lo), hi=sql.Literal(hi))
 
 
 def _put_in_sql(dst: QualifiedName, cols: list[str]) -> sql.Composed:
@@ -196,13 +195,12 @@ def _move_range(
         with conn.transaction():
             for stmt in standalone_partition_sql(conn, parent, list_partitions(conn, parent, mt.key_type), name):
                 conn.execute(stmt)
-            conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
-                name.ident(), k=sql.Identifier(mt.column_name), lo=sql.Literal(lo_lit), hi=sql.Literal(hi_lit)))
+            add_range_check(conn, mt, name, lo_lit, hi_lit)
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(name.ident(), sql.Literal(f"{MARKER} {meta}")))
     moved = 0
     batch = max(1, settings.batch_size)
-    stmt = _move_sql(mt, d.qualified, name, cols, lo, hi, batch)
-    published = _published(conn, d)
+    stmt = _move_sql(mt, d.qualified, name, cols, lo_lit, hi_lit, batch)
+    published = is_published(conn, d)
     while not published:
         if leader_check is not None and not leader_check():
             raise NotLeader()
@@ -216,28 +214,9 @@ def _move_range(
             break
 
     def final(c: psycopg.Connection) -> int:
-        # SHARE on the parent: readers continue, writers wait for this one short transaction (an
-        # insert already routed to the default partition would otherwise fail its new constraint)
         lock_private_first(c, [name], settings.lock_timeout_ms)  # the staging table
-        c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(parent.ident()))
-        c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(d.qualified.ident()))
-        restore = _triggers_off(c, d.qualified)
-        if published:
-            rest = c.execute(_take_out_sql(mt, d.qualified, cols, lo, hi)).rowcount
-        else:
-            rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
-        _restore(c, restore)
-        failpoints.hit("maintain.default.attach")
-        like = newest_partition(list_partitions(c, parent, mt.key_type))
-        c.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-            parent.ident(), name.ident(), sql.Literal(lo_lit), sql.Literal(hi_lit)))
-        for stmt in replica_identity_sql(c, like.oid, name) if like is not None else []:  # its indexes: the attach's
-            c.execute(stmt)
-        if published:  # a partition now: the inserts are published as the deletes were
-            restore = _triggers_off(c, name)
-            c.execute(_put_in_sql(name, cols))
-            _restore(c, restore)
-        c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT partman_range").format(name.ident()))
+        rest = attach_with_default_rows(c, mt, d, name, cols, lo_lit, hi_lit, published)
+        drop_range_check(c, name)
         c.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(name.ident()))
         return rest
 
@@ -251,6 +230,56 @@ def _move_range(
         raise
     log.get().info("default_rows_moved", table=mt.qualified, partition=name.name, rows=moved, published=published)
     return name.name, moved
+
+
+def add_range_check(conn: psycopg.Connection, mt: ManagedTable, table: QualifiedName, lo: str, hi: str) -> None:
+    """A CHECK of the range [lo, hi) (key literals) on a table about to be attached for it, so the
+    ATTACH trusts it instead of reading the table under its locks."""
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT partman_range CHECK ({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
+        table.ident(), k=sql.Identifier(mt.column_name), lo=sql.Literal(lo), hi=sql.Literal(hi)))
+
+
+def drop_range_check(conn: psycopg.Connection, table: QualifiedName) -> None:
+    """Attached, the partition's bound says what the CHECK said."""
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT partman_range").format(table.ident()))
+
+
+def rows_in_range(conn: psycopg.Connection, mt: ManagedTable, d: Partition, lo: str, hi: str) -> bool:
+    """Whether the default partition holds a row of [lo, hi) (key literals)."""
+    key = sql.Identifier(mt.column_name)
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {k} >= {lo} AND {k} < {hi})").format(
+        d.qualified.ident(), k=key, lo=sql.Literal(lo), hi=sql.Literal(hi))).fetchone()[0]
+
+
+def attach_with_default_rows(c: psycopg.Connection, mt: ManagedTable, d: Partition, name: QualifiedName,
+                             cols: list[str], lo: str, hi: str, published: bool) -> int:
+    """Inside the caller's transaction: the rows of [lo, hi) (key literals) still in the default
+    partition `d` move into the plain table `name`, which is then attached for that range (a staging
+    table of the default move, or a partition restored from its archive). Returns the rows moved.
+    SHARE on the parent: readers continue, writers wait for this one short transaction (an insert
+    already routed to the default partition would otherwise fail its new constraint). Published,
+    the rows go through a temporary table and are inserted once `name` is a partition, so the
+    inserts are published as the deletes were."""
+    parent = parent_of(mt)
+    c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(parent.ident()))
+    c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(d.qualified.ident()))
+    restore = _triggers_off(c, d.qualified)
+    if published:
+        rest = c.execute(_take_out_sql(mt, d.qualified, cols, lo, hi)).rowcount
+    else:
+        rest = c.execute(_move_sql(mt, d.qualified, name, cols, lo, hi, None)).rowcount
+    _restore(c, restore)
+    failpoints.hit("maintain.default.attach")
+    like = newest_partition(list_partitions(c, parent, mt.key_type))
+    c.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+        parent.ident(), name.ident(), sql.Literal(lo), sql.Literal(hi)))
+    for stmt in replica_identity_sql(c, like.oid, name) if like is not None else []:  # its indexes: the attach's
+        c.execute(stmt)
+    if published:  # a partition now: the inserts are published as the deletes were
+        restore = _triggers_off(c, name)
+        c.execute(_put_in_sql(name, cols))
+        _restore(c, restore)
+    return rest
 
 
 def _put_back(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, d: Partition, staging: QualifiedName,
@@ -285,11 +314,17 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         result["moved"] += n
     parts = [p for p in list_partitions(conn, parent_of(mt), mt.key_type) if not p.is_default]
     bounded = [(aware(p.lower, tz), aware(p.upper, tz)) for p in parts]
-    limit = published_move_limit(settings) if _published(conn, d) else None
+    limit = published_move_limit(settings) if is_published(conn, d) else None
     held: list[str] = []
+    taken: list[str] = []
     for lo, hi in _ranges_with_rows(conn, mt, d):
         if any(overlaps(lo, hi, plo, phi) for plo, phi in bounded):
             result["unmovable"].append(naming.partition_name(mt.table_name, lo))
+            continue
+        name = QualifiedName(mt.schema_name, naming.partition_name(mt.table_name, lo))
+        if relation_kind(conn, name) is not None:  # no partition of this range: a table restored or detached
+            taken.append(f"{name.arg} ({_rows_in_range(conn, mt, d, lo, hi):,} rows of "
+                         f"[{intervals.literal(lo, mt.key_type)}, {intervals.literal(hi, mt.key_type)}))")
             continue
         if limit is not None and (waiting := _rows_in_range(conn, mt, d, lo, hi)) > limit:
             held.append(f"{naming.partition_name(mt.table_name, lo)} ({waiting:,} rows)")
@@ -304,6 +339,14 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
             f"rows in {d.name} fall into ranges that overlap existing partitions not aligned to the "
             f"{mt.interval} interval ({', '.join(result['unmovable'])}); move them by hand."
         )
+    if taken:
+        errors.append(
+            f"rows in {d.name} belong to ranges whose partition name is taken by a table that is no partition of "
+            f"{mt.qualified} (a partition restored from its archive without --attach, or one retention detached): "
+            f"{', '.join(taken)}. If that table is a copy restored from an archive, drop it and run `partman "
+            f"restore {mt.qualified} <partition> --attach`, which attaches it with these rows. If retention detached "
+            "it, it is the only copy of its rows: never drop it; rename it (ALTER TABLE ... RENAME TO ...) and the "
+            "next pass makes the partition for these rows.")
     if held:
         errors.append(
             f"{mt.qualified} is published, so rows leave {d.name} in one transaction that writers wait for (in "

@@ -24,7 +24,7 @@ from ..partitions import key_column, list_partitions, newest_partition, replica_
 from ..settings import Settings
 from ..catalog import ManagedTable
 from ..intervals import zone
-from . import aware, notice, parent_of, relation_kind, removals
+from . import aware, columns, default_rows, notice, parent_of, relation_kind, removals
 
 CHUNK = 1024 * 1024
 
@@ -173,14 +173,30 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         result["note"] = removals.earlier_archives_note(target, uri, earlier)
     log.get().info("partition_restored", table=str(parent), partition=str(target), rows=n, uri=uri)
     if attach:
+        lower, upper = manifest["bounds"]["lower"], manifest["bounds"]["upper"]
         stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
-            parent.ident(), target.ident(), removals.bounds_sql(manifest["bounds"]["lower"], manifest["bounds"]["upper"]))
+            parent.ident(), target.ident(), removals.bounds_sql(lower, upper))
         like = newest_partition(parts)
+        mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
+        # rows written for the range since it was removed wait in the default partition, where they
+        # would fail the attach: they move into the restored table in the attach's transaction, as
+        # the default move moves rows into a partition it makes
+        d = default_rows.default_partition(conn, mt) if mt is not None and None not in (lower, upper) else None
+        from_default = [0]
+        if d is not None:  # the attach then trusts this constraint instead of reading the table under its locks
+            default_rows.add_range_check(conn, mt, target, lower, upper)
 
         def attach_it(c: psycopg.Connection) -> None:
-            c.execute(stmt)
-            for identity in replica_identity_sql(c, like.oid, target) if like is not None else []:
-                c.execute(identity)  # as the newest partition's, on the indexes the attach made
+            if d is not None and default_rows.rows_in_range(c, mt, d, lower, upper):
+                cols = [col["name"] for col in columns(c, parent) if not col["generated"]]
+                from_default[0] = default_rows.attach_with_default_rows(
+                    c, mt, d, target, cols, lower, upper, default_rows.is_published(c, d))
+            else:
+                c.execute(stmt)
+                for identity in replica_identity_sql(c, like.oid, target) if like is not None else []:
+                    c.execute(identity)  # as the newest partition's, on the indexes the attach made
+            if d is not None:
+                default_rows.drop_range_check(c, target)
 
         try:
             with_lock_retry(conn, settings, f"attaching {target} to {parent}", attach_it,
@@ -191,7 +207,9 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
                 f"failed: {' '.join(str(exc).split())}. Attach it by hand once the cause is fixed."
             ) from None
         result["attached"] = True
-        mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
+        result["rows_from_default"] = from_default[0]
+        if from_default[0]:
+            log.get().info("default_rows_moved", table=str(parent), partition=target.name, rows=from_default[0])
         warning = _retention_warning(conn, settings, mt, target) if mt is not None and mt.retention else None
         if warning:
             result["warning"] = warning
@@ -224,6 +242,8 @@ def cli_restore(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings) as conn:
         r = restore(conn, settings, args.table, args.partition, attach=args.attach)
     how = f"attached to {r['table']}" if r["attached"] else "as a plain table"
+    if r.get("rows_from_default"):
+        how += f", with {r['rows_from_default']} rows written for its range since, moved in from the default partition"
     print(f"restored {r['partition']} {how}: {r['rows']} rows from {r['uri']}; sha256 {r['sha256']} and row count "
           "match the manifest")
     for what in ("note", "warning"):
