@@ -348,8 +348,9 @@ def test_archive_memory_is_bounded_by_the_part_size(conn, dsn, s3):
     assert (got_sha, got_size, records) == (sha, size, 90000)
 
 
-def test_late_rows_are_archived_without_overwriting_the_first_archive(conn, partman, s3, monkeypatch):
-    monkeypatch.setenv("PARTMAN_ARCHIVE_SSE", "AES256")
+def _ev_with_2012_archived(conn, partman) -> None:
+    """public.ev by year with a default partition, retention 10 years (archive): 2012's 20 rows
+    archived and removed by the first pass."""
     conn.execute("CREATE TABLE ev (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
     conn.execute("CREATE TABLE ev_default PARTITION OF ev DEFAULT")
     conn.execute("INSERT INTO ev (ts, note) SELECT '2012-03-01'::timestamptz + g * interval '1 day', 'first' FROM generate_series(1, 20) g")
@@ -361,6 +362,11 @@ def test_late_rows_are_archived_without_overwriting_the_first_archive(conn, part
     res = json.loads(r.out)["tables"]["public.ev"]
     assert res["default_rows_moved"] == 20
     assert [x["partition"] for x in res["retention"]["removed"]] == ["ev_p20120101"]
+
+
+def test_late_rows_are_archived_without_overwriting_the_first_archive(conn, partman, s3, monkeypatch):
+    monkeypatch.setenv("PARTMAN_ARCHIVE_SSE", "AES256")
+    _ev_with_2012_archived(conn, partman)
     first_key = "partman/public.ev/ev_p20120101.csv.gz"
     head = s3["client"].head_object(Bucket=s3["bucket"], Key=first_key)
     assert head["ServerSideEncryption"] == "AES256"
@@ -433,20 +439,6 @@ def test_converted_ledger_end_to_end(conn, partman, s3):
     led.insert(conn)  # the application keeps appending, chained onto the remaining rows
     assert verify_chain(conn, LEDGER, anchor=anchor)["ok"]
     assert conn.execute("SELECT to_regclass('public.audit_log_ledger_old')").fetchone()[0] is not None
-
-
-def _ev_with_2012_archived(conn, partman) -> None:
-    """public.ev by year with a default partition, retention 10 years (archive): 2012's 20 rows
-    archived and removed by the first pass."""
-    conn.execute("CREATE TABLE ev (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
-    conn.execute("CREATE TABLE ev_default PARTITION OF ev DEFAULT")
-    conn.execute("INSERT INTO ev (ts, note) SELECT '2012-03-01'::timestamptz + g * interval '1 day', 'first' FROM generate_series(1, 20) g")
-    r = partman("register", "ev", "--column", "ts", "--interval", "year", "--retention", "10 years",
-                "--retention-action", "archive", "--premake", "1")
-    assert r.code == 0, r.err
-    r = partman("maintain", "--json")
-    assert r.code == 0, r.err
-    assert [x["partition"] for x in json.loads(r.out)["tables"]["public.ev"]["retention"]["removed"]] == ["ev_p20120101"]
 
 
 def test_restore_attach_takes_in_the_rows_written_for_its_range_since(conn, partman, s3):
