@@ -220,6 +220,15 @@ def _record(conn: psycopg.Connection, settings: Settings, schema: str, partition
     )
 
 
+def upload_again(conn: psycopg.Connection, settings: Settings, schema: str, partition: str) -> None:
+    """The partition's object must be uploaded again (its verification failed, or rows were written
+    to the partition after it): the next attempt uploads it under the same key, overwriting it,
+    rather than leaving it behind under a new name."""
+    conn.execute(sql.SQL("UPDATE {} SET state = 'uploading', updated_at = now() WHERE schema_name = %s "
+                         "AND partition_name = %s AND state <> 'removed'").format(catalog.ident(settings, "archive")),
+                 (schema, partition))
+
+
 def forget(conn: psycopg.Connection, settings: Settings, schema: str, partition: str) -> None:
     conn.execute(sql.SQL("DELETE FROM {} WHERE schema_name = %s AND partition_name = %s").format(
         catalog.ident(settings, "archive")), (schema, partition))
@@ -400,6 +409,23 @@ def _abort_unfinished_uploads(s3: Any, bucket: str, key: str) -> None:
         pass
 
 
+def _free_key(conn: psycopg.Connection, settings: Settings, s3: Any, bucket: str, schema: str, table: str,
+              name: str) -> str:
+    """The object key of a new archive of partition `name`: `<name>.csv.gz`, unless an earlier
+    removal's archive has it (a range removed, filled again by late rows, removed again): then
+    `<name>.<UTC time>.csv.gz`, numbered `-2`, `-3`, ... when a removal within the same second has
+    that one. Never the archive of an earlier removal."""
+    key = object_key(settings, schema, table, name)
+    if not (_recorded_elsewhere(conn, settings, f"s3://{bucket}/{key}") and _exists(s3, bucket, key)):
+        return key
+    stamp = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS')").fetchone()[0]
+    key, n = object_key(settings, schema, table, f"{name}.{stamp}"), 1
+    while _recorded_elsewhere(conn, settings, f"s3://{bucket}/{key}"):
+        n += 1
+        key = object_key(settings, schema, table, f"{name}.{stamp}-{n}")
+    return key
+
+
 def archive_partition(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, part: Partition) -> ArchiveResult:
     """Upload, verify and describe one partition (the caller detaches and drops it afterwards,
     after checking the row count under lock). Idempotent: a rerun resumes from the catalog."""
@@ -415,17 +441,15 @@ def archive_partition(conn: psycopg.Connection, settings: Settings, mt: ManagedT
         forget(conn, settings, part.schema, name)
         prog = None
     if prog is not None:
-        key = parse_uri(prog["uri"])[1]
+        key = parse_uri(prog["uri"])[1]  # an attempt's own key, also when it uploads again
     else:
-        key = object_key(settings, schema, table, name)
-        if _recorded_elsewhere(conn, settings, f"s3://{bucket}/{key}") and _exists(s3, bucket, key):
-            # never overwrite the archive of an earlier removal: this one gets its own name
-            stamp = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS')").fetchone()[0]
-            key = object_key(settings, schema, table, f"{name}.{stamp}")
+        key = _free_key(conn, settings, s3, bucket, schema, table, name)
+        # recorded before the upload: a retry overwrites this object instead of leaving it behind
+        _record(conn, settings, part.schema, name, table, f"s3://{bucket}/{key}", "uploading")
     mkey = key[: -len(".csv.gz")] + ".manifest.json"
     uri = f"s3://{bucket}/{key}"
     info: dict[str, Any] | None = None
-    if prog is None:
+    if prog is None or prog["state"] == "uploading":
         try:
             sha, size, info, peak = _upload(conn, settings, s3, bucket, key, mt, part)
         except failpoints.FailpointError:
@@ -443,10 +467,10 @@ def archive_partition(conn: psycopg.Connection, settings: Settings, mt: ManagedT
             # the bytes, re-read: equal sha256 and size mean the very object COPY produced
             sha, size, _records = read_and_check(s3, bucket, key, count_records=False)
         except Exception as exc:
-            forget(conn, settings, part.schema, name)  # the next pass uploads it again (same key)
+            upload_again(conn, settings, part.schema, name)  # the next pass uploads it again (same key)
             raise _s3_error("verification", uri, exc) from exc
         if sha != prog["sha256"] or size != prog["bytes"]:
-            forget(conn, settings, part.schema, name)
+            upload_again(conn, settings, part.schema, name)
             raise ArchiveError(
                 f"Archive verification of {uri} failed: the stored object has sha256 {sha}, {size} bytes; "
                 f"expected {prog['sha256']}, {prog['bytes']} bytes ({prog['row_count']} rows). "
@@ -460,7 +484,7 @@ def archive_partition(conn: psycopg.Connection, settings: Settings, mt: ManagedT
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             info = describe(conn, mt, part)
     if info["row_count"] != prog["row_count"]:
-        forget(conn, settings, part.schema, name)
+        upload_again(conn, settings, part.schema, name)
         raise ArchiveError(
             f"{part.qualified} now has {info['row_count']} rows but its archive {uri} has {prog['row_count']}: "
             "rows were written to it after the upload. The partition was kept; the next pass archives it again."

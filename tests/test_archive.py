@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import re
+import time
 import shlex
 
 import psycopg
@@ -474,3 +475,59 @@ def test_a_pass_names_the_table_that_takes_a_partition_name_and_what_to_do(conn,
     r = partman("restore", "ev", "ev_p20120101", "--attach")
     assert r.code == 0, r.err
     assert conn.execute("SELECT count(*) FROM ev_p20120101").fetchone()[0] == 21
+
+
+def test_a_removal_within_the_same_second_as_the_last_gets_its_own_archive_key(conn, partman, s3):
+    """Removed, filled again by late rows and removed again: each removal's archive gets its own key,
+    `<partition>.<UTC second>.csv.gz`. Two such removals within one second took the same key, and
+    the second overwrote the first's rows (found by a random-kill soak: rows lost, chain broken)."""
+    _ev_with_2012_archived(conn, partman)
+    s = load_settings()
+    with conn.transaction():  # one now(): the second the key is stamped with
+        stamp = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD\"T\"HH24MISS')").fetchone()[0]
+        folder = f"s3://{s3['bucket']}/partman/public.ev/"
+        conn.execute("INSERT INTO partman_catalog.removal (schema_name, table_name, partition_name, row_count, action, "
+                     "archive_uri, removed_by) VALUES ('public', 'ev', 'ev_p20120101', 1, 'archive', %s, 'test')",
+                     (f"{folder}ev_p20120101.{stamp}.csv.gz",))
+        key = archive._free_key(conn, s, archive.client(s), s3["bucket"], "public", "ev", "ev_p20120101")
+    assert key == f"partman/public.ev/ev_p20120101.{stamp}-2.csv.gz"
+
+
+def test_an_archive_given_up_after_its_upload_is_uploaded_again_under_its_own_key(conn, partman, s3):
+    """Rows written to a partition after its upload: the attempt is given up and the next pass
+    archives it again. It overwrites its own object rather than leaving it behind under a new name
+    (a re-archive's keys carry the second: each retry left one more object holding rows no removal
+    record names)."""
+    _ev_with_2012_archived(conn, partman)
+    conn.execute("INSERT INTO ev (ts, note) VALUES ('2012-12-24', 'late')")
+    failpoints.arm("archive.after_upload", "raise")
+    try:
+        assert partman("maintain").code == 1  # 2012 made again for the late row, uploaded, then stopped
+    finally:
+        failpoints.disarm()
+    conn.execute("INSERT INTO ev (ts, note) VALUES ('2012-12-25', 'later')")  # after the upload
+    r = partman("maintain")
+    assert r.code == 1 and "rows were written to it after the upload" in r.err, r.err
+    time.sleep(1.1)  # the next attempt's second differs from the first's
+    r = partman("maintain", "--json")
+    assert r.code == 0, r.err
+    removed = json.loads(r.out)["tables"]["public.ev"]["retention"]["removed"]
+    assert [x["rows"] for x in removed] == [2]
+    uris = [u for (u,) in conn.execute("SELECT archive_uri FROM partman_catalog.removal ORDER BY id")]
+    objects = sorted(k for k in keys(s3) if k.endswith(".csv.gz"))
+    assert objects == sorted(u.split(f"s3://{s3['bucket']}/", 1)[1] for u in uris), (objects, uris)
+    assert not s3["client"].list_multipart_uploads(Bucket=s3["bucket"]).get("Uploads")
+
+
+def test_quick_removals_of_one_range_each_keep_their_own_verified_archive(conn, partman, s3):
+    """Three passes in quick succession, a late row for 2012 before each: every removal's record
+    names its own object, and each object still has the sha256 its record says (none overwritten)."""
+    _ev_with_2012_archived(conn, partman)
+    for n in range(3):
+        conn.execute("INSERT INTO ev (ts, note) VALUES ('2012-12-24', %s)", (f"late {n}",))
+        assert partman("maintain").code == 0
+    recs = conn.execute("SELECT archive_uri, archive_sha256, row_count FROM partman_catalog.removal ORDER BY id").fetchall()
+    assert [r[2] for r in recs] == [20, 1, 1, 1] and len({r[0] for r in recs}) == 4
+    for uri, sha, _rows in recs:
+        body = s3["client"].get_object(Bucket=s3["bucket"], Key=uri.split(f"s3://{s3['bucket']}/", 1)[1])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == sha, uri

@@ -89,6 +89,10 @@ class Held(Exception):
     pass
 
 
+class _RowsChanged(Exception):
+    """Rows were written to a partition after its verified upload (seen under its lock)."""
+
+
 def remove(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, part: Partition,
            leader_check: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Apply the table's retention action to one due partition. Raises on failure (the
@@ -110,8 +114,8 @@ def remove(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, part:
         c.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.qualified.ident()))
         info = archive.describe(c, mt, part)
         if arch is not None and (info["row_count"], info["max_id"]) != (arch.row_count, arch.manifest.get("max_id")):
-            archive.forget(c, settings, part.schema, part.name)
-            raise archive.ArchiveError(
+            # (marked to upload again by the caller: here it would roll back with this transaction)
+            raise _RowsChanged(
                 f"{part.qualified} has {info['row_count']} rows but its verified archive has {arch.row_count}: rows "
                 "were written after the upload. The partition was kept; the next pass archives it again."
             )
@@ -134,6 +138,9 @@ def remove(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, part:
                                partitions_of=[parent])
     except Held:
         return {"partition": part.name, "action": "held", "removed": False}
+    except _RowsChanged as exc:
+        archive.upload_again(conn, settings, part.schema, part.name)  # the next pass, under the same key
+        raise archive.ArchiveError(str(exc)) from None
     log.get().info("partition_removed", table=mt.qualified, partition=part.name, action=action,
                    rows=info["row_count"], uri=arch.uri if arch else None)
     out = {"partition": part.name, "action": action, "removed": True, "rows": info["row_count"]}
