@@ -357,6 +357,30 @@ def test_default_move_resumes_after_a_crash(conn, dsn, partman_proc, partman):
         conn.execute("DELETE FROM events_p20130101")
 
 
+def test_a_failed_default_move_does_not_stop_premake(conn, partman):
+    """Rows that cannot leave the default partition (here a failure injected into the move) are
+    reported, but the pass goes on to make the current and future partitions: coverage must not
+    run out because of one stray row."""
+    from partman import failpoints
+
+    make_events(conn, years=())
+    conn.execute("INSERT INTO events (ts) VALUES ('2013-05-01')")
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2").code == 0
+    failpoints.arm("maintain.default.batch", "raise")
+    try:
+        r = partman("maintain", "--json")
+    finally:
+        failpoints.disarm()
+    assert r.code == 1
+    res = json.loads(r.out)["tables"]["public.events"]
+    assert "moving rows out of the default partition failed" in res["error"], res
+    y = this_year(conn)
+    assert {f"events_p{y + i}0101" for i in range(3)} <= set(partitions(conn)), partitions(conn)
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 1
+    assert partman("maintain").code == 0  # the next pass moves the row
+    assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 0
+
+
 def test_a_published_tables_default_rows_move_in_one_transaction_up_to_a_limit(conn, partman, monkeypatch):
     """A published table's rows leave the default partition in one transaction, which its writers
     wait for; a range with more than 10 batches' worth stays there, said in the pass's error with

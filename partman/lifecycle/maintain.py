@@ -74,7 +74,15 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         # 1. the default partition: move rows out, creating the partitions they belong in
         if leader_check is not None and not leader_check():
             raise NotLeader()
-        moved = default_rows.move(conn, settings, mt, leader_check)
+        try:
+            moved = default_rows.move(conn, settings, mt, leader_check)
+        except (NotLeader, LockTimeoutGaveUp):
+            raise
+        except Exception as exc:  # noqa: BLE001 - rows stuck in the default must not stop premake and retention
+            if conn.closed:
+                raise
+            errors.append(f"moving rows out of the default partition failed: {_one_line(exc)}")
+            moved = {"moved": 0, "partitions": {}, "null_key_rows": 0, "infinite_key_rows": 0}
         res["default_rows_moved"] = moved["moved"]
         res["created"].extend(n for n in moved["partitions"])
         res["null_key_rows"] = moved["null_key_rows"]
