@@ -146,6 +146,15 @@ def judge(conn: psycopg.Connection | None, settings: Settings, *, leader: bool, 
             problems.append(
                 f"only {cov.ahead} future partition(s) ahead, fewer than premake - 1 = {required_ahead(mt.premake)}"
             )
+        from .lifecycle.default_rows import stranded as stranded_rows
+
+        stranded = stranded_rows(conn, mt)
+        if stranded:
+            entry["stranded_default_rows"] = stranded
+            problems.append(
+                "a maintenance pass stopped while it moved rows out of the default partition: "
+                + ", ".join(f"{s['rows']} rows in {s['staging']}" for s in stranded)
+                + " are out of sight of queries on the table until the next pass attaches them (run `partman maintain`)")
         last_run = mt.maintenance_last_run
         entry["maintenance_last_run"] = _iso(last_run)
         entry["maintenance_last_attempt"] = _iso(mt.maintenance_last_attempt)

@@ -42,6 +42,13 @@ def default_rows(conn: psycopg.Connection, mt: ManagedTable, cov: Coverage) -> i
         return None  # maintenance holds the default partition right now (the daemon's probe has a lock_timeout)
 
 
+def _stranded(conn: psycopg.Connection, mt: ManagedTable) -> list[dict[str, Any]]:
+    """Rows a stopped pass left on their way out of the default partition (default_rows.stranded)."""
+    from .lifecycle.default_rows import stranded
+
+    return stranded(conn, mt)
+
+
 def _unplaceable(conn: psycopg.Connection, mt: ManagedTable, cov: Coverage) -> int:
     """Default-partition rows with a NULL or +-infinity key: maintenance cannot move them."""
     from .lifecycle.default_rows import unplaceable
@@ -186,6 +193,7 @@ def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
     doc["covered_until"] = cov.covered_until
     doc["default_rows"] = default_rows(conn, mt, cov) if cov.exists else None
     doc["default_rows_unplaceable"] = _unplaceable(conn, mt, cov) if doc["default_rows"] else 0
+    doc["stranded_default_rows"] = _stranded(conn, mt) if cov.exists else []
     doc["retention_due"] = retention_due(conn, settings, mt, cov, held) if cov.exists else []
     doc["holds"] = [{"partition": k, **v} for k, v in held.items()]
     doc["conversion"] = conversion_progress(conn, settings, mt)
@@ -384,6 +392,9 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
                if (t["default_rows"] or 0) > t["default_rows_unplaceable"] else "")
             + (f" ({t['default_rows_unplaceable']} with a NULL or infinite key, which no range partition holds)"
                if t["default_rows_unplaceable"] else ""),
+            *(f"[red]{s['rows']} rows moved out of the default partition wait in {s['staging']}, out of sight of "
+              "queries on the table, until a maintenance pass attaches it (a pass stopped there): run `partman "
+              "maintain`[/red]" for s in t.get("stranded_default_rows") or []),
             f"retention: {t['retention'] or 'none'} ({t['retention_action']}); due now: "
             + (", ".join(t["retention_due"]) or "none"),
             "holds: " + (", ".join(f"{h['partition']} ({h['reason']})" for h in t["holds"]) or "none"),

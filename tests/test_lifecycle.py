@@ -346,15 +346,46 @@ def test_default_move_resumes_after_a_crash(conn, dsn, partman_proc, partman):
     assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
     r = partman_proc("maintain", extra_env={"PARTMAN_FAILPOINTS": "maintain.default.batch=2:kill", "PARTMAN_BATCH_SIZE": "50"})
     assert r.code != 0
-    # the killed pass left a staging table holding the moved batch, invisible through the parent
+    # the killed pass left a staging table holding the moved batch, invisible through the parent:
+    # status and /health say so until a pass attaches it
     assert conn.execute("SELECT count(*) FROM events_p20130101").fetchone()[0] == 50
+    r = partman("status", "--json")
+    assert json.loads(r.out)["tables"][0]["stranded_default_rows"] == [{"staging": "events_p20130101", "rows": 50}]
+    from partman.health import judge
+
+    body = judge(conn, settings_for(dsn), leader=False)
+    assert body["status"] == "unhealthy" and "50 rows in events_p20130101" in " ".join(body["reasons"]), body
+    from partman.lifecycle import table_lock_key
+    from partman.lifecycle.default_rows import stranded
+
+    mt = catalog.get_managed(conn, settings_for(dsn), "public", "events")
+    with psycopg.connect(dsn, autocommit=True) as pass_at_work:  # a pass on the table: its rows are on their way
+        pass_at_work.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (table_lock_key(mt),))
+        assert stranded(conn, mt) == []
     r = partman("maintain")
     assert r.code == 0, r.err
+    assert json.loads(partman("status", "--json").out)["tables"][0]["stranded_default_rows"] == []
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 200
     assert conn.execute("SELECT count(*) FROM events_default").fetchone()[0] == 0
     assert "events_p20130101" in partitions(conn)
     with pytest.raises(psycopg.errors.RaiseException):  # the guard came along to the new partition
         conn.execute("DELETE FROM events_p20130101")
+
+
+def test_a_stray_row_stays_in_sight_while_it_is_moved_and_after_a_kill(conn, partman_proc, partman):
+    """A late row in the default partition, the table's newest: moving it must never take it out of
+    sight of queries on the table (a ledger's chain trigger links the next insert to the newest row
+    it sees). It moves in the attach's own transaction; a pass killed there leaves it where it was."""
+    make_events(conn, years=())
+    assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "0").code == 0
+    assert partman("maintain").code == 0
+    late = conn.execute("INSERT INTO events (ts, note) VALUES ('2013-05-01', 'late') RETURNING id").fetchone()[0]
+    r = partman_proc("maintain", extra_env={"PARTMAN_FAILPOINTS": "maintain.default.attach=1:kill"})
+    assert r.code != 0
+    assert conn.execute("SELECT max(id) FROM events").fetchone()[0] == late  # still seen, still the newest
+    r = partman("maintain")
+    assert r.code == 0, r.err
+    assert conn.execute("SELECT tableoid::regclass::text FROM events WHERE id = %s", (late,)).fetchone()[0] == "events_p20130101"
 
 
 def test_a_failed_default_move_does_not_stop_premake(conn, partman):
@@ -366,7 +397,7 @@ def test_a_failed_default_move_does_not_stop_premake(conn, partman):
     make_events(conn, years=())
     conn.execute("INSERT INTO events (ts) VALUES ('2013-05-01')")
     assert partman("register", "events", "--column", "ts", "--interval", "year", "--premake", "2").code == 0
-    failpoints.arm("maintain.default.batch", "raise")
+    failpoints.arm("maintain.default.attach", "raise")
     try:
         r = partman("maintain", "--json")
     finally:

@@ -10,11 +10,16 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from ..catalog import ManagedTable
-from ..db import QualifiedName
+from ..db import QualifiedName, advisory_key
 
 
 def parent_of(mt: ManagedTable) -> QualifiedName:
     return QualifiedName(mt.schema_name, mt.table_name)
+
+
+def table_lock_key(mt: ManagedTable) -> str:
+    """The session advisory lock a maintenance pass holds while it works on this table."""
+    return advisory_key("maintain", mt.schema_name, mt.table_name)
 
 
 def aware(value: date | datetime | None, tz: ZoneInfo) -> datetime | None:

@@ -2,11 +2,16 @@
 them into partitions of the table's interval.
 
 For each interval range that has rows in the default, a plain staging table is created with
-the final partition's name (marked by a comment so a killed pass resumes it); rows move into it
-in batches (DELETE from the default partition only, in one statement with the INSERT, each batch
-its own transaction); the last transaction locks only the default partition, moves what writers
-added meanwhile (at most about one batch) and ATTACHes the staging table (SHARE UPDATE EXCLUSIVE on
-the parent, plus SHARE so writers wait for that one short transaction instead of failing).
+the final partition's name (marked by a comment so a killed pass resumes it). A range of more than
+one batch moves into it in batches (DELETE from the default partition only, in one statement with
+the INSERT, each batch its own transaction) until at most one batch is left; the last transaction
+locks only the default partition, moves that rest and what writers added meanwhile and ATTACHes
+the staging table (SHARE UPDATE EXCLUSIVE on the parent, plus SHARE so writers wait for that one
+short transaction instead of failing). Rows moved in batches are out of sight of queries on the
+table until that attach (seconds; until the next pass if the pass is killed meanwhile: status and
+/health say so); a range of at most one batch, stray rows as a rule, never is, and neither is the
+heap's last batch, where the newest rows are (a chain trigger that links each insert to the newest
+row must see it).
 No other partition is updated or deleted from, and the parent is never locked exclusively. Rows with a NULL key cannot be moved anywhere and are only reported.
 
 A published table (logical replication) moves differently: the batches' deletions would be
@@ -29,13 +34,13 @@ from psycopg import sql
 
 from .. import failpoints, intervals, log, naming
 from ..catalog import ManagedTable
-from ..db import QualifiedName, lock_private_first, with_lock_retry
+from ..db import QualifiedName, advisory_holder, lock_private_first, with_lock_retry
 from ..errors import LockTimeoutGaveUp
 from ..introspect import publications
 from ..partitions import (Partition, list_partitions, newest_partition, replica_identity_sql,
                           standalone_partition_sql)
 from ..settings import Settings
-from . import aware, columns, overlaps, parent_of, relation_kind
+from . import aware, columns, overlaps, parent_of, relation_kind, table_lock_key
 from .premake import ddl_attempts
 
 MARKER = "partman:default-move"
@@ -109,6 +114,23 @@ def _staging_tables(conn: psycopg.Connection, mt: ManagedTable) -> list[tuple[Qu
         lo = datetime.fromisoformat(meta["lower"]).astimezone(tz)
         hi = datetime.fromisoformat(meta["upper"]).astimezone(tz)
         out.append((QualifiedName(mt.schema_name, name), lo, hi))
+    return out
+
+
+def stranded(conn: psycopg.Connection, mt: ManagedTable) -> list[dict[str, Any]]:
+    """Staging tables of this table that no pass is working on (a pass stopped between its batches
+    and its attach): their rows are in neither the default partition nor a partition, out of sight
+    of queries on the table until the next pass attaches them. [{"staging", "rows"}]"""
+    if advisory_holder(conn, table_lock_key(mt)) is not None:
+        return []  # a pass is moving rows right now: its staging tables are on their way
+    out = []
+    for name, _lo, _hi in _staging_tables(conn, mt):
+        try:
+            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name.ident())).fetchone()[0]
+        except pgerrors.LockNotAvailable:  # a pass took it since (the daemon's probe has a lock_timeout)
+            continue
+        if rows:
+            out.append({"staging": name.name, "rows": rows})
     return out
 
 
@@ -201,7 +223,12 @@ def _move_range(
     batch = max(1, settings.batch_size)
     stmt = _move_sql(mt, d.qualified, name, cols, lo_lit, hi_lit, batch)
     published = is_published(conn, d)
-    while not published:
+    # batches only while more than one batch would be left: the last batch's worth (the heap's
+    # tail, where the newest rows are) moves in the attach's transaction, so a range of at most one
+    # batch (stray rows, the usual case) is never out of sight, and the newest row, which a chain
+    # trigger reads to link the next insert to, stays visible until it is in its partition
+    batches = 0 if published else max(0, (_rows_in_range(conn, mt, d, lo, hi) - 1) // batch)
+    for _ in range(batches):
         if leader_check is not None and not leader_check():
             raise NotLeader()
         with conn.transaction():

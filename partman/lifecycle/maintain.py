@@ -22,15 +22,11 @@ from psycopg import sql
 
 from .. import catalog, log
 from ..catalog import ManagedTable
-from ..db import advisory_key, advisory_unlock, connect, is_standby, try_advisory_lock, with_lock_retry
+from ..db import advisory_unlock, connect, is_standby, try_advisory_lock, with_lock_retry
 from ..errors import LockTimeoutGaveUp, PartmanError
 from ..settings import Settings
-from . import default_rows, parent_of, premake, relation_kind, retention, statistics
+from . import default_rows, parent_of, premake, relation_kind, retention, statistics, table_lock_key
 from .default_rows import NotLeader
-
-
-def table_lock_key(mt: ManagedTable) -> str:
-    return advisory_key("maintain", mt.schema_name, mt.table_name)
 
 
 def _one_line(exc: BaseException) -> str:
