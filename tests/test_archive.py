@@ -131,7 +131,11 @@ def test_contract_retention_example_archive_then_restore(conn, partman, s3):
     assert last not in partitions(conn)
     prev_anchor = recs[-2][2]["current_hash"] if len(recs) > 1 else None
     assert verify_chain(conn, restored, anchor=prev_anchor)["ok"]
-    # restoring over an existing table is refused
+    # restoring again over the restored copy says so, and how to attach it
+    r = partman("restore", "audit_log_ledger", last)
+    assert r.code == 1 and "was restored already" in r.err and f"audit_log_ledger {last} --attach" in r.err, r.err
+    # restoring over any other table of that name is refused
+    conn.execute(sql.SQL("COMMENT ON TABLE {} IS 'a table of my own'").format(restored.ident()))
     r = partman("restore", "audit_log_ledger", last)
     assert r.code == 1 and "already exists" in r.err
     # --attach puts an archived partition back into the table
@@ -469,12 +473,14 @@ def test_a_pass_names_the_table_that_takes_a_partition_name_and_what_to_do(conn,
     r = partman("maintain")
     assert r.code == 1
     assert "public.ev_p20120101 (1 rows of [2012-01-01" in r.err, r.err
-    assert "is no partition of public.ev" in r.err and "--attach" in r.err and "never drop it" in r.err
+    assert "is no partition of public.ev" in r.err and "--attach" in r.err and "never drop it" in r.err, r.err
     assert "already exists" not in r.err
-    conn.execute("DROP TABLE ev_p20120101")
-    r = partman("restore", "ev", "ev_p20120101", "--attach")
+    r = partman("restore", "ev", "ev_p20120101", "--attach")  # as the advice says: the restored copy is attached
     assert r.code == 0, r.err
-    assert conn.execute("SELECT count(*) FROM ev_p20120101").fetchone()[0] == 21
+    assert "attached public.ev_p20120101 to public.ev: the copy of" in r.out and "with 1 rows written" in r.out, r.out
+    assert conn.execute("SELECT count(*) FROM ONLY ev_p20120101").fetchone()[0] == 21
+    assert "ev_p20120101" in partitions(conn, "ev")
+    assert partman("maintain").code == 0
 
 
 def test_a_removal_within_the_same_second_as_the_last_gets_its_own_archive_key(conn, partman, s3):
@@ -531,3 +537,34 @@ def test_quick_removals_of_one_range_each_keep_their_own_verified_archive(conn, 
     for uri, sha, _rows in recs:
         body = s3["client"].get_object(Bucket=s3["bucket"], Key=uri.split(f"s3://{s3['bucket']}/", 1)[1])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == sha, uri
+
+
+def test_restore_attach_run_again_attaches_the_copy_an_interrupted_one_left(conn, dsn, partman, s3, monkeypatch):
+    """`restore --attach` stopped between its restore and its attach (killed, or the attach was
+    blocked) left a plain table: the same command again attaches that copy instead of refusing a
+    table in the way; a copy changed since is not taken for the archive's."""
+    _ev_with_2012_archived(conn, partman)
+    blocker = psycopg.connect(dsn, autocommit=False)
+    try:
+        blocker.execute("LOCK TABLE ev_default IN ACCESS SHARE MODE")  # the attach needs it exclusively
+        monkeypatch.setenv("PARTMAN_LOCK_TIMEOUT_MS", "50")
+        monkeypatch.setenv("PARTMAN_LOCK_RETRIES", "2")
+        r = partman("restore", "ev", "ev_p20120101", "--attach")
+        monkeypatch.delenv("PARTMAN_LOCK_TIMEOUT_MS")
+        monkeypatch.delenv("PARTMAN_LOCK_RETRIES")
+        assert r.code == 1 and "run `partman restore public.ev ev_p20120101 --attach` again" in r.err, r.err
+    finally:
+        blocker.close()
+    assert "ev_p20120101" not in partitions(conn, "ev")
+    r = partman("restore", "ev", "ev_p20120101", "--attach")
+    assert r.code == 0, r.err
+    assert "the copy of s3://" in r.out and "restored earlier (20 rows)" in r.out, r.out
+    assert "ev_p20120101" in partitions(conn, "ev")
+    assert conn.execute("SELECT obj_description('ev_p20120101'::regclass, 'pg_class')").fetchone()[0] is None
+    # a copy changed since its restore is not attached as the archive's
+    conn.execute("ALTER TABLE ev DETACH PARTITION ev_p20120101")
+    conn.execute("COMMENT ON TABLE ev_p20120101 IS %s" % sql.Literal(
+        'partman:restored {"uri": "s3://b/k.csv.gz", "sha256": "x", "rows": 19, "lower": "2012-01-01", "upper": "2013-01-01"}'
+    ).as_string(conn))
+    r = partman("restore", "ev", "ev_p20120101", "--attach")
+    assert r.code == 1 and "with 19 rows but holds 20 now" in r.err, r.err

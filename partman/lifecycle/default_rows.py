@@ -370,10 +370,10 @@ def move(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
         errors.append(
             f"rows in {d.name} belong to ranges whose partition name is taken by a table that is no partition of "
             f"{mt.qualified} (a partition restored from its archive without --attach, or one retention detached): "
-            f"{', '.join(taken)}. If that table is a copy restored from an archive, drop it and run `partman "
-            f"restore {mt.qualified} <partition> --attach`, which attaches it with these rows. If retention detached "
-            "it, it is the only copy of its rows: never drop it; rename it (ALTER TABLE ... RENAME TO ...) and the "
-            "next pass makes the partition for these rows.")
+            f"{', '.join(taken)}. If that table is a copy `partman restore` made from an archive, `partman restore "
+            f"{mt.qualified} <partition> --attach` attaches it with these rows. If retention detached it, it is the "
+            "only copy of its rows: never drop it; rename it (ALTER TABLE ... RENAME TO ...) and the next pass makes "
+            "the partition for these rows.")
     if held:
         errors.append(
             f"{mt.qualified} is published, so rows leave {d.name} in one transaction that writers wait for (in "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import tempfile
 import zlib
@@ -19,7 +20,7 @@ from psycopg import sql
 
 from .. import archive, catalog, log
 from ..db import QualifiedName, connect, resolve_table, split_name, with_lock_retry
-from ..errors import PartmanError, UsageError
+from ..errors import LockTimeoutGaveUp, PartmanError, UsageError, sentences
 from ..partitions import key_column, list_partitions, newest_partition, replica_identity_sql, standalone_partition_sql
 from ..settings import Settings
 from ..catalog import ManagedTable
@@ -27,6 +28,7 @@ from ..intervals import zone
 from . import aware, columns, default_rows, notice, parent_of, relation_kind, removals
 
 CHUNK = 1024 * 1024
+RESTORED = "partman:restored"  # the comment on a restored table not attached yet: its archive
 
 
 def _not_archived(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, target: QualifiedName,
@@ -65,6 +67,66 @@ def _copy_in(conn: psycopg.Connection, table: QualifiedName, cols: list[str], gz
         cp.write(gz.flush())
 
 
+def _restored_copy(conn: psycopg.Connection, target: QualifiedName) -> dict[str, Any] | None:
+    """What a restore recorded on the plain table it made (a verified copy of an archive, not yet
+    attached), or None for any other table."""
+    comment = conn.execute("SELECT obj_description(%s::regclass, 'pg_class')", (target.literal,)).fetchone()[0]
+    if not comment or not comment.startswith(RESTORED + " "):
+        return None
+    try:
+        return json.loads(comment[len(RESTORED) + 1:])
+    except ValueError:
+        return None
+
+
+def _attach(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, target: QualifiedName,
+            lower: str | None, upper: str | None, n: int, result: dict[str, Any]) -> None:
+    """Attach the restored table for its archived bounds. Rows written for the range since its
+    removal wait in the default partition, where they would fail the attach: they move into the
+    restored table in the attach's transaction, as the default move moves rows into a partition it
+    makes. Fills `result` (attached, rows_from_default, warning)."""
+    stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+        parent.ident(), target.ident(), removals.bounds_sql(lower, upper))
+    by = key_column(conn, parent)
+    like = newest_partition(list_partitions(conn, parent, by[1]) if by else [])
+    mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
+    d = default_rows.default_partition(conn, mt) if mt is not None and None not in (lower, upper) else None
+    from_default = [0]
+    if d is not None:  # the attach then trusts this constraint instead of reading the table under its locks
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS partman_range").format(target.ident()))
+        default_rows.add_range_check(conn, mt, target, lower, upper)
+
+    def attach_it(c: psycopg.Connection) -> None:
+        if d is not None and default_rows.rows_in_range(c, mt, d, lower, upper):
+            cols = [col["name"] for col in columns(c, parent) if not col["generated"]]
+            from_default[0] = default_rows.attach_with_default_rows(
+                c, mt, d, target, cols, lower, upper, default_rows.is_published(c, d))
+        else:
+            c.execute(stmt)
+            for identity in replica_identity_sql(c, like.oid, target) if like is not None else []:
+                c.execute(identity)  # as the newest partition's, on the indexes the attach made
+        if d is not None:
+            default_rows.drop_range_check(c, target)
+        c.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(target.ident()))  # a partition now
+
+    try:
+        with_lock_retry(conn, settings, f"attaching {target} to {parent}", attach_it,
+                        tables=[target], partitions_of=[parent])
+    except (psycopg.Error, LockTimeoutGaveUp) as exc:
+        raise PartmanError(
+            f"{target} was restored ({n} rows, sha256 verified) as a plain table, but attaching it to {parent} "
+            f"failed: {sentences(str(exc))} Once the cause is fixed, run `partman restore {parent.arg} "
+            f"{target.name} --attach` again: it attaches this restored copy."
+        ) from None
+    result["attached"] = True
+    result["rows_from_default"] = from_default[0]
+    if from_default[0]:
+        log.get().info("default_rows_moved", table=str(parent), partition=target.name, rows=from_default[0])
+    warning = _retention_warning(conn, settings, mt, target) if mt is not None and mt.retention else None
+    if warning:
+        result["warning"] = warning
+
+
 def restore(conn: psycopg.Connection, settings: Settings, table: str, partition: str, attach: bool = False) -> dict[str, Any]:
     parent = resolve_table(conn, table)
     parts = split_name(partition)
@@ -82,7 +144,23 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
     if rec is not None and rec["action"] != "archive":
         raise PartmanError(_not_archived(conn, settings, parent, target, rec))
     if exists:
-        raise PartmanError(_in_the_way(target, parent, rec))
+        copy = _restored_copy(conn, target)
+        if copy is None:
+            raise PartmanError(_in_the_way(target, parent, rec))
+        if not attach:
+            raise PartmanError(
+                f"{target} was restored already, as a plain table ({copy['rows']} rows from {copy['uri']}): "
+                f"`partman restore {parent.arg} {target.name} --attach` attaches it. Nothing was changed.")
+        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident())).fetchone()[0]
+        if n != copy["rows"]:
+            raise PartmanError(
+                f"{target} was restored from {copy['uri']} with {copy['rows']} rows but holds {n} now: it was changed "
+                "since, so partman does not attach it as the archive's copy. Attach it by hand, or drop it and "
+                "restore again. Nothing was changed.")
+        result = {"table": str(parent), "partition": str(target), "rows": n, "sha256": copy["sha256"],
+                  "bytes": copy.get("bytes"), "uri": copy["uri"], "attached": False, "resumed": True}
+        _attach(conn, settings, parent, target, copy["lower"], copy["upper"], n, result)
+        return result
     if rec is not None:
         bucket, key = archive.parse_uri(rec["archive_uri"])
     else:
@@ -165,6 +243,11 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
                 raise PartmanError(
                     f"{uri} holds {n} rows but its manifest says {manifest['row_count']}. Nothing was restored."
                 )
+            # a verified copy of the archive: a rerun with --attach (killed before the attach, or the
+            # attach blocked) attaches it instead of refusing a table in the way
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target.ident(), sql.Literal(RESTORED + " " + json.dumps({
+                "uri": uri, "sha256": digest, "bytes": size, "rows": n,
+                "lower": manifest["bounds"]["lower"], "upper": manifest["bounds"]["upper"]}))))
     result = {"table": str(parent), "partition": str(target), "rows": n, "sha256": digest, "bytes": size,
               "uri": uri, "attached": False, "manifest": manifest}
     earlier = removals.earlier_archives(conn, settings, rec) if rec is not None else []
@@ -173,46 +256,7 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         result["note"] = removals.earlier_archives_note(target, uri, earlier)
     log.get().info("partition_restored", table=str(parent), partition=str(target), rows=n, uri=uri)
     if attach:
-        lower, upper = manifest["bounds"]["lower"], manifest["bounds"]["upper"]
-        stmt = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
-            parent.ident(), target.ident(), removals.bounds_sql(lower, upper))
-        like = newest_partition(parts)
-        mt = catalog.get_managed(conn, settings, parent.schema, parent.name)
-        # rows written for the range since it was removed wait in the default partition, where they
-        # would fail the attach: they move into the restored table in the attach's transaction, as
-        # the default move moves rows into a partition it makes
-        d = default_rows.default_partition(conn, mt) if mt is not None and None not in (lower, upper) else None
-        from_default = [0]
-        if d is not None:  # the attach then trusts this constraint instead of reading the table under its locks
-            default_rows.add_range_check(conn, mt, target, lower, upper)
-
-        def attach_it(c: psycopg.Connection) -> None:
-            if d is not None and default_rows.rows_in_range(c, mt, d, lower, upper):
-                cols = [col["name"] for col in columns(c, parent) if not col["generated"]]
-                from_default[0] = default_rows.attach_with_default_rows(
-                    c, mt, d, target, cols, lower, upper, default_rows.is_published(c, d))
-            else:
-                c.execute(stmt)
-                for identity in replica_identity_sql(c, like.oid, target) if like is not None else []:
-                    c.execute(identity)  # as the newest partition's, on the indexes the attach made
-            if d is not None:
-                default_rows.drop_range_check(c, target)
-
-        try:
-            with_lock_retry(conn, settings, f"attaching {target} to {parent}", attach_it,
-                            tables=[target], partitions_of=[parent])
-        except psycopg.Error as exc:
-            raise PartmanError(
-                f"{target} was restored ({n} rows, sha256 verified) as a plain table, but attaching it to {parent} "
-                f"failed: {' '.join(str(exc).split())}. Attach it by hand once the cause is fixed."
-            ) from None
-        result["attached"] = True
-        result["rows_from_default"] = from_default[0]
-        if from_default[0]:
-            log.get().info("default_rows_moved", table=str(parent), partition=target.name, rows=from_default[0])
-        warning = _retention_warning(conn, settings, mt, target) if mt is not None and mt.retention else None
-        if warning:
-            result["warning"] = warning
+        _attach(conn, settings, parent, target, manifest["bounds"]["lower"], manifest["bounds"]["upper"], n, result)
     return result
 
 
@@ -241,6 +285,13 @@ def _retention_warning(conn: psycopg.Connection, settings: Settings, mt: Managed
 def cli_restore(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings) as conn:
         r = restore(conn, settings, args.table, args.partition, attach=args.attach)
+    if r.get("resumed"):
+        print(f"attached {r['partition']} to {r['table']}: the copy of {r['uri']} restored earlier ({r['rows']} rows)"
+              + (f", with {r['rows_from_default']} rows written for its range since, moved in from the default partition"
+                 if r.get("rows_from_default") else ""))
+        if r.get("warning"):
+            sys.stderr.write("partman: warning: " + r["warning"] + "\n")
+        return 0
     how = f"attached to {r['table']}" if r["attached"] else "as a plain table"
     if r.get("rows_from_default"):
         how += f", with {r['rows_from_default']} rows written for its range since, moved in from the default partition"
