@@ -74,9 +74,11 @@ def _restored_copy(conn: psycopg.Connection, target: QualifiedName) -> dict[str,
     if not comment or not comment.startswith(RESTORED + " "):
         return None
     try:
-        return json.loads(comment[len(RESTORED) + 1:])
+        copy = json.loads(comment[len(RESTORED) + 1:])
     except ValueError:
         return None
+    wanted = ("uri", "sha256", "rows", "lower", "upper")
+    return copy if isinstance(copy, dict) and all(k in copy for k in wanted) else None
 
 
 def _attach(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, target: QualifiedName,
