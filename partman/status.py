@@ -29,15 +29,10 @@ def default_rows(conn: psycopg.Connection, mt: ManagedTable, cov: Coverage) -> i
     """Rows sitting in the table's default partition (None when it has none)."""
     if cov.default_partition is None:
         return None
-    try:
-        try:
-            from .lifecycle import default_rows as lifecycle_default_rows  # the lifecycle's own count
+    from .lifecycle.default_rows import count
 
-            return int(lifecycle_default_rows.count(conn, mt))
-        except ImportError:
-            pass
-        q = sql.SQL("SELECT count(*) FROM {}").format(cov.default_partition.qualified.ident())
-        return int(conn.execute(q).fetchone()[0])
+    try:
+        return int(count(conn, mt))
     except psycopg.errors.LockNotAvailable:
         return None  # maintenance holds the default partition right now (the daemon's probe has a lock_timeout)
 
@@ -69,44 +64,13 @@ def holds(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, cov: C
     return {r[0]: {"reason": r[1], "held_by": r[2], "held_at": r[3]} for r in conn.execute(q, (mt.schema_name, names))}
 
 
-def retention_due(
-    conn: psycopg.Connection, settings: Settings, mt: ManagedTable, cov: Coverage, held: dict[str, Any]
-) -> list[str]:
-    """Names of partitions retention would remove now (held ones excluded)."""
+def retention_due(conn: psycopg.Connection, settings: Settings, mt: ManagedTable, held: dict[str, Any]) -> list[str]:
+    """Names of partitions retention would remove now (held ones excluded): retention's own rule."""
     if not mt.retention:
         return []
-    try:
-        from .lifecycle import retention as lifecycle_retention
+    from .lifecycle.retention import due
 
-        out = []
-        for d in lifecycle_retention.due(conn, settings, mt):
-            if isinstance(d, dict):
-                if not d.get("held") and d.get("partition") not in held:
-                    out.append(str(d.get("partition")))
-            else:
-                name = getattr(d, "name", str(d))
-                if name not in held:
-                    out.append(name)
-        return out
-    except ImportError:
-        pass
-    cutoff = conn.execute("SELECT now() - %s::interval", (mt.retention,)).fetchone()[0]
-    out = []
-    for p in cov.regular:
-        upper = p.upper
-        if upper is None:
-            continue
-        if isinstance(upper, datetime) and upper.tzinfo is None:
-            from .intervals import zone
-
-            upper = upper.replace(tzinfo=zone(mt.timezone))
-        elif not isinstance(upper, datetime):
-            from .intervals import zone
-
-            upper = datetime(upper.year, upper.month, upper.day, tzinfo=zone(mt.timezone))
-        if upper <= cutoff and p.name not in held:
-            out.append(p.name)
-    return out
+    return [d["partition"] for d in due(conn, settings, mt) if not d["held"] and d["partition"] not in held]
 
 
 def removals(conn: psycopg.Connection, settings: Settings, mt: ManagedTable) -> list[dict[str, Any]]:
@@ -194,7 +158,7 @@ def gather_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTable,
     doc["default_rows"] = default_rows(conn, mt, cov) if cov.exists else None
     doc["default_rows_unplaceable"] = _unplaceable(conn, mt, cov) if doc["default_rows"] else 0
     doc["stranded_default_rows"] = _stranded(conn, mt) if cov.exists else []
-    doc["retention_due"] = retention_due(conn, settings, mt, cov, held) if cov.exists else []
+    doc["retention_due"] = retention_due(conn, settings, mt, held) if cov.exists else []
     doc["holds"] = [{"partition": k, **v} for k, v in held.items()]
     doc["conversion"] = conversion_progress(conn, settings, mt)
     doc["removals"] = removals(conn, settings, mt)
