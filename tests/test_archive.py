@@ -564,7 +564,29 @@ def test_restore_attach_run_again_attaches_the_copy_an_interrupted_one_left(conn
     # a copy changed since its restore is not attached as the archive's
     conn.execute("ALTER TABLE ev DETACH PARTITION ev_p20120101")
     conn.execute("COMMENT ON TABLE ev_p20120101 IS %s" % sql.Literal(
-        'partman:restored {"uri": "s3://b/k.csv.gz", "sha256": "x", "rows": 19, "lower": "2012-01-01", "upper": "2013-01-01"}'
+        'partman:restored {"table": ["public", "ev"], "uri": "s3://b/k.csv.gz", "sha256": "x", "rows": 19, '
+        '"lower": "2012-01-01", "upper": "2013-01-01"}'
     ).as_string(conn))
     r = partman("restore", "ev", "ev_p20120101", "--attach")
     assert r.code == 1 and "with 19 rows but holds 20 now" in r.err, r.err
+
+
+def test_a_restored_copy_is_attached_only_to_the_table_its_archive_came_from(conn, partman, s3):
+    """A plain table restored from one table's archive is not attached to another table of the
+    same shape that happens to be named in the command (the rows would join the wrong ledger)."""
+    _ev_with_2012_archived(conn, partman)
+    conn.execute("CREATE TABLE twin (id bigserial, ts timestamptz NOT NULL, note text, PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts)")
+    conn.execute("CREATE TABLE twin_default PARTITION OF twin DEFAULT")
+    assert partman("register", "twin", "--column", "ts", "--interval", "year").code == 0
+    r = partman("restore", "ev", "ev_p20120101")
+    assert r.code == 0, r.err
+    r = partman("restore", "twin", "ev_p20120101", "--attach")
+    assert r.code == 1, r.out
+    assert "a restored copy of an archive of public.ev" in r.err and "partman restore public.ev ev_p20120101 --attach" in r.err, r.err
+    assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'ev_p20120101'::regclass").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM twin").fetchone()[0] == 0
+    r = partman("restore", "twin", "ev_p20120101")  # without --attach: no advice to attach it to twin
+    assert r.code == 1 and "--attach`" in r.err and "restore public.twin" not in r.err, r.err
+    r = partman("restore", "ev", "ev_p20120101", "--attach")
+    assert r.code == 0, r.err
+    assert "ev_p20120101" in partitions(conn, "ev")

@@ -81,6 +81,25 @@ def _restored_copy(conn: psycopg.Connection, target: QualifiedName) -> dict[str,
     return copy if isinstance(copy, dict) and all(k in copy for k in wanted) else None
 
 
+def _copy_of_another(copy: dict[str, Any], parent: QualifiedName, target: QualifiedName,
+                     rec: dict[str, Any] | None) -> str | None:
+    """Why a restored copy is not this table's to attach (it was restored from another table's
+    archive), or None when it is: the comment names the table the archive came from (a comment
+    without it: the archive must be the one this table's removal record names)."""
+    named = copy.get("table")
+    if isinstance(named, list) and len(named) == 2 and all(isinstance(n, str) for n in named):
+        if tuple(named) == (parent.schema, parent.name):
+            return None
+        source = QualifiedName(*named)
+        return (f"{target} is a restored copy of an archive of {source} ({copy['uri']}), not of {parent}: partman "
+                f"attaches it only to the table it was removed from (`partman restore {source.arg} {target.name} "
+                f"--attach`). Nothing was changed.")
+    if rec is not None and rec["archive_uri"] == copy["uri"]:
+        return None
+    return (f"{target} was restored from {copy['uri']}, which partman's catalog does not record as the archive of "
+            f"{parent}'s partition {target.name}, so partman does not attach it to {parent}. Nothing was changed.")
+
+
 def _attach(conn: psycopg.Connection, settings: Settings, parent: QualifiedName, target: QualifiedName,
             lower: str | None, upper: str | None, n: int, result: dict[str, Any]) -> None:
     """Attach the restored table for its archived bounds. Rows written for the range since its
@@ -149,6 +168,9 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         copy = _restored_copy(conn, target)
         if copy is None:
             raise PartmanError(_in_the_way(target, parent, rec))
+        other = _copy_of_another(copy, parent, target, rec)
+        if other:
+            raise PartmanError(other)
         if not attach:
             raise PartmanError(
                 f"{target} was restored already, as a plain table ({copy['rows']} rows from {copy['uri']}): "
@@ -248,7 +270,7 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
             # a verified copy of the archive: a rerun with --attach (killed before the attach, or the
             # attach blocked) attaches it instead of refusing a table in the way
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target.ident(), sql.Literal(RESTORED + " " + json.dumps({
-                "uri": uri, "sha256": digest, "bytes": size, "rows": n,
+                "table": [parent.schema, parent.name], "uri": uri, "sha256": digest, "bytes": size, "rows": n,
                 "lower": manifest["bounds"]["lower"], "upper": manifest["bounds"]["upper"]}))))
     result = {"table": str(parent), "partition": str(target), "rows": n, "sha256": digest, "bytes": size,
               "uri": uri, "attached": False, "manifest": manifest}
