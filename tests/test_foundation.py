@@ -25,6 +25,18 @@ def test_durations():
         parse_duration("soon")
 
 
+POSTGRES_INTERVALS = ["PT5M", "P1D", "P1DT2H30M", "@ 1 hour", "1 day 02:00", "02:00", "1:30:15.5", "1 millennium",
+                      "2 decades", "1 century", "250 ms", "1.5 hours", "3 weeks", "1 hour ago", "-1 day", "1 year 2 mons"]
+
+
+def test_durations_read_postgresqls_interval_strings_as_postgresql_does(conn):
+    """PARTMAN_MAINTENANCE_INTERVAL is read without a database (the daemon's schedule), yet the
+    contract promises what --drop-old-after gets from PostgreSQL itself: any interval string."""
+    for text in POSTGRES_INTERVALS:
+        epoch = conn.execute("SELECT extract(epoch FROM %s::interval)::float8", (text,)).fetchone()[0]
+        assert parse_duration(text).total_seconds() == pytest.approx(epoch), text
+
+
 def test_settings_precedence(tmp_path, monkeypatch):
     cfg = tmp_path / "p.toml"
     cfg.write_text('premake = 5\nbatch_size = 7\nsleep = 0.5\nmaintenance_interval = "30m"\n')
@@ -36,6 +48,8 @@ def test_settings_precedence(tmp_path, monkeypatch):
     assert s.maintenance_interval == timedelta(minutes=30)
     monkeypatch.setenv("PARTMAN_MAINTENANCE_INTERVAL", "7 days")
     assert load_settings({}, None).maintenance_interval == timedelta(days=7)
+    monkeypatch.setenv("PARTMAN_MAINTENANCE_INTERVAL", "@ 1 day 02:00")
+    assert load_settings({}, None).maintenance_interval == timedelta(hours=26)
 
 
 def test_a_flags_name_as_environment_variable_keeps_the_precedence(tmp_path, monkeypatch):
