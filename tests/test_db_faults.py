@@ -79,6 +79,12 @@ def test_backend_terminated_then_rerun_finishes(conn, dsn, partman_proc, point, 
         _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, err[-1500:]
         assert "Traceback" not in err and "partman:" in err
+        # what a DBA must know then: the table is untouched but for the trigger, and what to run
+        said = " ".join(err.split())
+        assert "The connection to PostgreSQL was lost (terminating connection due to administrator command)" in said, said
+        assert "before its swap" in said and "change-capture trigger partman_capture stays on it" in said, said
+        assert "`partman revert public.audit_log_ledger` to abandon it" in said, said
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'partman_capture'").fetchone()[0] == 1
         second = partman_proc(*CONVERT)
         time.sleep(0.2)
         w.stop()
@@ -102,6 +108,7 @@ def test_server_restart_mid_copy_then_rerun_finishes(conn, dsn, pg_server, partm
     pg_server.start()
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err, err[-1500:]
+    assert "The connection to PostgreSQL was lost" in err and "run the same command again" in err.lower(), err[-1500:]
     second = partman_proc(*CONVERT)
     assert second.code == 0, second.err[-2000:]
     with psycopg.connect(dsn, autocommit=True) as c:

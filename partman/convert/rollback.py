@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .. import catalog, failpoints, log
+from .. import catalog, db, failpoints, log
 from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, sentences
 from ..settings import Settings
@@ -58,7 +58,11 @@ def handle_failure(conn: psycopg.Connection, settings: Settings, table: Qualifie
     """A conversion's phases raised `exc`: roll it back if it has not swapped, and raise what the
     user is told (a PartmanError), or `exc` itself when there is nothing to add. Killed or
     disconnected, the recorded state stays as it is: the next run continues."""
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or connection_lost(conn):
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc
+    if connection_lost(conn):
+        if isinstance(exc, psycopg.Error):
+            raise lost_connection(settings, table, work_schema, exc) from None
         raise exc
     outcome = _rollback(conn, settings, table, work_schema, cid, exc)
     if not isinstance(exc, (PartmanError, psycopg.Error)):
@@ -78,6 +82,35 @@ def handle_failure(conn: psycopg.Connection, settings: Settings, table: Qualifie
     if isinstance(exc, psycopg.Error) and _swapped(conn, settings, table):
         raise after_swap_error(exc, table, old) from None
     raise exc
+
+
+def lost_connection(settings: Settings, table: QualifiedName, work_schema: str | None, exc: psycopg.Error) -> PartmanError:
+    """What the user is told when partman's connection was cut (a terminated backend, a failover,
+    a network cut): the conversion keeps its state, as a killed one does, since nothing can be
+    cleaned up without a connection and the copy may have taken hours. A new connection, if the
+    server answers, tells which side of the swap it stopped on."""
+    phase = None
+    try:
+        with db.connect(settings, "partman convert") as c:
+            running = catalog.running_conversion(c, settings, table.schema, table.name)
+            phase = running["phase"] if running else None
+    except Exception:  # noqa: BLE001 - the server may be down still: say what is known
+        pass
+    lost = f"The connection to PostgreSQL was lost ({reason(exc).removeprefix('PostgreSQL error: ').rstrip('.')})"
+    if phase in AFTER_SWAP:
+        return PartmanError(
+            f"{lost} after {table} was swapped, in the conversion's {phase} phase. {table} is partitioned and in use; "
+            f"run the same command again to finish the conversion.")
+    if phase is not None:
+        return PartmanError(
+            f"{lost} in the conversion's {phase} phase, before its swap: {table} is as it was, except that partman's "
+            f"change-capture trigger {CONVERT_TRIGGER} stays on it and records its writes in partman's work schema "
+            f"{work_schema}. Run the same command again to resume the conversion where it stopped, or "
+            f"`partman revert {table.arg}` to abandon it (which removes the trigger and the work schema).")
+    return PartmanError(
+        f"{lost}, and partman could not reconnect to see where the conversion stopped. The conversion keeps its "
+        f"recorded state: once the server answers, run the same command again to resume it (`partman status "
+        f"{table.arg}` shows its phase), or `partman revert {table.arg}` to abandon it.")
 
 
 def _rollback(conn: psycopg.Connection, settings: Settings, table: QualifiedName, work_schema: str, cid: int,

@@ -67,7 +67,7 @@ def cli_convert(settings: Settings, args: argparse.Namespace) -> int:
                     return _finish(conn, settings, running)
                 except psycopg.Error as exc:
                     if rollback.connection_lost(conn):
-                        raise
+                        raise rollback.lost_connection(settings, qn, None, exc) from None
                     raise rollback.after_swap_error(exc, qn, QualifiedName(qn.schema, naming.old_name(qn.name))) from None
         if running:
             _check_resumable(qn, running, opts)
