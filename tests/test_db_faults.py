@@ -72,6 +72,8 @@ def test_backend_terminated_then_rerun_finishes(conn, dsn, partman_proc, point, 
     make_ledger(conn, 2000)
     with Writers(dsn, LEDGER, threads=2, pause=0.005) as w:
         proc = _start(dsn, point)
+        if "copy" in point:  # at its failpoint, not idle between two statements of its planning
+            _wait_for_copied(conn, 600)
         pid = _wait_for_backend(conn, state)
         if "swap" in point:  # wait until it holds the lock, then cut it
             time.sleep(0.5)
