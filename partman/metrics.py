@@ -100,7 +100,9 @@ class _CatalogCollector(Collector):
             "holds": GaugeMetricFamily("partman_holds", "partitions under legal hold", labels=["table"]),
             "last_run": GaugeMetricFamily("partman_table_maintenance_last_success_timestamp_seconds", "last successful maintenance of the table", labels=["table"]),
             "failed": GaugeMetricFamily("partman_table_maintenance_failed", "1 when the table's last maintenance attempt failed", labels=["table"]),
-            "rows": GaugeMetricFamily("partman_rows_estimate", "estimated rows over all partitions", labels=["table"]),
+            "rows": GaugeMetricFamily("partman_rows_estimate", "estimated rows over the partitions PostgreSQL has an estimate for", labels=["table"]),
+            "unknown": GaugeMetricFamily("partman_rows_estimate_unknown_partitions",
+                                         "partitions PostgreSQL has no row estimate for (never analyzed, or written since an ANALYZE while empty): partman_rows_estimate leaves them out", labels=["table"]),
             "conv": GaugeMetricFamily("partman_conversion_progress_ratio", "rows copied / rows estimated of the latest conversion", labels=["table", "status", "phase"]),
             "conv_rows": GaugeMetricFamily("partman_conversion_rows_copied", "rows copied by the latest conversion", labels=["table"]),
         }
@@ -124,7 +126,8 @@ class _CatalogCollector(Collector):
                 per_table["default"].add_metric(name, t["default_rows"] or 0)
                 per_table["due"].add_metric(name, len(t["retention_due"]))
                 per_table["holds"].add_metric(name, len(t["holds"]))
-                per_table["rows"].add_metric(name, sum(p["rows_estimate"] for p in t["partitions"]))
+                per_table["rows"].add_metric(name, sum(p["rows_estimate"] for p in t["partitions"] if p["rows_estimate_known"]))
+                per_table["unknown"].add_metric(name, sum(1 for p in t["partitions"] if not p["rows_estimate_known"]))
             if t["conversion"]:
                 c = t["conversion"]
                 per_table["conv"].add_metric([t["table"], str(c["status"]), str(c["phase"])], c["progress"])

@@ -7,6 +7,9 @@ import time
 
 import psycopg
 
+from partman.metrics import Metrics
+from partman.settings import load_settings
+
 from conftest import PLANTED_PASSWORD
 
 
@@ -174,9 +177,16 @@ def test_a_partition_postgresql_has_no_estimate_for_shows_unknown_not_zero(conn,
     est = {p["name"]: (p["rows_estimate"], p["rows_estimate_known"]) for p in t["partitions"]}
     assert est["metrics_p20240101"] == (None, False) and est["metrics_p20250101"] == (None, False)
     assert est["metrics_p20260101"] == (0, True)
+    # /metrics: the sum says which partitions it leaves out
+    scrape = Metrics(load_settings(), lambda fn: (fn(conn), None), lambda: False).render().decode()
+    assert 'partman_rows_estimate{table="public.metrics"} 0.0' in scrape, scrape
+    assert 'partman_rows_estimate_unknown_partitions{table="public.metrics"} 2.0' in scrape, scrape
 
     conn.execute("ANALYZE metrics")
     (t,) = json.loads(partman("status", "metrics", "--json").out)["tables"]
     est = {p["name"]: (p["rows_estimate"], p["rows_estimate_known"]) for p in t["partitions"]}
     assert est["metrics_p20240101"] == (1440, True) and est["metrics_p20250101"] == (1440, True)
     assert "no estimate" not in partman("status", "metrics").out
+    scrape = Metrics(load_settings(), lambda fn: (fn(conn), None), lambda: False).render().decode()
+    assert 'partman_rows_estimate{table="public.metrics"} 2880.0' in scrape, scrape
+    assert 'partman_rows_estimate_unknown_partitions{table="public.metrics"} 0.0' in scrape, scrape
