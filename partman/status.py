@@ -174,7 +174,7 @@ def _partition_doc(p: Partition, held: dict[str, Any]) -> dict[str, Any]:
         "default": p.is_default,
         "lower": "DEFAULT" if p.is_default else ("MINVALUE" if p.lower is None else p.lower),
         "upper": None if p.is_default else ("MAXVALUE" if p.upper is None else p.upper),
-        # reltuples; 0 where PostgreSQL has none (what /metrics sums): `status --json` prints null there
+        # reltuples; 0 where PostgreSQL has none: `status --json` prints null there, /metrics leaves it out of its sum and counts it
         "rows_estimate": p.estimated_rows,
         "rows_estimate_known": p.estimate_known,
         "held": p.name in held,
