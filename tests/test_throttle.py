@@ -1,4 +1,5 @@
-"""The throttle's decision (pure: synthetic probe latencies, no server) and its probe on a real one."""
+"""The copy's pacing: the throttle's decision (pure: synthetic probe latencies, no server), its
+probe on a real server, and the room the copy keeps in the server's WAL buffers."""
 
 from __future__ import annotations
 
@@ -138,3 +139,42 @@ def test_a_baseline_measured_at_a_busy_moment_comes_down(capsys):
     _probes(t2, [1.7] * 200)  # within 0.75 x of the baseline (2.0): noise, kept
     t2.decide()
     assert t2.baseline_ms == 2.0
+
+
+def test_a_batch_is_capped_to_the_rows_whose_wal_fits_the_budget():
+    from partman.convert.walroom import rows_within
+
+    assert rows_within(4_000_000, 8_000_000, 10_000) == 5000  # twice the budget: half the rows
+    assert rows_within(4_000_000, 1_000_000, 10_000) == 40000  # room for more: the size rules
+    assert rows_within(4_000_000, 400_000_000, 10) == 1  # one huge row still goes
+    assert rows_within(4_000_000, 0, 10_000) is None and rows_within(4_000_000, 100, 0) is None
+
+
+def test_the_wal_room_measures_a_rows_wal_and_waits_until_the_wal_writer_has_written(conn):
+    from partman.convert.walroom import BATCH_SHARE, GATE_SHARE, WalRoom
+
+    room = WalRoom(conn)
+    assert room.enabled
+    assert room.buffers == conn.execute("SELECT pg_size_bytes(current_setting('wal_buffers'))").fetchone()[0]
+    conn.execute("CREATE TABLE wide (v text)")
+    assert room.before_batch(0).cap is None  # nothing to go by yet
+    lsn = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint"
+    start = conn.execute(lsn).fetchone()[0]
+    rows = room.buffers // 1500 * 2  # about twice the buffers' worth of WAL, in one transaction
+    conn.execute(
+        "INSERT INTO wide SELECT (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 47) i) "
+        "FROM generate_series(1, %s) g", (rows,))
+    wal = conn.execute(lsn).fetchone()[0] - start
+    found = room.before_batch(rows)
+    assert found.cap == pytest.approx(rows * room.buffers * BATCH_SHARE / wal, rel=0.05)
+    assert found.cap < rows / 2
+    assert found.unwritten <= room.buffers * GATE_SHARE
+
+
+def test_inside_a_transaction_the_wal_room_stays_off_and_touches_nothing(conn):
+    from partman.convert.walroom import WalRoom
+
+    with conn.transaction():
+        conn.execute("SELECT 1")
+        room = WalRoom(conn)
+        assert not room.enabled and room.before_batch(10).cap is None

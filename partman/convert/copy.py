@@ -27,7 +27,10 @@ bench's writer at 300k rows, 2,000-row batches kept its p99 during the copy at ~
 
 The batch size adapts downwards: a batch that took longer than TARGET_BATCH_MS shrinks the
 next one in proportion (wide rows, TOAST, a busy disk), and it grows back up to the configured
-size once batches are fast again, so no copy transaction runs long."""
+size once batches are fast again, so no copy transaction runs long. Before each batch, outside
+its transaction, the copy waits for room in the server's WAL buffers and keeps the batch's WAL
+within it (walroom.py): otherwise a batch that fills them waits inside its transaction while the
+WAL writer's fsync holds the write lock."""
 
 from __future__ import annotations
 
@@ -39,11 +42,12 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 import psycopg
 from psycopg import sql
 
-from .. import catalog, db, failpoints
+from .. import catalog, db, failpoints, log
 from ..db import QualifiedName
 from ..settings import Settings
 from .capture import KeyColumn, single_integer
 from .throttle import Throttle
+from .walroom import WalRoom
 
 TARGET_BATCH_MS = 150.0  # well under the 250 ms a copy transaction may take
 GENTLE_BATCH_MS = 25.0  # throttled: short batches, so an application insert seldom meets one
@@ -230,7 +234,14 @@ def _copy(
     last key)."""
     longest = 0.0
     size = first or batch_size
+    room = WalRoom(conn)
+    n = batches = 0
+    waited_ms = 0.0
     while stop is None or not stop.is_set():
+        found = room.before_batch(n)  # outside the transaction: any wait for the WAL writer is here
+        waited_ms += found.waited_ms
+        if found.cap is not None:
+            size = min(size, found.cap)
         stmt, params = batch_statement(
             source, target, key, columns, overriding=overriding, after=after, limit=size, upto=upto
         )
@@ -246,6 +257,7 @@ def _copy(
         longest = max(longest, ms)
         if not n:
             break
+        batches += 1
         rows_done += n
         after = last
         if committed:
@@ -257,6 +269,8 @@ def _copy(
             break
         size = next_batch_size(size, batch_size, ms, target_ms)
         pause()
+    log.get().info("copy_range", cursor=cursor, batches=batches, longest_batch_ms=round(longest, 1),
+                   wal_wait_s=round(waited_ms / 1000, 2), wal_room=room.enabled)
     return rows_done, longest, after
 
 
