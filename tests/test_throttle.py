@@ -171,6 +171,18 @@ def test_the_wal_room_measures_a_rows_wal_and_waits_until_the_wal_writer_has_wri
     assert found.unwritten <= room.buffers * GATE_SHARE
 
 
+def test_the_first_batch_is_capped_by_the_tables_bytes_per_row(conn):
+    from partman.convert.walroom import BATCH_SHARE, WalRoom
+
+    conn.execute("CREATE TABLE wide (v text)")
+    room = WalRoom(conn)
+    assert room.first_cap("wide") is None  # no row estimate yet: nothing to go by
+    conn.execute("INSERT INTO wide SELECT repeat(md5(g::text), 25) FROM generate_series(1, 2000) g")
+    conn.execute("ANALYZE wide")
+    size, rows = conn.execute("SELECT pg_relation_size('wide'), reltuples FROM pg_class WHERE relname = 'wide'").fetchone()
+    assert room.first_cap("wide") == pytest.approx(room.buffers * BATCH_SHARE / (size / rows), rel=0.01)
+
+
 def test_inside_a_transaction_the_wal_room_stays_off_and_touches_nothing(conn):
     from partman.convert.walroom import WalRoom
 
@@ -178,3 +190,19 @@ def test_inside_a_transaction_the_wal_room_stays_off_and_touches_nothing(conn):
         conn.execute("SELECT 1")
         room = WalRoom(conn)
         assert not room.enabled and room.before_batch(10).cap is None
+
+
+def test_a_wait_for_room_that_gives_up_is_not_repeated_for_a_while(conn, monkeypatch):
+    """When other sessions keep the WAL writer behind, waiting gives the copy no room: after a
+    wait that gave up, the copy does not wait again until the back-off is over."""
+    from partman.convert import walroom
+
+    monkeypatch.setattr(walroom, "GATE_SHARE", -1.0)  # never room, as beside a bulk load
+    monkeypatch.setattr(walroom, "MAX_WAIT_S", 0.1)
+    room = walroom.WalRoom(conn)
+    first = room.before_batch(0)
+    assert first.gave_up and first.waited_ms >= 100
+    second = room.before_batch(0)
+    assert not second.gave_up and second.waited_ms < 50
+    room.no_wait_until = 0.0  # the back-off over: it waits again
+    assert room.before_batch(0).gave_up

@@ -235,11 +235,13 @@ def _copy(
     longest = 0.0
     size = first or batch_size
     room = WalRoom(conn)
-    n = batches = 0
+    size = min(size, room.first_cap(source.literal) or size)
+    n = batches = gave_up = 0
     waited_ms = 0.0
     while stop is None or not stop.is_set():
         found = room.before_batch(n)  # outside the transaction: any wait for the WAL writer is here
         waited_ms += found.waited_ms
+        gave_up += found.gave_up
         if found.cap is not None:
             size = min(size, found.cap)
         stmt, params = batch_statement(
@@ -270,7 +272,7 @@ def _copy(
         size = next_batch_size(size, batch_size, ms, target_ms)
         pause()
     log.get().info("copy_range", cursor=cursor, batches=batches, longest_batch_ms=round(longest, 1),
-                   wal_wait_s=round(waited_ms / 1000, 2), wal_room=room.enabled)
+                   wal_wait_s=round(waited_ms / 1000, 2), wal_waits_given_up=gave_up, wal_room=room.enabled)
     return rows_done, longest, after
 
 

@@ -10,11 +10,17 @@ Measured at 10M rows (bench/RESULTS.md): those waits were most of the copy trans
 over 250 ms.
 
 So before each batch the copy waits, outside any transaction, until at most GATE_SHARE of the
-WAL buffers hold unwritten WAL (at most MAX_WAIT_S: WAL that other sessions write must not stall
-the copy for good), and it keeps a batch's WAL, together with what the other copy worker writes
-in the same time, within BATCH_SHARE of them: the bytes a row cost in the last batch, measured
-from the server's WAL insert position, cap the next batch's rows. The waits then happen between
-transactions, where they hold no lock and no snapshot.
+WAL buffers hold unwritten WAL, and it keeps a batch's WAL, together with what the other copy
+worker writes in the same time, within BATCH_SHARE of them: the bytes a row cost in the last
+batch, measured from the server's WAL insert position, cap the next batch's rows. The waits then
+happen between transactions, where they hold no lock and no snapshot. Before the first batch
+there is no such figure yet: the source's heap bytes per row (its size over PostgreSQL's row
+estimate, when it has one) stand in for it.
+
+A wait ends after MAX_WAIT_S whatever the buffers hold: when other sessions keep the WAL writer
+behind (a bulk load beside the conversion), waiting would not give the copy room, only slow it
+to a batch a second. After a wait that gave up, the copy does not wait again for BACKOFF_S (the
+rows' cap still holds): such a server costs it at most MAX_WAIT_S in every BACKOFF_S.
 
 The WAL positions are read with pg_current_wal_insert_lsn() and pg_current_wal_lsn(), the
 write position as the backends see it (the server publishes it when a write, and the fsync that
@@ -34,10 +40,15 @@ from psycopg.pq import TransactionStatus
 GATE_SHARE = 0.5
 BATCH_SHARE = 0.5
 MAX_WAIT_S = 1.0
+BACKOFF_S = 10.0
 FIRST_POLL_S = 0.001
 LAST_POLL_S = 0.01
 
 WAL_BUFFERS = "SELECT pg_size_bytes(current_setting('wal_buffers'))"
+ROW_BYTES = (
+    "SELECT CASE WHEN reltuples > 0 THEN (pg_relation_size(oid) / reltuples)::bigint END "
+    "FROM pg_class WHERE oid = %s::regclass"
+)
 POSITIONS = (
     "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), pg_current_wal_lsn())::bigint, "
     "pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint"
@@ -55,11 +66,13 @@ def rows_within(budget: float, wal_bytes: int, rows: int) -> int | None:
 @dataclass
 class Room:
     """What the wait before a batch found: a cap on the batch's rows (None: none), the
-    milliseconds waited, and the unwritten WAL bytes when it stopped waiting."""
+    milliseconds waited, the unwritten WAL bytes when it stopped waiting, and whether it gave up
+    (MAX_WAIT_S)."""
 
     cap: int | None
     waited_ms: float
     unwritten: int
+    gave_up: bool = False
 
 
 class WalRoom:
@@ -70,6 +83,7 @@ class WalRoom:
         self.conn = conn
         self.buffers = 0
         self.position: int | None = None
+        self.no_wait_until = 0.0
         if conn.info.transaction_status != TransactionStatus.IDLE:
             return  # a statement that fails here would abort the caller's transaction
         try:
@@ -82,14 +96,27 @@ class WalRoom:
     def enabled(self) -> bool:
         return self.buffers > 0
 
+    def first_cap(self, source: str) -> int | None:
+        """The rows of the source's first batch whose WAL should fit: its heap bytes per row
+        (`source` as a regclass literal), when PostgreSQL has a row estimate."""
+        if not self.enabled:
+            return None
+        per_row = self.conn.execute(ROW_BYTES, (source,)).fetchone()[0]
+        return rows_within(self.buffers * BATCH_SHARE, per_row, 1) if per_row else None
+
     def before_batch(self, rows: int) -> Room:
         if not self.enabled:
             return Room(None, 0.0, 0)
         t0 = time.perf_counter()
         poll = FIRST_POLL_S
+        gave_up = False
         while True:
             unwritten, position = self.conn.execute(POSITIONS).fetchone()
-            if unwritten <= self.buffers * GATE_SHARE or time.perf_counter() - t0 >= MAX_WAIT_S:
+            if unwritten <= self.buffers * GATE_SHARE or t0 < self.no_wait_until:
+                break
+            if time.perf_counter() - t0 >= MAX_WAIT_S:
+                gave_up = True
+                self.no_wait_until = time.perf_counter() + BACKOFF_S
                 break
             time.sleep(poll)
             poll = min(LAST_POLL_S, poll * 2)
@@ -97,4 +124,4 @@ class WalRoom:
         if self.position is not None:
             cap = rows_within(self.buffers * BATCH_SHARE, position - self.position, rows)
         self.position = position
-        return Room(cap, (time.perf_counter() - t0) * 1000, unwritten)
+        return Room(cap, (time.perf_counter() - t0) * 1000, unwritten, gave_up)
