@@ -173,7 +173,7 @@ def test_out_of_temp_space_is_a_clear_error_and_a_clean_rollback(conn, dsn, part
     conn.execute(f'ALTER DATABASE "{db}" SET temp_file_limit = \'64kB\'')
     conn.execute(f'ALTER DATABASE "{db}" SET maintenance_work_mem = \'1MB\'')
     conn.execute(f'ALTER DATABASE "{db}" SET max_parallel_maintenance_workers = 0')
-    conn.execute(f'ALTER DATABASE "{db}" SET work_mem = \'64kB\'')  # a batch's sort spills whatever its size
+    conn.execute(f'ALTER DATABASE "{db}" SET work_mem = \'64kB\'')  # the copy's first batch spills past temp_file_limit whatever its size
     before = relations_in(conn, "public")
     r = partman(*CONVERT[:-4], "--batch-size", "20000", "--sleep", "0", "--yes")
     assert r.code == 1

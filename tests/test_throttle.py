@@ -150,7 +150,7 @@ def test_a_batch_is_capped_to_the_rows_whose_wal_fits_the_budget():
     assert rows_within(4_000_000, 0, 10_000) is None and rows_within(4_000_000, 100, 0) is None
 
 
-def test_the_wal_room_measures_a_rows_wal_and_waits_until_the_wal_writer_has_written(conn):
+def test_the_wal_room_caps_a_batch_by_the_wal_its_rows_took_and_starts_it_with_room(conn):
     from partman.convert.walroom import BATCH_SHARE, GATE_SHARE, WalRoom
 
     room = WalRoom(conn)
