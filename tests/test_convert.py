@@ -152,6 +152,31 @@ def test_batches_of_wide_rows_keep_their_wal_within_the_wal_buffers(conn, partma
     assert conn.execute("SELECT count(*) FROM wide").fetchone()[0] == 30000
 
 
+@pytest.mark.parametrize("rows", [1000, 1037])
+def test_batches_end_at_the_nth_key_across_gaps_in_a_composite_key(conn, partman, rows):
+    """Each batch first looks up its last key (the n-th after the cursor, or the range's last)
+    and then inserts up to it: with a composite key whose values jump and whose text part sorts
+    by the column's collation, every row is copied once by the copy itself (nothing for the
+    verification to repair), in exactly rows / batch-size batches when nothing is slow, whether
+    the rows end on a batch's boundary (1000) or not (1037)."""
+    conn.execute("CREATE TABLE gappy (tenant text, n bigint, ts timestamptz NOT NULL, v text, PRIMARY KEY (tenant, n))")
+    conn.execute(
+        "INSERT INTO gappy SELECT (ARRAY['b', 'B', 'a', 'Z', 'aa'])[1 + g %% 5], g::bigint * g * 7919 %% 1000003, "
+        "'2021-01-01'::timestamptz + g * interval '7 hours', md5(g::text) FROM generate_series(1, %s) g", (rows,))
+    r = partman("convert", "gappy", "--column", "ts", "--interval", "month", "--batch-size", "100",
+                "--sleep", "0", "--yes", "--json")
+    assert r.code == 0, r.err
+    figures = json.loads(r.out)["verify"]
+    assert figures["missing_or_different"] == 0 and figures["repaired"] == 0, figures
+    ranges = [json.loads(line) for line in r.err.splitlines() if '"copy_range"' in line]
+    assert len(ranges) == 1 and ranges[0]["batches"] >= -(-rows // 100), ranges  # more only if a batch was slow
+    assert conn.execute("SELECT rows_copied FROM partman_catalog.conversion").fetchone()[0] == rows
+    differ = conn.execute(
+        "SELECT count(*) FROM gappy_old o FULL JOIN gappy n USING (tenant, n) "
+        "WHERE o.n IS NULL OR n.n IS NULL OR (o.ts, o.v) IS DISTINCT FROM (n.ts, n.v)").fetchone()[0]
+    assert differ == 0 and conn.execute("SELECT count(*) FROM gappy").fetchone()[0] == rows
+
+
 def test_out_of_order_commits_are_not_lost(conn, dsn, partman):
     conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, note text)")
     conn.execute(

@@ -3,10 +3,13 @@ batch that inserts the rows and advances the cursor recorded in the catalog, so 
 resumes at the last committed batch and no row is copied twice.
 
 Where the time goes (measured with bench/convert_bench.py and the backend's CPU time, PG 15,
-~480-byte ledger rows): each batch is one in-server `INSERT ... SELECT ... ORDER BY key LIMIT n
-RETURNING <key>`. RETURNING only the key keeps the per-batch bookkeeping (row count, last key)
-to a few bytes per row; the earlier form materialized whole rows in a CTE, which spills to a
-temp file once a batch exceeds work_mem (10,000 such rows are ~4.5 MB) and cost ~35% more CPU.
+~480-byte ledger rows): each batch first finds its last key in the key's index (the n-th key
+after the cursor: `ORDER BY key OFFSET n-1 LIMIT 1`, or the range's last key when fewer are
+left), then runs one in-server `INSERT ... SELECT ... WHERE key > cursor AND key <= last`, whose
+row count is the batch's rows. The form before it, `WITH ins AS (INSERT ... ORDER BY key LIMIT n
+RETURNING key) SELECT count(*), <last key> FROM ins`, spent 10-30% more of the backend's CPU on
+the rows it returned through the CTE (the more, the smaller the batch) than the lookup costs;
+an earlier form still materialized whole rows in the CTE and cost ~35% more again.
 Inserting straight into the target partition instead of routing through the partitioned parent
 was measured too and did not pay on PG 15 (finding the partition first costs what routing
 saves), nor did batches larger than 10,000 rows: per-batch overhead is already small.
@@ -55,6 +58,36 @@ GENTLE_FIRST_BATCH = 1000
 MIN_BATCH = 100
 
 
+def _key_conditions(key: list[KeyColumn], after: list[str] | None,
+                    upto: list[str] | None) -> tuple[sql.Composable, list[str]]:
+    """`WHERE (k...) > (after) AND (k...) <= (upto)` (either side optional) and its params."""
+    keycols = sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
+    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(k.type)) for k in key)
+    params: list[str] = []
+    conds: list[sql.Composable] = []
+    if after is not None:
+        conds.append(sql.SQL("({}) > ({})").format(keycols, typed))
+        params += list(after)
+    if upto is not None:
+        conds.append(sql.SQL("({}) <= ({})").format(keycols, typed))
+        params += list(upto)
+    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
+    return where, params
+
+
+def bound_statement(source: QualifiedName, key: list[KeyColumn], *, after: list[str] | None,
+                    upto: list[str] | None, rows: int | None) -> tuple[sql.Composed, list[str]]:
+    """The key (as text[]) of the `rows`-th row after `after` (not beyond `upto`), found in the key's
+    index; with `rows` None the last key in that range. No row: fewer rows (or none) are left."""
+    where, params = _key_conditions(key, after, upto)
+    last_key = sql.SQL("ARRAY[{}]").format(sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k.name)) for k in key))
+    order = sql.SQL(", ").join(sql.SQL("{}{}").format(sql.Identifier(k.name), sql.SQL(" DESC") if rows is None else sql.SQL(""))
+                               for k in key)
+    offset = sql.SQL(" OFFSET {}").format(sql.Literal(rows - 1)) if rows is not None else sql.SQL("")
+    return sql.SQL("SELECT {} FROM {} {} ORDER BY {}{} LIMIT 1").format(
+        last_key, source.ident(), where, order, offset), params
+
+
 def batch_statement(
     source: QualifiedName,
     target: QualifiedName,
@@ -63,42 +96,22 @@ def batch_statement(
     *,
     overriding: bool,
     after: list[str] | None,
-    limit: int,
-    upto: list[str] | None = None,
+    upto: list[str],
 ) -> tuple[sql.Composed, list[str]]:
-    """INSERT the next `limit` rows after the cursor `after` (and not beyond `upto`); returns
-    (statement, params). The statement yields (rows copied, the last key as text[])."""
+    """INSERT the rows after the cursor `after` up to the key `upto` (inclusive), found first by
+    bound_statement; returns (statement, params). Its row count is the batch's rows. A plain
+    INSERT: returning the keys through a CTE, to count them and take the last, cost 10-30% more
+    of the copy's CPU than the whole lookup of the bound (bench/RESULTS.md, "The batch's bound")."""
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     keycols = sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
-    params: list[str] = []
-    conds: list[sql.Composable] = []
-    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(k.type)) for k in key)
-    if after is not None:
-        conds.append(sql.SQL("({}) > ({})").format(keycols, typed))
-        params += list(after)
-    if upto is not None:
-        conds.append(sql.SQL("({}) <= ({})").format(keycols, typed))
-        params += list(upto)
-    where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-    last_key = sql.SQL("ARRAY[{}]").format(sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k.name)) for k in key))
-    desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k.name)) for k in key)
-    stmt = sql.SQL(
-        """WITH ins AS (
-               INSERT INTO {target} ({cols}) {overriding}
-               SELECT {cols} FROM {source} {where} ORDER BY {keycols} LIMIT {limit}
-               RETURNING {keycols}
-           )
-           SELECT count(*), (SELECT {last_key} FROM ins ORDER BY {desc} LIMIT 1) FROM ins"""
-    ).format(
+    where, params = _key_conditions(key, after, upto)
+    stmt = sql.SQL("INSERT INTO {target} ({cols}) {overriding} SELECT {cols} FROM {source} {where} ORDER BY {keycols}").format(
         cols=cols,
         source=source.ident(),
         where=where,
         keycols=keycols,
-        limit=sql.Literal(limit),
         target=target.ident(),
         overriding=sql.SQL("OVERRIDING SYSTEM VALUE") if overriding else sql.SQL(""),
-        last_key=last_key,
-        desc=desc,
     )
     return stmt, params
 
@@ -244,20 +257,27 @@ def _copy(
         gave_up += found.gave_up
         if found.cap is not None:
             size = min(size, found.cap)
-        stmt, params = batch_statement(
-            source, target, key, columns, overriding=overriding, after=after, limit=size, upto=upto
-        )
         t0 = time.perf_counter()
         with conn.transaction():
             # the batch and its cursor commit together, so losing the last few to a crash (what an
             # asynchronous commit risks) only means copying them again: no wait for the WAL flush
             conn.execute("SET LOCAL synchronous_commit = off")
-            n, last = conn.execute(stmt, params).fetchone()
-            if n:
+            # the batch's last key first (the size-th row after the cursor, or the range's last)
+            last_batch = False
+            found_key = conn.execute(*bound_statement(source, key, after=after, upto=upto, rows=size)).fetchone()
+            if found_key is None:
+                last_batch = True
+                found_key = conn.execute(*bound_statement(source, key, after=after, upto=upto, rows=None)).fetchone()
+            if found_key is None:
+                n, last = 0, None
+            else:
+                last = list(found_key[0])
+                n = conn.execute(*batch_statement(source, target, key, columns, overriding=overriding,
+                                                  after=after, upto=last)).rowcount
                 catalog.add_copied(conn, settings, conversion_id, n, **{cursor: last})
         ms = (time.perf_counter() - t0) * 1000
         longest = max(longest, ms)
-        if not n:
+        if last is None:
             break
         batches += 1
         rows_done += n
@@ -267,7 +287,7 @@ def _copy(
         else:
             on_progress(rows_done, ms)
         failpoints.hit("convert.copy.after_batch")
-        if n < size:
+        if last_batch:
             break
         size = next_batch_size(size, batch_size, ms, target_ms)
         pause()

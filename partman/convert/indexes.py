@@ -299,15 +299,20 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
         jobs = _analyze_split(shadow, *halves)
     elif analyze:
         jobs = [_analyze(shadow, gentle=pause is not None)]
-    # (statement, parent IndexDDL, partition, partition index name); per partition the
-    # constraints first (they lock the partition exclusively), then the plain indexes
+    # (statement, parent IndexDDL, partition, partition index name): the constraints first, each
+    # over every partition, then each partition's plain indexes. A constraint locks its partition
+    # exclusively: grouped by partition, the other connection's next build (on the same
+    # partition) waited for it; one after another they are on different partitions, and plain
+    # builds (SHARE) never wait for each other
+    constraints = [i for i in todo if i.constraint]
+    plain = [i for i in todo if not i.constraint]
+    order = [(idx, part) for idx in constraints for part in parts] + [(idx, part) for part in parts for idx in plain]
     items: list[tuple[Any, Any, QualifiedName, str]] = []
-    for part in parts:
-        for idx in sorted(todo, key=lambda i: not i.constraint):
-            name = names[(idx.temp_name, part.name)]
-            st = _partition_statement(idx, part, name)
-            if st is not None and not relation_exists(conn, QualifiedName(part.schema, name)):
-                items.append((st, idx, part, name))
+    for idx, part in order:
+        name = names[(idx.temp_name, part.name)]
+        st = _partition_statement(idx, part, name)
+        if st is not None and not relation_exists(conn, QualifiedName(part.schema, name)):
+            items.append((st, idx, part, name))
     # (an index of a shape not known here has no items: its parent statement builds it whole)
     if pause is not None:
         workers = 1
