@@ -101,7 +101,8 @@ def batch_statement(
     """INSERT the rows after the cursor `after` up to the key `upto` (inclusive), found first by
     bound_statement; returns (statement, params). Its row count is the batch's rows. A plain
     INSERT: returning the keys through a CTE, to count them and take the last, cost 10-30% more
-    of the copy's CPU than the whole lookup of the bound (bench/RESULTS.md, "The batch's bound")."""
+    of the copy's CPU, the lookup of the bound a small part of that (bench/RESULTS.md, "The
+    batch's bound looked up first")."""
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     keycols = sql.SQL(", ").join(sql.Identifier(k.name) for k in key)
     where, params = _key_conditions(key, after, upto)
