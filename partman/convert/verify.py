@@ -246,8 +246,9 @@ def _offset_ranges(conn: psycopg.Connection, old: QualifiedName, key: list[KeyCo
     while True:
         where = sql.SQL("WHERE {}").format(sql.SQL(" AND ").join(_bounds("o", key, (after, None)))) if after else sql.SQL("")
         upto = conn.execute(
-            sql.SQL("SELECT {} FROM {} o {} ORDER BY {} OFFSET {} LIMIT 1").format(
-                as_text, old.ident(), where, keycols, sql.Literal(size.rows - 1)),
+            # the key as text for the one row kept, not for each row the OFFSET skips
+            sql.SQL("SELECT {} FROM (SELECT {} FROM {} o {} ORDER BY {} OFFSET {} LIMIT 1) o").format(
+                as_text, keycols, old.ident(), where, keycols, sql.Literal(size.rows - 1)),
         ).fetchone()
         yield after, (list(upto[0]) if upto else None)
         if not upto:
