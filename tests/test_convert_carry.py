@@ -461,6 +461,26 @@ def test_a_not_valid_foreign_key_stays_not_valid_from_postgresql_18_and_is_check
         assert conn.execute("SELECT count(*) FROM care").fetchone()[0] == 301
 
 
+def test_no_index_build_waits_for_a_constraint_on_its_partition():
+    """At full speed two connections take the partitions' builds in turn, so neighbours in the
+    queue run at the same time. A constraint (primary key, unique) locks its partition
+    exclusively: no constraint may be next to another build of the same partition, and every
+    constraint comes before the plain indexes (SHARE locks, which never wait for each other)."""
+    from types import SimpleNamespace
+
+    from partman.convert.indexes import build_order
+
+    todo = [SimpleNamespace(name=n, constraint=c) for n, c in
+            (("actor_idx", False), ("pkey", True), ("action_idx", False), ("hash_key", True))]
+    parts = [QualifiedName("w", f"ledger_p{y}0101") for y in (2026, 2025, 2024)]
+    order = build_order(todo, parts)
+    assert sorted((i.name, p.name) for i, p in order) == sorted((i.name, p.name) for i in todo for p in parts)
+    kinds = [i.constraint for i, _ in order]
+    assert kinds == sorted(kinds, reverse=True)  # all the constraints first
+    for (a, pa), (b, pb) in zip(order, order[1:]):
+        assert not ((a.constraint or b.constraint) and pa == pb), [(i.name, p.name) for i, p in order]
+
+
 def test_partition_index_names_are_postgresqls_own_at_either_pace(conn, partman):
     """At full speed partman builds each partition's indexes itself; they get the names PostgreSQL
     gives them when the parent's index is created over the partitions (the paced path, and every

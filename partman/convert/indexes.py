@@ -279,6 +279,18 @@ def partition_index_names(indexes: Sequence[Any], parts: Sequence[QualifiedName]
     return out
 
 
+def build_order(todo: Sequence[Any], parts: Sequence[QualifiedName]) -> list[tuple[Any, QualifiedName]]:
+    """(index, partition) in the order the connections take them: the constraints first, each
+    over every partition, then each partition's plain indexes. A constraint locks its partition
+    exclusively: queued partition by partition, the other connection's next build (on the same
+    partition) waited for it (`relation` lock waits in every partition at 2M rows, the index
+    phase 3-4% longer); one after another the constraints are on different partitions, and plain
+    builds (SHARE) never wait for each other."""
+    constraints = [i for i in todo if i.constraint]
+    plain = [i for i in todo if not i.constraint]
+    return [(idx, part) for idx in constraints for part in parts] + [(idx, part) for part in parts for idx in plain]
+
+
 def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[Any], every: Sequence[Any], workers: int,
                    shadow: QualifiedName, analyze: bool, pause: Callable[[], Any] | None = None) -> bool:
     """Gentle (`pause` given): one connection, the throttle's pause between the ANALYZE and the
@@ -299,16 +311,9 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
         jobs = _analyze_split(shadow, *halves)
     elif analyze:
         jobs = [_analyze(shadow, gentle=pause is not None)]
-    # (statement, parent IndexDDL, partition, partition index name): the constraints first, each
-    # over every partition, then each partition's plain indexes. A constraint locks its partition
-    # exclusively: grouped by partition, the other connection's next build (on the same
-    # partition) waited for it; one after another they are on different partitions, and plain
-    # builds (SHARE) never wait for each other
-    constraints = [i for i in todo if i.constraint]
-    plain = [i for i in todo if not i.constraint]
-    order = [(idx, part) for idx in constraints for part in parts] + [(idx, part) for part in parts for idx in plain]
+    # (statement, parent IndexDDL, partition, partition index name), in build_order
     items: list[tuple[Any, Any, QualifiedName, str]] = []
-    for idx, part in order:
+    for idx, part in build_order(todo, parts):
         name = names[(idx.temp_name, part.name)]
         st = _partition_statement(idx, part, name)
         if st is not None and not relation_exists(conn, QualifiedName(part.schema, name)):
