@@ -297,9 +297,11 @@ def _per_partition(conn: psycopg.Connection, settings: Settings, todo: Sequence[
     partition builds, so the application gets its share between units of a few hundred ms."""
     from .swap import relation_exists
 
-    # partitions in descending OID order: ANALYZE visits them in ascending order (after the
-    # parent's own sample, which only needs ACCESS SHARE), so it and the builds, which cannot
-    # work on one partition at the same time, meet once instead of queueing behind each other
+    # partitions in descending OID order: a single ANALYZE beside the builds (not the split one,
+    # which finishes before any build starts) visits them in ascending order (after the parent's
+    # own sample, which only needs ACCESS SHARE), so it and the builds, which cannot work on one
+    # partition at the same time, meet once per pass of build_order (the constraints, then the
+    # plain indexes) instead of queueing behind each other
     parts = [QualifiedName(r[0], r[1]) for r in conn.execute(
         "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass ORDER BY c.oid DESC",
