@@ -113,6 +113,18 @@ def connect(settings: Settings, application_name: str = "partman", autocommit: b
     return conn
 
 
+def flush_statistics(conn: psycopg.Connection) -> None:
+    """Hand this session's pending activity statistics (the rows it inserted, table by table) to
+    the server now. A session hands them over when it goes idle, at most once a second, or as it
+    ends; rows a copy worker inserted in its last second would otherwise be counted after the
+    ANALYZE that follows the copy: as rows changed since that ANALYZE (autovacuum analyzes the
+    partition again) and once more in `n_live_tup`. PostgreSQL 15+: `pg_stat_force_next_flush()`
+    makes the session flush as this statement ends, before the server answers. PostgreSQL 14's
+    sessions send theirs to the statistics collector on their own schedule. Outside a transaction."""
+    if conn.info.server_version >= 150000:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+
+
 def resolve_table(conn: psycopg.Connection, name: str) -> QualifiedName:
     """`schema.table` or unqualified through search_path, as psql does. Raises when missing."""
     try:

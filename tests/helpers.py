@@ -112,6 +112,16 @@ def make_ledger(conn: psycopg.Connection, rows: int = 3000) -> Ledger:
     return led
 
 
+def wait_for_partman_sessions_to_end(conn: psycopg.Connection, timeout: float = 30.0) -> None:
+    """Until partman's sessions in this database are gone (a session hands its pending activity
+    statistics to the server as it ends: after this, pg_stat_user_tables counts all they did)."""
+    deadline = time.monotonic() + timeout
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND application_name LIKE 'partman%'").fetchone()[0]:
+        assert time.monotonic() < deadline, "partman's sessions did not end"
+        time.sleep(0.05)
+
+
 def partman_command() -> str:
     """The installed console script `partman` (the real command a user runs), beside this Python."""
     beside = os.path.join(os.path.dirname(sys.executable), "partman")

@@ -14,7 +14,8 @@ import pytest
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
 
-from helpers import LEDGER, Writers, partman_command, ids, is_partitioned, latest_phase, make_ledger, relations_in, wait_for_phase
+from helpers import (LEDGER, Writers, partman_command, ids, is_partitioned, latest_phase, make_ledger, relations_in,
+                     wait_for_partman_sessions_to_end, wait_for_phase)
 
 pytestmark = pytest.mark.conversion
 
@@ -124,6 +125,31 @@ def test_the_analyze_reads_every_partition_once_however_many_connections_share_i
     whole = conn.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'audit_log_ledger' "
                          "AND inherited").fetchone()[0]
     assert whole == 7  # every column of the ledger
+
+
+@pytest.mark.parametrize("pace", [["--sleep", "0"], ["--sleep", "0.001"]], ids=["full-speed", "paced"])
+def test_the_partitions_activity_statistics_count_each_copied_row_once(conn, partman, pace):
+    """A session hands the rows it inserted to the server's activity statistics when it goes
+    idle, at most once a second. The copy's connections hand theirs over before the ANALYZE, so
+    after the conversion (its sessions gone) each partition's `n_live_tup` is its row count, not
+    twice it, and no row counts as changed since its ANALYZE (autovacuum would analyze those
+    partitions again, and a maintenance pass compares the parent's count with theirs)."""
+    if conn.info.server_version < 150000:
+        pytest.skip("PostgreSQL 14 sends its statistics on its own schedule (no pg_stat_force_next_flush)")
+    make_ledger(conn, 3000)
+    r = partman(*CONVERT, "--batch-size", "100", *pace, "--yes")
+    assert r.code == 0, r.err
+    if pace[1] == "0":  # the copy was split between two connections
+        assert len([line for line in r.err.splitlines() if '"copy_range"' in line]) == 2, r.err
+    wait_for_partman_sessions_to_end(conn)
+    stats = conn.execute(
+        "SELECT c.relname, s.n_live_tup, s.n_mod_since_analyze, s.analyze_count FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_stat_user_tables s ON s.relid = c.oid "
+        "WHERE i.inhparent = 'audit_log_ledger'::regclass ORDER BY 1").fetchall()
+    rows = {name: conn.execute(f"SELECT count(*) FROM public.{name}").fetchone()[0] for name, *_ in stats}
+    assert sum(rows.values()) == 3000
+    assert [(name, live, changed, analyzed) for name, live, changed, analyzed in stats] == \
+        [(name, rows[name], 0, 1) for name, *_ in stats]
 
 
 def test_batches_of_wide_rows_keep_their_wal_within_the_wal_buffers(conn, partman):
@@ -568,6 +594,25 @@ def test_revert_carries_rows_written_since_the_swap(conn, dsn, partman):
     assert r.code == 1 and "they belong to audit_log_ledger_partitioned" in r.err, r.err
     conn.execute("DROP TABLE audit_log_ledger_partitioned")
     conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) VALUES ('t', 'y', '', '')")
+
+
+def test_after_a_revert_the_tables_activity_statistics_count_the_rows_carried_back_once(conn, partman):
+    """The revert carries the rows written since the swap back into the original table and then
+    analyzes it; its session hands those inserts to the activity statistics before the ANALYZE,
+    so none counts as changed since it and `n_live_tup` is the table's row count."""
+    if conn.info.server_version < 150000:
+        pytest.skip("PostgreSQL 14 sends its statistics on its own schedule (no pg_stat_force_next_flush)")
+    make_ledger(conn, 1000)
+    assert partman(*CONVERT, "--sleep", "0", "--yes").code == 0
+    conn.execute("INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
+                 "SELECT 't', 'x', '', '' FROM generate_series(1, 50)")
+    conn.execute("SELECT pg_stat_force_next_flush()")  # this test's own inserts, counted now
+    r = partman("revert", "audit_log_ledger", "--yes")
+    assert r.code == 0, r.err
+    wait_for_partman_sessions_to_end(conn)
+    assert not is_partitioned(conn, LEDGER)
+    assert conn.execute("SELECT n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables "
+                        "WHERE relid = 'audit_log_ledger'::regclass").fetchone() == (1050, 0)
 
 
 @pytest.mark.parametrize("action", ["drop", "detach"])

@@ -188,6 +188,7 @@ def run_copy(
             rows_done, longest0, _ = one_range(start_after, upper[0], rows_done, "last_key")
             rows_done, longest, last = one_range(upper[1] or upper[0], None, rows_done, "upper_key")
             longest = max(longest, longest0)
+    db.flush_statistics(conn)  # before the ANALYZE reads the partitions
     with conn.transaction():  # one range again, copied up to its last key
         extra = {"last_key": last} if last is not None else {}
         catalog.update_conversion(conn, settings, conversion_id, longest_batch_ms=longest, rows_copied=rows_done,
@@ -331,7 +332,9 @@ def _copy_parallel(
     def upper_half() -> tuple[int, float, list[str] | None]:
         c = db.connect(settings, "partman convert worker")
         try:
-            return half(c, upper_after or split, None, "upper_key")
+            result = half(c, upper_after or split, None, "upper_key")
+            db.flush_statistics(c)  # now, not as the session ends: maybe after the ANALYZE
+            return result
         finally:
             c.close()
 

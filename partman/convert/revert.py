@@ -218,6 +218,7 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
     failpoints.hit("revert.after_swap")  # a rerun drops the work schema (_already_reverted)
     with conn.transaction():
         conn.execute(drop_work_schema(work.schema))
+    db.flush_statistics(conn)  # the rows carried back, counted before the ANALYZE, not after it
     conn.execute(sql.SQL("ANALYZE {}").format(qn.ident()))
     log.get().info("reverted", table=str(qn), replayed=replayed + stats["final"], lock_ms=round(lock_ms, 1))
     return {"table": str(qn), "replayed": replayed + stats["final"], "partitioned_table": str(partitioned),

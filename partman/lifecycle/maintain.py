@@ -22,7 +22,7 @@ from psycopg import sql
 
 from .. import catalog, log
 from ..catalog import ManagedTable
-from ..db import advisory_unlock, connect, is_standby, try_advisory_lock, with_lock_retry
+from ..db import advisory_unlock, connect, flush_statistics, is_standby, try_advisory_lock, with_lock_retry
 from ..errors import LockTimeoutGaveUp, PartmanError
 from ..settings import Settings
 from . import default_rows, parent_of, premake, relation_kind, retention, statistics, table_lock_key
@@ -110,6 +110,7 @@ def maintain_table(conn: psycopg.Connection, settings: Settings, mt: ManagedTabl
         res["dropped_old"] = _drop_old(conn, settings, mt)
         # 5. statistics: autovacuum never analyzes a partitioned parent
         if changed or statistics.parent_stale(conn, parent):
+            flush_statistics(conn)  # the rows this pass moved, counted before the ANALYZE, not after it
             with_lock_retry(conn, settings, f"analyzing {parent}",
                             lambda c: c.execute(sql.SQL("ANALYZE {}").format(parent.ident())),
                             attempts=premake.ddl_attempts(settings), tables=[parent])
