@@ -255,12 +255,13 @@ class Writer:
 
 
 STATEMENT_KINDS = [  # (label, test on the lower-cased query text), first match wins
-    ("copy batches", lambda q: q.startswith("with ins as") or q.startswith("with batch as")),
+    ("catch-up / swap", lambda q: "convert_log" in q or "rename" in q or "lock table" in q),
+    # copy.batch_statement (a plain INSERT ... SELECT) and the batch's bound (copy.bound_statement)
+    ("copy batches", lambda q: q.startswith("insert into") or q.startswith("select array[")),
     ("index builds", lambda q: "create index" in q or "create unique index" in q or "add constraint" in q),
     ("analyze", lambda q: q.startswith("analyze")),
     ("verify ranges", lambda q: "not exists" in q and "is not distinct from" in q),
     ("count(*)", lambda q: q.startswith("select count(*) from")),
-    ("catch-up / swap", lambda q: "convert_log" in q or "rename" in q or "lock table" in q),
 ]
 
 
@@ -485,11 +486,25 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
         "throttle": [ln for ln in err.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
         "burst": burster.figures() if burster else None,
         "swapped": _swapped(err),
+        "copy_ranges": _events(err, "copy_range"),
     }
 
 
 def _seen(mon: PhaseMonitor, phase: str, default: float) -> float:
     return next((t for name, t in mon.seen if name == phase), default)
+
+
+def _events(stderr: str, event: str) -> list[dict]:
+    """partman's JSON log lines of one event (copy_range: each copy connection's batches, longest
+    batch and waits for WAL room)."""
+    out = []
+    for line in stderr.splitlines():
+        if f'"{event}"' in line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
 
 
 def _swapped(stderr: str) -> dict:
