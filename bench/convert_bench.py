@@ -509,13 +509,7 @@ def _events(stderr: str, event: str) -> list[dict]:
 
 def _swapped(stderr: str) -> dict:
     """partman's own account of its swap (the "swapped" log line): lock, replay and commit ms."""
-    for line in stderr.splitlines():
-        if '"swapped"' in line:
-            try:
-                return json.loads(line)
-            except ValueError:
-                pass
-    return {}
+    return next(iter(_events(stderr, "swapped")), {})
 
 
 BURST_WINDOW = 3.0  # seconds partman waits before its swap in a burst run
