@@ -483,7 +483,7 @@ def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], fu
                     + mon.around(st, st + ms / 1000)) for ms, st in
                    sorted(((ms, st) for ms, st in zip(w.latencies, w.when) if t0 <= st < t1 and ms > 100),
                           reverse=True)[:6]],
-        "throttle": [ln for ln in err.splitlines() if '"throttle"' in ln or "throttle " in ln][-2:],
+        "throttle": _events(err, "throttle"),
         "burst": burster.figures() if burster else None,
         "swapped": _swapped(err),
         "copy_ranges": _events(err, "copy_range"),
@@ -496,14 +496,16 @@ def _seen(mon: PhaseMonitor, phase: str, default: float) -> float:
 
 def _events(stderr: str, event: str) -> list[dict]:
     """partman's JSON log lines of one event (copy_range: each copy connection's batches, longest
-    batch and waits for WAL room)."""
+    batch and waits for WAL room; throttle: what each throttle saw)."""
     out = []
     for line in stderr.splitlines():
         if f'"{event}"' in line:
             try:
-                out.append(json.loads(line))
+                found = json.loads(line)
             except ValueError:
-                pass
+                continue
+            if found.get("event") == event:
+                out.append(found)
     return out
 
 
@@ -759,8 +761,9 @@ def report_gentle(args: argparse.Namespace, server: TempServer, data: dict, limi
     by_phase = ", ".join(f"{name} {f['p99']:.1f}/{f['max']:.0f}" for name, f in pm["writer_by_phase"] if f["n"])
     print(f"| writer p99/max (ms) by phase | {by_phase} |")
     print(f"| verify | {pm['verify']} |")
-    for ln in pm["throttle"]:
-        print(f"| throttle (log) | `{ln.strip()[:200]}` |")
+    for t in pm["throttle"]:  # copy, indexes, verify: what each throttle saw (its probes' p99 window by window)
+        seen = ", ".join(f"{k} {v}" for k, v in t.items() if k not in ("event", "level", "timestamp", "paces"))
+        print(f"| throttle: {t.get('paces', '?')} (log) | {seen} |")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,31 @@ def test_the_analyze_reads_every_partition_once_however_many_connections_share_i
     assert whole == 7  # every column of the ledger
 
 
+def test_the_analyze_halves_weigh_the_partitions_by_the_rows_they_hold(conn):
+    """The two ANALYZE jobs are split by each partition's live rows (the activity statistics the
+    copy's sessions hand over): ten partitions of 5,000 rows and the parent's own sample of 30,000
+    make 8 | 2 and the parent, where weighing the parent's sample like one partition made 6 | 4.
+    Without those statistics the partitions' pages stand in for their rows."""
+    if conn.info.server_version < 150000:
+        pytest.skip("PostgreSQL 14 sends its statistics on its own schedule (no pg_stat_force_next_flush)")
+    from partman.convert.indexes import analyze_halves
+    from partman.db import flush_statistics
+
+    conn.execute("CREATE TABLE halves (n int NOT NULL, v text) PARTITION BY RANGE (n)")
+    for i in range(10):
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {} PARTITION OF halves FOR VALUES FROM ({}) TO ({})").format(
+            psycopg.sql.Identifier(f"halves_{i}"), i * 5000, (i + 1) * 5000))
+    conn.execute("CREATE TABLE halves_future PARTITION OF halves FOR VALUES FROM (50000) TO (60000)")
+    conn.execute("INSERT INTO halves SELECT g, md5(g::text) FROM generate_series(0, 49999) g")
+    flush_statistics(conn)
+    first, second = analyze_halves(conn, QualifiedName("public", "halves"))
+    assert [p.name for p in first] == [f"halves_{i}" for i in range(8)]
+    assert [p.name for p in second] == ["halves_8", "halves_9", "halves_future"]
+    conn.execute("SELECT pg_stat_reset()")  # as after a crash: the pages stand in, the parent like one partition
+    first, second = analyze_halves(conn, QualifiedName("public", "halves"))
+    assert [p.name for p in first] == [f"halves_{i}" for i in range(5)] and len(second) == 6
+
+
 @pytest.mark.parametrize("pace", [["--sleep", "0"], ["--sleep", "0.001"]], ids=["full-speed", "paced"])
 def test_the_partitions_activity_statistics_count_each_copied_row_once(conn, partman, pace):
     """A session hands the rows it inserted to the server's activity statistics when it goes

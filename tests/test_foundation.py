@@ -171,6 +171,21 @@ def test_index_names_as_postgresql_chooses_them():
     assert unique_column_names(["lower", "lower", "at"]) == ["lower", "lower1", "at"]
 
 
+def test_the_analyze_split_gives_both_connections_about_equal_samples():
+    from partman.convert.indexes import analyze_split
+
+    cap = 30_000  # 300 x the default statistics target
+    # partitions of a million rows: every sample is the cap, the parent's too: 5 | 4 and the parent
+    assert analyze_split([1_000_000] * 9, cap) == 5
+    # partitions of 5,000 rows: the parent's sample (30,000 rows) is six partitions' work: 8 | 2 + parent
+    assert analyze_split([5_000] * 10, cap) == 8
+    # tiny partitions: the parent's sample is all of their rows, as much as all of them together
+    assert analyze_split([500] * 10, cap) == 10
+    # empty partitions (future ones, the default) weigh nothing; one that holds rows cannot be split
+    assert analyze_split([40_000, 40_000, 0, 0], cap) == 1
+    assert analyze_split([0, 40_000, 0], cap) is None and analyze_split([], cap) is None
+
+
 @pytest.mark.parametrize("source, column, assigns", [
     ("NEW.event_timestamp := now();", "event_timestamp", True),
     ("  new.Event_Timestamp = clock_timestamp();", "event_timestamp", True),  # PL/pgSQL folds the case

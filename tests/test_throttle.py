@@ -141,6 +141,24 @@ def test_a_baseline_measured_at_a_busy_moment_comes_down(capsys):
     assert t2.baseline_ms == 2.0
 
 
+def test_the_summary_says_what_the_probes_p99_was_window_by_window(capsys):
+    """The throttle's closing log line tells a reader why it did or did not slow down: the target
+    and the probes' p99, window by window (lowest, median, highest), and how many were over it."""
+    import json
+
+    from partman import log
+
+    log.configure("json")
+    t = _throttle()  # target 2.8 ms
+    for latencies in ([1.8] * 200, [1.8] * 190 + [5.0] * 10, [2.0] * 200):  # none low enough to rebase
+        _probes(t, latencies)
+        t.decide()
+    t.__exit__(None, None, None)
+    line = next(json.loads(ln) for ln in capsys.readouterr().err.splitlines() if '"event": "throttle"' in ln)
+    assert line["target_ms"] == 2.8 and line["slowdowns"] == 1
+    assert (line["windows"], line["window_p99_ms"], line["windows_over_target"]) == (3, [1.8, 2.0, 5.0], 1)
+
+
 def test_a_batch_is_capped_to_the_rows_whose_wal_fits_the_budget():
     from partman.convert.walroom import rows_within
 
@@ -179,8 +197,17 @@ def test_the_first_batch_is_capped_by_the_tables_bytes_per_row(conn):
     assert room.first_cap("wide") is None  # no row estimate yet: nothing to go by
     conn.execute("INSERT INTO wide SELECT repeat(md5(g::text), 25) FROM generate_series(1, 2000) g")
     conn.execute("ANALYZE wide")
-    size, rows = conn.execute("SELECT pg_relation_size('wide'), reltuples FROM pg_class WHERE relname = 'wide'").fetchone()
+    size, rows = conn.execute("SELECT pg_table_size('wide'), reltuples FROM pg_class WHERE relname = 'wide'").fetchone()
     assert room.first_cap("wide") == pytest.approx(room.buffers * BATCH_SHARE / (size / rows), rel=0.01)
+    # values TOAST stores out of line write their WAL there: they count in the bytes per row
+    conn.execute("CREATE TABLE toasted (v text)")
+    conn.execute("INSERT INTO toasted SELECT (SELECT string_agg(md5(g::text || '-' || i), '') "
+                 "FROM generate_series(1, 250) i) FROM generate_series(1, 500) g")  # 8 kB each, out of line
+    conn.execute("ANALYZE toasted")
+    heap, whole, rows = conn.execute("SELECT pg_relation_size(oid), pg_table_size(oid), reltuples FROM pg_class "
+                                     "WHERE relname = 'toasted'").fetchone()
+    assert whole > 20 * heap
+    assert room.first_cap("toasted") == pytest.approx(room.buffers * BATCH_SHARE / (whole / rows), rel=0.01)
 
 
 def test_inside_a_transaction_the_wal_room_stays_off_and_touches_nothing(conn):

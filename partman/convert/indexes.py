@@ -187,27 +187,50 @@ def _analyze(shadow: QualifiedName, *, gentle: bool) -> Callable[[psycopg.Connec
     return lambda c: analyze(c, shadow, gentle=gentle)
 
 
+def analyze_split(rows: Sequence[int], cap: int) -> int | None:
+    """How many of the partitions (`rows`: each one's rows, in the order ANALYZE visits them) the
+    first of two ANALYZE jobs takes so that both do about equal work; the second takes the rest and
+    the partitioned table's own sample. None when fewer than two hold rows.
+
+    An ANALYZE's work is its sample: up to `cap` (300 x default_statistics_target) rows, read from
+    as many pages, then sorted column by column. A partition's sample is min(its rows, cap); the
+    partitioned table's own is min(all the partitions' rows, cap), drawn from every partition. So
+    the parent's sample weighs as much as the largest partition's while partitions hold `cap` rows
+    or more, and as much as several partitions' when they hold fewer (at 5,000 rows a partition,
+    six of them)."""
+    if sum(1 for r in rows if r > 0) < 2:
+        return None
+    work = [min(max(r, 0), cap) for r in rows]
+    total = sum(work) + min(sum(max(r, 0) for r in rows), cap)
+    best, gap, first = 1, float("inf"), 0
+    for taken, w in enumerate(work, 1):
+        first += w
+        if abs(total - 2 * first) < gap:
+            best, gap = taken, abs(total - 2 * first)
+    return best
+
+
 def analyze_halves(conn: psycopg.Connection, shadow: QualifiedName) -> tuple[list[QualifiedName], list[QualifiedName]] | None:
-    """The shadow's partitions in two halves of about equal ANALYZE work, the first in OID order
-    (the order ANALYZE visits them) and weighed with the parent's own sample on the second's
-    side; None when fewer than two hold rows. A partition's ANALYZE reads up to
-    300 x default_statistics_target pages of it, whatever its size."""
-    rows = conn.execute(
-        "SELECT n.nspname, c.relname, least(pg_relation_size(c.oid) / current_setting('block_size')::int, "
-        "300 * current_setting('default_statistics_target')::int) FROM pg_inherits i "
+    """The shadow's partitions in two halves of about equal ANALYZE work (analyze_split), the
+    first in OID order (the order ANALYZE visits them); None when fewer than two hold rows. The
+    rows are the activity statistics' live rows, which the copy's sessions handed over before
+    (db.flush_statistics). When those show none (after a crash, which resets them; PostgreSQL 14's
+    collector may not have them yet), each partition's pages stand in for its rows and the parent's
+    sample weighs like the largest partition's: right while partitions hold `cap` rows or more."""
+    found = conn.execute(
+        "SELECT n.nspname, c.relname, pg_stat_get_live_tuples(c.oid), "
+        "pg_relation_size(c.oid) / current_setting('block_size')::int, "
+        "300 * current_setting('default_statistics_target')::int FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE i.inhparent = %s::regclass ORDER BY c.oid", (shadow.literal,)).fetchall()
-    if sum(1 for r in rows if r[2] > 0) < 2:
+    if not found:
         return None
-    half = (sum(r[2] for r in rows) + max(r[2] for r in rows)) / 2  # the parent's sample: as much as the largest
-    first: list[QualifiedName] = []
-    work = 0
-    for schema, name, pages in rows:
-        if work >= half:
-            break
-        first.append(QualifiedName(schema, name))
-        work += pages
-    return first, [QualifiedName(r[0], r[1]) for r in rows[len(first):]]
+    live, pages, cap = [r[2] for r in found], [r[3] for r in found], found[0][4]
+    taken = analyze_split(live, cap) if any(live) else analyze_split(pages, min(cap, max(pages)))
+    if taken is None:
+        return None
+    parts = [QualifiedName(r[0], r[1]) for r in found]
+    return parts[:taken], parts[taken:]
 
 
 STARTED_WITHIN = 60.0  # _analyze_split: how long the first job waits for the second to start

@@ -429,7 +429,8 @@ def _build_indexes(conn: psycopg.Connection, settings: Settings, p: planning.Con
     workers = indexes.worker_count(settings, p.options.sleep)
     # ANALYZE overlaps the index builds unless an expression index wants its statistics gathered too
     expressions = any(None in (getattr(i, "columns", None) or []) for i in getattr(model, "indexes", []))
-    with Throttle(settings, p.work_schema, p.options.sleep, enabled=settings.throttle and workers == 1) as throttle:
+    with Throttle(settings, p.work_schema, p.options.sleep, enabled=settings.throttle and workers == 1,
+                  paces="indexes") as throttle:
         analyzed = indexes.build(conn, settings, todo, workers=workers, gentle=throttle.enabled, pause=throttle.pause,
                                  shadow=p.shadow, analyze=not expressions, every=p.index_ddl)
     _add_foreign_keys(conn, settings, p)
@@ -504,7 +505,7 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     if sleep > 0 and settings.throttle:  # default settings: gentle, in short ranges, throttled
         from .throttle import Throttle
 
-        with Throttle(settings, work.schema, sleep, enabled=True) as throttle:
+        with Throttle(settings, work.schema, sleep, enabled=True, paces="verify") as throttle:
             figures = verify(conn, old, qn, work.revert_log, key, columns, chunk_rows=GENTLE_FIRST_RANGE,
                              target_ms=GENTLE_RANGE_MS, pause=throttle.pause, **compare)
     else:  # full speed: larger ranges, on two connections unless PARTMAN_CONVERT_WORKERS says 1

@@ -57,8 +57,10 @@ _BASELINE: dict[str, float] = {}  # idle p99 per probe table, measured once per 
 class Throttle:
     """Use as a context manager; `pause()` returns (and sleeps) the pause after a batch."""
 
-    def __init__(self, settings: Settings, work_schema: str | None, floor: float, *, enabled: bool) -> None:
+    def __init__(self, settings: Settings, work_schema: str | None, floor: float, *, enabled: bool,
+                 paces: str = "copy") -> None:
         self.settings = settings
+        self.paces = paces  # the work it paces (copy, indexes, verify), for its log line
         self.table = QualifiedName(work_schema, PROBE_TABLE) if work_schema else None
         self.floor = floor
         self.enabled = enabled and floor > 0 and self.table is not None
@@ -69,6 +71,8 @@ class Throttle:
         self.fresh_max = 0.0
         self.replica_lag_s: float | None = None
         self.slowdowns = 0
+        self.window_p99s: list[float] = []  # each full window's p99 at a decision: the summary's spread
+        self.windows_over = 0  # of them, those over the target at the time
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,8 +113,20 @@ class Throttle:
             self._thread.join(timeout=5)
         self._close()
         if self.enabled:
-            log.get().info("throttle", baseline_ms=round(self.baseline_ms or 0, 2), slowdowns=self.slowdowns,
-                           last_pause_s=round(self.current, 3))
+            log.get().info("throttle", paces=self.paces, baseline_ms=round(self.baseline_ms or 0, 2),
+                           target_ms=round(self.target_ms, 2), slowdowns=self.slowdowns,
+                           last_pause_s=round(self.current, 3), **self._spread())
+
+    def _spread(self) -> dict[str, Any]:
+        """The probes' p99 over the work, window by window (lowest, median, highest, and how many
+        windows were over the target): what the throttle saw, for a reader asking why it did or
+        did not slow down."""
+        p99s = sorted(self.window_p99s)
+        if not p99s:
+            return {}
+        return {"windows": len(p99s), "window_p99_ms": [round(p99s[0], 2), round(p99s[len(p99s) // 2], 2),
+                                                        round(p99s[-1], 2)],
+                "windows_over_target": self.windows_over}
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -170,6 +186,9 @@ class Throttle:
             if p99 < self.baseline_ms * REBASE_BELOW:
                 log.get().info("throttle_rebaselined", baseline_ms=round(self.baseline_ms, 2), now_ms=round(p99, 2))
                 self.baseline_ms = _BASELINE[str(self.table)] = p99
+            if fresh > 0:  # a window with news in it, for the summary
+                self.window_p99s.append(p99)
+                self.windows_over += p99 > self.target_ms
         lag = self.replica_lag_s
         lagging = lag is not None and lag > self.settings.throttle_max_replica_lag
         # the application's p99 is what suffers first (on 2 cores the median hardly moves): slow

@@ -14,8 +14,9 @@ WAL buffers hold unwritten WAL, and it keeps a batch's WAL, together with what t
 worker writes in the same time, within BATCH_SHARE of them: the bytes a row cost in the last
 batch, measured from the server's WAL insert position, cap the next batch's rows. The waits then
 happen between transactions, where they hold no lock and no snapshot. Before the first batch
-there is no such figure yet: the source's heap bytes per row (its size over PostgreSQL's row
-estimate, when it has one) stand in for it.
+there is no such figure yet: the source's bytes per row (its size with its TOAST table, which
+large values' rows write WAL into too, over PostgreSQL's row estimate, when it has one) stand in
+for it.
 
 A wait ends after MAX_WAIT_S whatever the buffers hold: when other sessions keep the WAL writer
 behind (a bulk load beside the conversion), waiting would not give the copy room, only slow it
@@ -46,7 +47,7 @@ LAST_POLL_S = 0.01
 
 WAL_BUFFERS = "SELECT pg_size_bytes(current_setting('wal_buffers'))"
 ROW_BYTES = (
-    "SELECT CASE WHEN reltuples > 0 THEN (pg_relation_size(oid) / reltuples)::bigint END "
+    "SELECT CASE WHEN reltuples > 0 THEN (pg_table_size(oid) / reltuples)::bigint END "
     "FROM pg_class WHERE oid = %s::regclass"
 )
 POSITIONS = (
@@ -97,8 +98,8 @@ class WalRoom:
         return self.buffers > 0
 
     def first_cap(self, source: str) -> int | None:
-        """The rows of the source's first batch whose WAL should fit: its heap bytes per row
-        (`source` as a regclass literal), when PostgreSQL has a row estimate."""
+        """The rows of the source's first batch whose WAL should fit: its bytes per row, TOAST
+        included (`source` as a regclass literal), when PostgreSQL has a row estimate."""
         if not self.enabled:
             return None
         per_row = self.conn.execute(ROW_BYTES, (source,)).fetchone()[0]
