@@ -4,9 +4,9 @@
 through gzip and sha256 into a boto3 multipart upload: memory stays bounded by one part
 (`archive_part_size_mb`, at least 5 MiB) whatever the partition's size. The gzip is ISA-L's
 deflate (`isal`): one standard gzip member that any gzip reads, about as small as zlib's level 6
-and 9-13x faster on ledger rows, so compression no longer sets the pace (it did: one core at ~45-60
-MiB/s while the REPEATABLE READ snapshot stayed open). The stored object is then re-read (its
-size and sha256 against those computed while uploading), and only then
+and 8x faster on ledger rows (13x on the benchmark's), so compression no longer sets the pace
+(it did: one core at ~45-60 MiB/s while the REPEATABLE READ snapshot stayed open). The stored
+object is then re-read (its size and sha256 against those computed while uploading), and only then
 `<partition>.manifest.json` is written beside it. Progress is recorded in the catalog's
 `archive` table so a rerun resumes without writing a second object. Endpoint, region and
 credentials come from boto3's standard settings (AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, ...)."""
