@@ -418,16 +418,18 @@ def partman_env() -> dict[str, str]:
 
 
 def run_partman(server: TempServer, dsn: str, pause: float, extra: list[str], full_speed: bool = True,
-                burst: int = 0, after: float = 0.0, interleave: tuple[float, float] | None = None) -> dict:
+                burst: int = 0, after: float = 0.0, interleave: tuple[float, float] | None = None,
+                partman_dsn: str | None = None) -> dict:
     """One `partman convert` with the writer running. With `burst`, partman is held for
     BURST_WINDOW seconds between its last catch-up round and the swap's lock (failpoint
     convert.swap.before_lock) while `burst` rows are written, so the swap replays them under its lock.
     With `after`, the writer goes on alone for that many seconds once partman has exited: its
     latency on the partitioned table (with partman's revert capture installed), partman idle.
     With `interleave` (every, length), partman is stopped now and then for an idle reference
-    (Pauser); its own figures leave those windows out."""
+    (Pauser); its own figures leave those windows out. With `partman_dsn`, partman connects there
+    (swap_bench.py: through a latency proxy) while the writer and the monitor use `dsn`."""
     cmd = [sys.executable, "-m", "partman.cli", "convert", str(TABLE), "--column", "event_timestamp",
-           "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", dsn, *extra]
+           "--interval", "year", *(["--sleep", "0"] if full_speed else []), "--yes", "--dsn", partman_dsn or dsn, *extra]
     env = partman_env()
     if burst:
         env["PARTMAN_FAILPOINTS"] = f"convert.swap.before_lock=1:sleep({BURST_WINDOW})"

@@ -4,6 +4,7 @@ command needs from the database layer."""
 from __future__ import annotations
 
 import random
+import select
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,29 @@ from .settings import Settings
 
 T = TypeVar("T")
 MIN_SERVER_VERSION = 140000
+
+
+@contextmanager
+def pipeline(conn: psycopg.Connection) -> Iterator[None]:
+    """psycopg's pipeline mode: the statements sent inside the block travel together, one round
+    trip for all of them, where each would wait for its own (~1 ms each to a server in another
+    availability zone; it counts under a lock the application waits for). Only for statements
+    whose results are read after the block: a cursor's rowcount is -1 until then, and an error
+    raises at the block's end. Where libpq lacks pipeline mode (before 14; the binary wheels have
+    it) the statements run one by one, with the same results.
+
+    A pipeline that finds its session ended reports only "server closed the connection
+    unexpectedly", not the server's reason. So when the server has sent something while partman
+    sat in its transaction (its socket is readable: most likely the session was ended, by
+    pg_terminate_backend or a shutdown, with the reason on its way), one plain statement goes
+    first and raises that reason; otherwise this costs one select() and no round trip."""
+    if not psycopg.Pipeline.is_supported():
+        yield
+        return
+    if not conn.closed and select.select([conn.fileno()], [], [], 0)[0]:
+        conn.execute("SELECT 1")
+    with conn.pipeline():
+        yield
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Digests and readings of a table that a conversion takes when it starts and again under the
 swap's lock, to notice what changed on the original meanwhile (convert.changes; the table model
 keeps the first `decorations`):
-- `fingerprint`: what the table is (columns, indexes, constraints, triggers, policies; extended
-  statistics apart). A change there is refused.
+- `fingerprints`: what the table is (columns, indexes, constraints, triggers, policies; its
+  extended statistics apart). A change there is refused.
 - `decorations`: what decorates it (owner, grants, comments, storage and statistics settings).
   A change there is set again on the new table.
 - `settings_in_place`: which of those settings the new table's partitions carry now.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import psycopg
 
+from . import db
 from .errors import PartmanError
 from .naming import PARTMAN_TRIGGERS
 
@@ -85,20 +86,25 @@ FROM pg_class c WHERE c.oid = %(oid)s
 """
 
 
-def fingerprint(conn: psycopg.Connection, oid: int, *, statistics: bool = False) -> str:
-    """A digest of what a conversion carries over (columns, indexes, constraints, triggers,
-    policies; or, with `statistics`, its extended statistics objects), to notice a table altered
-    while it was being converted. Works inside the caller's transaction (the swap) or on its own."""
-    query = _STATISTICS_FINGERPRINT if statistics else _FINGERPRINT
+def fingerprints(conn: psycopg.Connection, oid: int) -> tuple[str, str]:
+    """Two digests of what a conversion carries over, to notice a table altered while it was being
+    converted: its columns, indexes, constraints, triggers and policies; its extended statistics
+    objects. Works inside the caller's transaction (the swap) or on its own. The statements up to
+    the digests go out in one pipeline: the swap reads them under its exclusive lock, where each
+    round trip is time the application waits."""
+    params = {"oid": oid, "ours": list(PARTMAN_TRIGGERS)}
 
-    def read() -> str:
-        saved = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
-        conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)")
-        value = conn.execute(query, {"oid": oid, "ours": list(PARTMAN_TRIGGERS)}).fetchone()
-        conn.execute("SELECT set_config('search_path', %s, true)", (saved,))
-        if value is None:
+    def read() -> tuple[str, str]:
+        with db.pipeline(conn):
+            saved = conn.execute("SELECT current_setting('search_path')")
+            conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', true)")
+            definition = conn.execute(_FINGERPRINT, params)
+            statistics = conn.execute(_STATISTICS_FINGERPRINT, params)
+        conn.execute("SELECT set_config('search_path', %s, true)", (saved.fetchone()[0],))
+        values = definition.fetchone(), statistics.fetchone()
+        if values[0] is None or values[1] is None:
             raise PartmanError(f"The table with oid {oid} no longer exists.")
-        return value[0]
+        return values[0][0], values[1][0]
 
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return read()

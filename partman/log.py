@@ -95,6 +95,12 @@ def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[s
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     register_env_secrets()
+    # psycopg's own warnings (such as "error ignored terminating <psycopg.Pipeline [BAD]>" after a
+    # lost connection, which partman reports itself) would reach stderr through logging's last
+    # resort, unformatted and unredacted
+    psycopg_logger = logging.getLogger("psycopg")
+    if not any(isinstance(h, logging.NullHandler) for h in psycopg_logger.handlers):
+        psycopg_logger.addHandler(logging.NullHandler())
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()

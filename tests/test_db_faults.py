@@ -95,6 +95,45 @@ def test_backend_terminated_then_rerun_finishes(conn, dsn, partman_proc, point, 
     _assert_converted_exactly(conn, 2000, w.committed)
 
 
+def test_a_session_ended_around_a_pipeline_reports_the_servers_reason_and_nothing_more(dsn):
+    """The swap sends its statements in pipelines (db.pipeline). A session ended while partman sat
+    in its transaction still reads as the server's reason (a pipeline alone would report only that
+    the server closed the connection), and one ended inside a pipeline prints no stray line of
+    psycopg's beside partman's own error."""
+    from partman import db, log
+
+    log.configure("json", "info")
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn) as c:
+        c.execute("SELECT 1")  # idle in its transaction, as partman at a failpoint inside the swap
+        admin.execute("SELECT pg_terminate_backend(%s)", (c.info.backend_pid,))
+        time.sleep(0.3)
+        with pytest.raises(psycopg.errors.AdminShutdown, match="administrator command"):
+            with db.pipeline(c):
+                c.execute("SELECT 2")
+    # a session lost in the middle of a pipeline: psycopg logs a warning, which must not reach
+    # stderr (a process of its own: pytest's log capture would hide what logging does unset)
+    lost = subprocess.run([sys.executable, "-c", _LOST_IN_A_PIPELINE, dsn], capture_output=True, text=True, timeout=60)
+    assert lost.returncode == 0 and lost.stdout == "OperationalError\n", (lost.stdout, lost.stderr)
+    assert lost.stderr == ""
+
+
+_LOST_IN_A_PIPELINE = """
+import sys, time
+import psycopg
+from partman import log
+log.configure("json", "info")
+with psycopg.connect(sys.argv[1], autocommit=True) as admin, psycopg.connect(sys.argv[1]) as c:
+    c.execute("SELECT 1")
+    admin.execute("SELECT pg_terminate_backend(%s)", (c.info.backend_pid,))
+    time.sleep(0.3)
+    try:
+        with c.pipeline():
+            c.execute("SELECT 3")
+    except psycopg.OperationalError:
+        print("OperationalError")
+"""
+
+
 def test_server_restart_mid_copy_then_rerun_finishes(conn, dsn, pg_server, partman_proc):
     if not pg_server.can_restart:
         pytest.skip("the server under test is not ours to restart")

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import db
 from ..db import QualifiedName
 
 
@@ -71,13 +72,14 @@ def _logged(key: list[KeyColumn], part: KeyColumn | None) -> list[KeyColumn]:
     return [*key, KeyColumn(PART_COL, part.type)] if part else key
 
 
-def create_log(log: QualifiedName, key: list[KeyColumn], part: KeyColumn | None = None) -> sql.Composed:
+def create_log(log: QualifiedName, key: list[KeyColumn], part: KeyColumn | None = None) -> list[sql.Composed]:
     """The log table: a sequence number and the key of each changed row; with `part` (the target
     is partitioned by that column) also the row's partition key value, so a replay looks the key
-    up in one partition instead of all of them."""
+    up in one partition instead of all of them. Two statements (the table, its index on the key),
+    one each: the swap sends them in a pipeline, which takes one statement per query."""
     cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in _logged(key, part))
-    return sql.SQL("CREATE TABLE {} (seq bigserial PRIMARY KEY, {}); CREATE INDEX ON {} ({})").format(
-        log.ident(), cols, log.ident(), _cols(key))
+    return [sql.SQL("CREATE TABLE {} (seq bigserial PRIMARY KEY, {})").format(log.ident(), cols),
+            sql.SQL("CREATE INDEX ON {} ({})").format(log.ident(), _cols(key))]
 
 
 def create_function(fn: QualifiedName, log: QualifiedName, key: list[KeyColumn], part: KeyColumn | None = None) -> sql.Composed:
@@ -157,13 +159,8 @@ def replay(
     writers fenced)."""
     logged = _logged(key, part)
     temp = "partman_replay_parts" if part else "partman_replay_keys"  # one shape per temp table
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
-        ).format(sql.Identifier(temp),
-                 sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in logged))
-    )
-    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(temp)))
+    # The statements go out in three pipelines (psycopg's pipeline mode), one round trip each
+    # instead of one per statement (~15): the swap's last round runs under its exclusive lock.
     if limit is None and not consume:
         taken = sql.SQL("SELECT {} FROM {}").format(_cols(logged), log.ident())
     elif limit is None:
@@ -176,20 +173,20 @@ def replay(
             "WHERE {match} RETURNING {lcols}"
         ).format(log=log.ident(), cols=_cols(key), n=sql.Literal(limit), lcols=_cols(logged, "l"),
                  match=sql.SQL(" AND ").join(sql.SQL("l.{0} = p.{0}").format(sql.Identifier(k.name)) for k in key))
-    consumed = conn.execute(
-        sql.SQL("WITH taken AS ({taken}) INSERT INTO {temp} SELECT DISTINCT {cols} FROM taken").format(
-            taken=taken, cols=_cols(logged), temp=sql.Identifier(temp))
-    ).rowcount
+    with db.pipeline(conn):
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
+            ).format(sql.Identifier(temp),
+                     sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k.name), sql.SQL(k.type)) for k in logged))
+        )
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(temp)))
+        taking = conn.execute(
+            sql.SQL("WITH taken AS ({taken}) INSERT INTO {temp} SELECT DISTINCT {cols} FROM taken").format(
+                taken=taken, cols=_cols(logged), temp=sql.Identifier(temp)))
+    consumed = taking.rowcount  # known once the pipeline is through
     if consumed == 0:
         return 0
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(temp)))
-    # look each key up in the indexes: with thousands of keys the planner would rather hash them
-    # and scan the whole table (690 ms at 2M rows for 5,000 keys, inside the swap's lock)
-    conn.execute("SET LOCAL enable_hashjoin = off")
-    conn.execute("SET LOCAL enable_mergejoin = off")
-    # and no JIT: that plan's cost estimate passes jit_above_cost, and compiling it took 36 ms of
-    # a 151 ms swap lock for 5,000 rows
-    conn.execute("SET LOCAL jit = off")
     match_target = sql.SQL(" AND ").join(
         sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key
     )
@@ -198,10 +195,19 @@ def replay(
     # integer key and no round limit, the target's highest key is read once: keys above it are not
     # in the target, so the source's rows above it are inserted by one range scan instead of one
     # probe per key (5,000 keys: 9.5 ms -> ~2 ms inside the swap's lock).
-    upper: Any = None
-    if single_integer(key) and limit is None:
-        upper = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
-            sql.Identifier(key[0].name), target.ident())).fetchone()[0]
+    maxing = None
+    with db.pipeline(conn):
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(temp)))
+        # look each key up in the indexes: with thousands of keys the planner would rather hash them
+        # and scan the whole table (690 ms at 2M rows for 5,000 keys, inside the swap's lock)
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        # and no JIT: that plan's cost estimate passes jit_above_cost, and compiling it took 36 ms of
+        # a 151 ms swap lock for 5,000 rows
+        conn.execute("SET LOCAL jit = off")
+        if single_integer(key) and limit is None:
+            maxing = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(key[0].name), target.ident()))
+    upper: Any = maxing.fetchone()[0] if maxing is not None else None  # read once the pipeline is through
     if upper is not None:
         below = sql.SQL(" AND k.{} <= {}").format(sql.Identifier(key[0].name), sql.Literal(upper))
     elif len(key) == 1:
@@ -210,25 +216,26 @@ def replay(
         below = sql.SQL("")
     delete = sql.SQL("DELETE FROM {} t USING {} k WHERE {}").format(
         target.ident(), sql.Identifier(temp), match_target) + below
-    if part:
-        # by key and partition key value: the lookup prunes to one partition at run time (15 index
-        # probes per key otherwise); a NULL value (the default partition) is looked up everywhere
-        conn.execute(delete + sql.SQL(" AND t.{} = k.{}").format(sql.Identifier(part.name), sql.Identifier(PART_COL)))
-        conn.execute(delete + sql.SQL(" AND k.{} IS NULL").format(sql.Identifier(PART_COL)))
-    else:
-        conn.execute(delete)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     scols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns)
     match_source = sql.SQL(" AND ").join(sql.SQL("s.{0} = k.{0}").format(sql.Identifier(k.name)) for k in key)
     insert = sql.SQL("INSERT INTO {} ({}) {} SELECT {} FROM {} s ").format(
         target.ident(), cols, sql.SQL("OVERRIDING SYSTEM VALUE") if overriding else sql.SQL(""), scols, source.ident())
-    conn.execute(insert + sql.SQL("JOIN (SELECT DISTINCT {} FROM {} k WHERE true{}) k ON {}").format(
-        _cols(key), sql.Identifier(temp), below if upper is not None else sql.SQL(""), match_source))
-    if upper is not None:
-        conn.execute(insert + sql.SQL("WHERE s.{} > {}").format(sql.Identifier(key[0].name), sql.Literal(upper)))
-    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
-    conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
-    conn.execute("SET LOCAL jit TO DEFAULT")
+    with db.pipeline(conn):
+        if part:
+            # by key and partition key value: the lookup prunes to one partition at run time (15 index
+            # probes per key otherwise); a NULL value (the default partition) is looked up everywhere
+            conn.execute(delete + sql.SQL(" AND t.{} = k.{}").format(sql.Identifier(part.name), sql.Identifier(PART_COL)))
+            conn.execute(delete + sql.SQL(" AND k.{} IS NULL").format(sql.Identifier(PART_COL)))
+        else:
+            conn.execute(delete)
+        conn.execute(insert + sql.SQL("JOIN (SELECT DISTINCT {} FROM {} k WHERE true{}) k ON {}").format(
+            _cols(key), sql.Identifier(temp), below if upper is not None else sql.SQL(""), match_source))
+        if upper is not None:
+            conn.execute(insert + sql.SQL("WHERE s.{} > {}").format(sql.Identifier(key[0].name), sql.Literal(upper)))
+        conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+        conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
+        conn.execute("SET LOCAL jit TO DEFAULT")
     return consumed
 
 

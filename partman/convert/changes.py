@@ -32,12 +32,15 @@ def check_unchanged(conn: psycopg.Connection, qn: QualifiedName, oid: int,
     silently lack the change (a column, an index, a trigger, an extended statistics object).
     `expected`: the digests recorded when it started (a conversion started by an earlier
     partman has no statistics digest, and that part is not checked)."""
-    from ..digests import fingerprint
+    from ..digests import fingerprints
 
     definition, statistics = expected
-    if definition and fingerprint(conn, oid) != definition:
+    if not definition and not statistics:
+        return
+    now = fingerprints(conn, oid)
+    if definition and now[0] != definition:
         changed = "a column, index, constraint, trigger or policy was added, dropped or altered"
-    elif statistics and fingerprint(conn, oid, statistics=True) != statistics:
+    elif statistics and now[1] != statistics:
         changed = "an extended statistics object (CREATE STATISTICS) was created, dropped or altered"
     else:
         return

@@ -293,11 +293,11 @@ def execute(
     with db.advisory_lock(conn, lock_key, f"Another `partman convert` of {qn} is running. Wait for it to finish."):
         running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
         if running is None:
-            from ..digests import fingerprint
+            from ..digests import fingerprints
 
+            definition, statistics = fingerprints(conn, model.oid)
             options = {**p.options.to_json(), "work_schema": p.work_schema,
-                       "fingerprint": fingerprint(conn, model.oid), "widened_keys": p.widened,
-                       "statistics": fingerprint(conn, model.oid, statistics=True)}
+                       "fingerprint": definition, "widened_keys": p.widened, "statistics": statistics}
             with conn.transaction():
                 catalog.start_conversion(conn, settings, qn.schema, qn.name, p.options.column, options, p.rows_estimate)
             running = catalog.running_conversion(conn, settings, qn.schema, qn.name)
@@ -400,7 +400,8 @@ def _prepare(conn: psycopg.Connection, settings: Settings, p: planning.Conversio
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(work.schema)))
         for stmt in p.shadow_ddl:
             conn.execute(stmt)
-        conn.execute(capture.create_log(work.convert_log, p.copy_key, p.partition_key))
+        for stmt in capture.create_log(work.convert_log, p.copy_key, p.partition_key):
+            conn.execute(stmt)
         conn.execute(capture.create_function(work.convert_fn, work.convert_log, p.copy_key, p.partition_key))
         if p.indexes_first:  # paced: the copy keeps them up to date (plan.ConversionPlan.indexes_first)
             for idx in p.index_ddl:

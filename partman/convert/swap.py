@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import catalog, failpoints, log, naming
+from .. import catalog, db, failpoints, log, naming
 from ..naming import CONVERT_TRIGGER, REVERT_TRIGGER
 from ..db import QualifiedName, lock_private_first, with_lock_retry
 from ..errors import PartmanError
@@ -102,6 +102,33 @@ def free_name(name: str, suffix: str, taken: Callable[[str], bool]) -> str:
         n += 1
 
 
+def spare_names(conn: psycopg.Connection, schema: str, names: list[str], suffix: str,
+                reserved: set[str]) -> dict[str, str]:
+    """free_name(name, suffix) in `schema` for each of `names`, with one catalog read for the usual
+    case (`<name><suffix>` free) instead of one per name: inside the swap's lock every round trip
+    is time the application waits (~1 ms each to a server in another availability zone). The
+    `reserved` names (a relation about to be renamed to it) and those handed out here count as
+    taken."""
+    first = {naming.derived(n, suffix) for n in names}
+    existing = {r[0] for r in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) "
+        "AND relname = ANY(%s)", (schema, list(first)))}
+    given = set(reserved)
+
+    def taken(candidate: str) -> bool:
+        if candidate in given:
+            return True
+        if candidate in first:
+            return candidate in existing
+        return relation_exists(conn, QualifiedName(schema, candidate))
+
+    out: dict[str, str] = {}
+    for name in names:
+        out[name] = free_name(name, suffix, taken)
+        given.add(out[name])
+    return out
+
+
 def statistics_exists(conn: psycopg.Connection, qn: QualifiedName) -> bool:
     return qn.name in statistics_names(conn, qn.schema)
 
@@ -168,7 +195,8 @@ def loaded_without_autovacuum(conn: psycopg.Connection, parent: QualifiedName, m
 
 
 def install_revert_capture(conn: psycopg.Connection, work: WorkNames, table: QualifiedName, key: list[KeyColumn]) -> None:
-    conn.execute(capture.create_log(work.revert_log, key))
+    for stmt in capture.create_log(work.revert_log, key):
+        conn.execute(stmt)
     conn.execute(capture.create_function(work.revert_fn, work.revert_log, key))
     conn.execute(capture.create_trigger(REVERT_TRIGGER, table, work.revert_fn))
     conn.execute(capture.fire_always(REVERT_TRIGGER, table))  # and on every partition, those to come too
@@ -210,6 +238,10 @@ def swap(
             for stmt in ddl.after_load(model, child):
                 c.execute(stmt)
         failpoints.hit("convert.swap.before_lock")
+        # read before the application's table is locked: the transaction's start, and the shadow's
+        # partitions (partman's own, locked above)
+        swapped_at = c.execute("SELECT now()").fetchone()[0]
+        children = child_tables(c, shadow)
         c.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident()))
         locked_at = time.perf_counter()
         failpoints.hit("convert.swap.locked")
@@ -225,48 +257,50 @@ def swap(
         t_replay = time.perf_counter()
         caught = replay_all(c, consume=False)  # the log goes with the work schema
         stats["replay_ms"] = (time.perf_counter() - t_replay) * 1000
-        c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
-        # the original keeps its data and triggers under <table>_old; its index names get _old
-        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(source.ident(), sql.Identifier(old.name)))
-        renames: dict[str, str] = {}
-        for name in index_names(c, old):
-            renamed = free_name(name, "_old", lambda n: relation_exists(c, QualifiedName(old.schema, n)))
-            renames[renamed] = name
-            c.execute(
-                sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old.schema, name), sql.Identifier(renamed))
-            )
-        statistics_renames = hand_over_statistics(c, model, work.schema)
-        catalog.merge_options(c, settings, conversion_id, {
-            "index_renames": renames, "statistics_renames": statistics_renames,
-            "matviews": matviews.pending(c, model, work.schema)})
-        # the shadow and its partitions move into the table's schema under their final names
-        for child in child_tables(c, shadow):
-            c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(child.ident(), sql.Identifier(source.schema)))
-        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow.ident(), sql.Identifier(source.name)))
-        moved = QualifiedName(shadow.schema, source.name)
-        c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(moved.ident(), sql.Identifier(source.schema)))
-        for idx in index_ddl:
-            if idx.temp_name != idx.final_name:
-                c.execute(
-                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        sql.Identifier(source.schema, idx.temp_name), sql.Identifier(idx.final_name)
+        # The rest goes out in pipelines (db.pipeline): the application waits one round trip per
+        # block instead of one per statement (14 round trips under the lock instead of ~70; ~1 ms
+        # each to a server in another availability zone). The reads come first, outside them.
+        index_names_old = index_names(c, source)  # the original's, renamed below with _old
+        spares = spare_names(c, source.schema, index_names_old, "_old", reserved={old.name})
+        statistics_renames = hand_over_statistics(c, model, work.schema)  # (none on most tables: no statement)
+        with db.pipeline(c):
+            c.execute(capture.drop_trigger(CONVERT_TRIGGER, source))
+            # the original keeps its data and triggers under <table>_old; its index names get _old
+            c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(source.ident(), sql.Identifier(old.name)))
+            for name in index_names_old:
+                c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(old.schema, name), sql.Identifier(spares[name])))
+            catalog.merge_options(c, settings, conversion_id, {
+                "index_renames": {spare: name for name, spare in spares.items()},
+                "statistics_renames": statistics_renames, "matviews": matviews.pending(c, model, work.schema)})
+            # the shadow and its partitions move into the table's schema under their final names
+            for child in children:
+                c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(child.ident(), sql.Identifier(source.schema)))
+            c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow.ident(), sql.Identifier(source.name)))
+            moved = QualifiedName(shadow.schema, source.name)
+            c.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(moved.ident(), sql.Identifier(source.schema)))
+            for idx in index_ddl:
+                if idx.temp_name != idx.final_name:
+                    c.execute(
+                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                            sql.Identifier(source.schema, idx.temp_name), sql.Identifier(idx.final_name)
+                        )
                     )
-                )
-        for stmt in [
-            *ddl.swap_triggers(model, source),
-            *ddl.swap_sequences(model, source),
-            *ddl.swap_views(model, materialized=False),  # materialized ones after the swap (matviews.py)
-            *ddl.swap_publications(published, source, old),
-        ]:
-            c.execute(stmt)
+            for stmt in [
+                *ddl.swap_triggers(model, source),
+                *ddl.swap_sequences(model, source),
+                *ddl.swap_views(model, materialized=False),  # materialized ones after the swap (matviews.py)
+                *ddl.swap_publications(published, source, old),
+            ]:
+                c.execute(stmt)
         # after swap_sequences, which reads the old sequence by its name
         hand_over_identity_names(c, model, old, source, "_old")
-        install_revert_capture(c, work, source, key)
+        with db.pipeline(c):
+            install_revert_capture(c, work, source, key)
+            catalog.upsert_managed(c, settings, **registration, swapped_at=swapped_at)
+            catalog.update_conversion(c, settings, conversion_id, phase="verify", swap_attempts=int(stats["attempts"]))
+            catalog.add_caught_up(c, settings, conversion_id, caught)
         failpoints.hit("convert.swap.before_commit")
-        swapped_at = c.execute("SELECT now()").fetchone()[0]
-        catalog.upsert_managed(c, settings, **registration, swapped_at=swapped_at)
-        catalog.update_conversion(c, settings, conversion_id, phase="verify", swap_attempts=int(stats["attempts"]))
-        catalog.add_caught_up(c, settings, conversion_id, caught)
         stats["caught_up"] = caught
         stats["locked_at"] = locked_at
         stats["committing_at"] = time.perf_counter()
