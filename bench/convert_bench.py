@@ -682,13 +682,14 @@ def report(args: argparse.Namespace, server: TempServer, data: dict, limit: dict
 
 
 
-def undo(dsn: str) -> None:
+def undo(dsn: str, partman_dsn: str | None = None) -> dict:
     """Put the original table back (partman revert) and drop the partitioned copy it keeps.
     Right after a large conversion autovacuum works on the new partitions: partman (a superuser
-    here) cancels it before locking."""
+    here) cancels it before locking. Returns partman's "reverted" log line (its lock_ms). With
+    `partman_dsn`, partman connects there (swap_bench.py: through a latency proxy)."""
     env = partman_env()
-    proc = subprocess.run([sys.executable, "-m", "partman.cli", "revert", str(TABLE), "--yes", "--dsn", dsn],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run([sys.executable, "-m", "partman.cli", "revert", str(TABLE), "--yes", "--dsn",
+                           partman_dsn or dsn], capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         log(proc.stderr[-3000:])
         raise SystemExit(f"partman revert failed with exit code {proc.returncode}")
@@ -697,6 +698,7 @@ def undo(dsn: str) -> None:
         c.execute("VACUUM public.audit_log_ledger")
         c.execute("CHECKPOINT")
         warm(c)
+    return next(iter(_events(proc.stderr, "reverted")), {})
 
 
 def report_burst(pm: dict) -> None:

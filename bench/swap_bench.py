@@ -12,9 +12,11 @@ plus (round trips under the lock) x RTT. This script finds both numbers:
 2. For each `--rtt-ms` (and `--rounds` times): a latency proxy (bench/latency_proxy.py) in front
    of the server, `partman convert --sleep 0` through it with convert_bench's application writer
    (direct, not through the proxy) and `--burst` rows written in the final catch-up window
-   (convert_bench's (d): partman held 3 s before its swap), then `partman revert`.
+   (convert_bench's (d): partman held 3 s before its swap), then `partman revert` through the
+   proxy too.
 3. A markdown table: per RTT the round trip measured through the proxy, the swap's lock, its
-   final replay and its commit (partman's "swapped" log line); then a least-squares line
+   final replay and its commit (partman's "swapped" log line), the revert's lock (its "reverted"
+   line); then a least-squares line
    lock = base + n x RTT over every run: n is the number of round trips made under the lock.
 """
 
@@ -89,10 +91,11 @@ def main() -> None:
                     pdsn = dsn.replace(f":{server.port}/", f":{proxy.port}/")
                     seen = measured_rtt_ms(pdsn)
                     pm = cb.run_partman(server, dsn, WRITER_PAUSE, [], burst=args.burst, partman_dsn=pdsn)
+                    pm["reverted"] = cb.undo(dsn, partman_dsn=pdsn)
                 runs.append((rtt, seen, pm))
                 cb.log(f"round {rnd + 1}, RTT +{rtt} ms (measured {seen:.2f}): swap lock {pm['swap_lock_ms']:.0f} ms, "
-                       f"conversion {pm['seconds']:.1f} s, verify ok {(pm['verify'] or {}).get('ok')}")
-                cb.undo(dsn)
+                       f"conversion {pm['seconds']:.1f} s, verify ok {(pm['verify'] or {}).get('ok')}; "
+                       f"revert's lock {pm['reverted'].get('lock_ms')} ms")
         report(args, server, runs)
 
 
@@ -102,13 +105,15 @@ def report(args: argparse.Namespace, server: TempServer, runs: list[tuple[float,
           f"catch-up window; {server.server_version()}, fsync {'on' if args.fsync else 'off'}, {os.cpu_count()} CPUs")
     print()
     print("| RTT added | RTT measured (`SELECT 1`, median) | swap's lock | final replay | commit | rows replayed "
-          "under the lock | attempts | conversion end to end |")
-    print("|---|---|---|---|---|---|---|---|")
+          "under the lock | attempts | conversion end to end | then `partman revert`: its lock (rows carried back) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rtt, seen, pm in runs:
         sw = pm.get("swapped") or {}
+        rv = pm.get("reverted") or {}
         print(f"| {rtt:g} ms | {seen:.2f} ms | **{pm['swap_lock_ms']:.0f} ms** | {sw.get('replay_ms', float('nan')):.0f} ms | "
               f"{sw.get('commit_ms', float('nan')):.0f} ms | {sw.get('caught_up', pm['rows_caught_up']):,} | "
-              f"{pm['swap_attempts']} | {pm['seconds']:.1f} s |")
+              f"{pm['swap_attempts']} | {pm['seconds']:.1f} s | {rv.get('lock_ms', float('nan')):.0f} ms "
+              f"({rv.get('replayed', '?')}) |")
     if len({seen for _, seen, _ in runs}) > 1:
         # lock = base + n * rtt: fit() gives (intercept, 1 / slope) over (x, y) points
         base, inverse = fit([(seen, pm["swap_lock_ms"]) for _, seen, pm in runs])

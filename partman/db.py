@@ -4,7 +4,7 @@ command needs from the database layer."""
 from __future__ import annotations
 
 import random
-import select
+import selectors
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,14 +38,21 @@ def pipeline(conn: psycopg.Connection) -> Iterator[None]:
     unexpectedly", not the server's reason. So when the server has sent something while partman
     sat in its transaction (its socket is readable: most likely the session was ended, by
     pg_terminate_backend or a shutdown, with the reason on its way), one plain statement goes
-    first and raises that reason; otherwise this costs one select() and no round trip."""
+    first and raises that reason; otherwise this costs a poll of the socket and no round trip."""
     if not psycopg.Pipeline.is_supported():
         yield
         return
-    if not conn.closed and select.select([conn.fileno()], [], [], 0)[0]:
+    if not conn.closed and _readable(conn):
         conn.execute("SELECT 1")
     with conn.pipeline():
         yield
+
+
+def _readable(conn: psycopg.Connection) -> bool:
+    """Whether the server has sent something not read yet (a poll that does not wait)."""
+    with selectors.DefaultSelector() as poll:
+        poll.register(conn.fileno(), selectors.EVENT_READ)
+        return bool(poll.select(0))
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from ..errors import PartmanError
 from ..introspect import publications
 from ..settings import Settings
 from . import capture, ddl, removed, triggers
-from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, drop_work_schema, free_name, hand_over_identity_names, index_names,
-                   relation_exists, rename_statistics, statistics_exists)
+from .swap import (AFTER_SWAP, REVERT_TRIGGER, WorkNames, drop_work_schema, existing_relations, free_name,
+                   hand_over_identity_names, index_names, relation_exists, rename_statistics, spare_names,
+                   statistics_exists)
 
 ROUND = 10_000
 MAINTENANCE_WAIT_S = 30  # a pass over one table takes seconds: wait for it rather than fail
@@ -177,38 +178,43 @@ def revert(conn: psycopg.Connection, settings: Settings, qn: QualifiedName, old:
         locked = time.perf_counter()
         failpoints.hit("revert.swap.locked")
         stats["final"] = _replay_into_old(c, work, qn, old, key, columns, overriding, None)
-        c.execute(capture.drop_trigger(REVERT_TRIGGER, qn))
-        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(qn.ident(), sql.Identifier(partitioned.name)))
+        # the reads first, then the statements in pipelines (db.pipeline, as the convert's swap):
+        # the application waits one round trip per block instead of one per statement
         original_names = set(renames.values())
-        for name in index_names(c, partitioned):
-            if name in original_names:
-                c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(qn.schema, name), sql.Identifier(
-                        free_name(name, "_partitioned", lambda n: relation_exists(c, QualifiedName(qn.schema, n))))))
-        c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old.ident(), sql.Identifier(qn.name)))
-        for renamed, original in renames.items():
-            if relation_exists(c, QualifiedName(qn.schema, renamed)):
-                c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(qn.schema, renamed), sql.Identifier(original)))
+        spares = spare_names(c, qn.schema, [n for n in index_names(c, qn) if n in original_names], "_partitioned",
+                             reserved={partitioned.name})
+        back = existing_relations(c, qn.schema, renames)  # the original's indexes under their _old names
         for schema, spare, original in conv["options"].get("statistics_renames", []):
             if statistics_exists(c, QualifiedName(schema, original)):  # the partitioned table's
                 rename_statistics(c, QualifiedName(schema, original), free_name(
                     original, "_partitioned", lambda n, s=schema: statistics_exists(c, QualifiedName(s, n))))
             if statistics_exists(c, QualifiedName(schema, spare)):
                 rename_statistics(c, QualifiedName(schema, spare), original)
-        for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:
-            c.execute(stmt)
         # the publications hand back, as they are now: the original left them in the swap (so what
         # was just copied into it is not published twice), unless an older partman swapped it
         kept = {p.name for p in publications(c, old_model.oid) if p.scope == "table"}
-        for p in publications(c, new_model.oid):
-            if p.scope == "table":
+        published = [p for p in publications(c, new_model.oid) if p.scope == "table"]
+        with db.pipeline(c):
+            c.execute(capture.drop_trigger(REVERT_TRIGGER, qn))
+            c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(qn.ident(), sql.Identifier(partitioned.name)))
+            for name, spare in spares.items():
+                c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(qn.schema, name), sql.Identifier(spare)))
+            c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old.ident(), sql.Identifier(qn.name)))
+            for renamed, original in renames.items():
+                if renamed in back:
+                    c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(qn.schema, renamed), sql.Identifier(original)))
+            for stmt in [*ddl.swap_sequences(new_model, qn), *ddl.swap_views(new_model)]:
+                c.execute(stmt)
+            for p in published:
                 c.execute(ddl.leave_publication(p, partitioned))
                 if p.name not in kept:
                     c.execute(ddl.join_publication(p, qn))
         hand_over_identity_names(c, new_model, partitioned, qn, "_partitioned", undoing="_old")
-        catalog.delete_managed(c, settings, qn.schema, qn.name)
-        catalog.update_conversion(c, settings, conv["id"], status="reverted", phase="reverted")
+        with db.pipeline(c):
+            catalog.delete_managed(c, settings, qn.schema, qn.name)  # (its answer unread: pipelined)
+            catalog.update_conversion(c, settings, conv["id"], status="reverted", phase="reverted")
         failpoints.hit("revert.swap.before_commit")
         stats["locked"] = locked
 

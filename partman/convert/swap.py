@@ -5,7 +5,7 @@ partitioned table in the original's place with everything it carries."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,13 @@ def free_name(name: str, suffix: str, taken: Callable[[str], bool]) -> str:
         n += 1
 
 
+def existing_relations(conn: psycopg.Connection, schema: str, names: Iterable[str]) -> set[str]:
+    """Which of `names` a relation of `schema` bears (relation_exists for many, one query)."""
+    return {r[0] for r in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) "
+        "AND relname = ANY(%s)", (schema, list(names)))}
+
+
 def spare_names(conn: psycopg.Connection, schema: str, names: list[str], suffix: str,
                 reserved: set[str]) -> dict[str, str]:
     """free_name(name, suffix) in `schema` for each of `names`, with one catalog read for the usual
@@ -110,9 +117,7 @@ def spare_names(conn: psycopg.Connection, schema: str, names: list[str], suffix:
     `reserved` names (a relation about to be renamed to it) and those handed out here count as
     taken."""
     first = {naming.derived(n, suffix) for n in names}
-    existing = {r[0] for r in conn.execute(
-        "SELECT relname FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) "
-        "AND relname = ANY(%s)", (schema, list(first)))}
+    existing = existing_relations(conn, schema, first)
     given = set(reserved)
 
     def taken(candidate: str) -> bool:
