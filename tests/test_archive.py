@@ -139,9 +139,19 @@ def test_contract_retention_example_archive_then_restore(conn, partman, s3):
     assert last not in partitions(conn)
     prev_anchor = recs[-2][2]["current_hash"] if len(recs) > 1 else None
     assert verify_chain(conn, restored, anchor=prev_anchor)["ok"]
-    # restoring again over the restored copy says so, and how to attach it
+    # the same command again finds its work done (exit 0), and says how to attach the copy
     r = partman("restore", "audit_log_ledger", last)
-    assert r.code == 1 and "was restored already" in r.err and f"audit_log_ledger {last} --attach" in r.err, r.err
+    assert r.code == 0 and "was restored already" in r.out and "nothing to do" in r.out, r.err
+    assert f"audit_log_ledger {last} --attach" in r.out
+    # ... unless the copy was changed since: then it is not the archive's any more
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(restored.ident()))
+    conn.execute(sql.SQL("CREATE TEMP TABLE kept AS SELECT * FROM {t} WHERE id = (SELECT max(id) FROM {t})").format(
+        t=restored.ident()))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id IN (SELECT id FROM kept)").format(restored.ident()))
+    r = partman("restore", "audit_log_ledger", last)
+    assert r.code == 1 and "was changed since" in r.err and "Nothing was changed" in r.err, r.err
+    conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM kept").format(restored.ident()))
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(restored.ident()))
     # restoring over any other table of that name is refused
     conn.execute(sql.SQL("COMMENT ON TABLE {} IS 'a table of my own'").format(restored.ident()))
     r = partman("restore", "audit_log_ledger", last)

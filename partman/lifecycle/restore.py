@@ -171,19 +171,18 @@ def restore(conn: psycopg.Connection, settings: Settings, table: str, partition:
         other = _copy_of_another(copy, parent, target, rec)
         if other:
             raise PartmanError(other)
-        if not attach:
-            raise PartmanError(
-                f"{target} was restored already, as a plain table ({copy['rows']} rows from {copy['uri']}): "
-                f"`partman restore {parent.arg} {target.name} --attach` attaches it. Nothing was changed.")
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident())).fetchone()[0]
         if n != copy["rows"]:
             raise PartmanError(
                 f"{target} was restored from {copy['uri']} with {copy['rows']} rows but holds {n} now: it was changed "
-                "since, so partman does not attach it as the archive's copy. Attach it by hand, or drop it and "
-                "restore again. Nothing was changed.")
+                "since, so partman does not " + ("attach it" if attach else "take it")
+                + " as the archive's copy. Attach it by hand, or drop it and restore again. Nothing was changed.")
         result = {"table": str(parent), "partition": str(target), "rows": n, "sha256": copy["sha256"],
                   "bytes": copy.get("bytes"), "uri": copy["uri"], "attached": False, "resumed": True}
-        _attach(conn, settings, parent, target, copy["lower"], copy["upper"], n, result)
+        if attach:
+            _attach(conn, settings, parent, target, copy["lower"], copy["upper"], n, result)
+        else:  # the same command again: what it asked for is there
+            result["already"] = True
         return result
     if rec is not None:
         bucket, key = archive.parse_uri(rec["archive_uri"])
@@ -309,6 +308,10 @@ def _retention_warning(conn: psycopg.Connection, settings: Settings, mt: Managed
 def cli_restore(settings: Settings, args: argparse.Namespace) -> int:
     with connect(settings) as conn:
         r = restore(conn, settings, args.table, args.partition, attach=args.attach)
+    if r.get("already"):
+        print(f"{r['partition']} was restored already, as a plain table ({r['rows']} rows from {r['uri']}, unchanged "
+              f"since): nothing to do. `partman restore {args.table} {args.partition} --attach` attaches it.")
+        return 0
     if r.get("resumed"):
         print(f"attached {r['partition']} to {r['table']}: the copy of {r['uri']} restored earlier ({r['rows']} rows)"
               + (f", with {r['rows_from_default']} rows written for its range since, moved in from the default partition"
