@@ -176,6 +176,23 @@ class TempServer:
             f.write("\n".join(conf) + "\n")
         return self
 
+    def init_standby_of(self, primary: TempServer) -> TempServer:
+        """Instead of `init()`: a streaming standby of `primary` (same binaries), made by
+        `pg_basebackup -R` as its superuser; it follows the primary once started."""
+        user, kw = _run_as()
+        self.password = primary.password
+        if user:
+            shutil.chown(self.root, user)
+        os.chmod(self.root, 0o700)
+        subprocess.run(
+            [str(primary.bindir / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+             "-h", "127.0.0.1", "-p", str(primary.port), "-U", PG_USER, "--no-sync"],
+            check=True, capture_output=True, env={**os.environ, "PGPASSWORD": primary.password}, **kw,
+        )
+        with open(self.data / "postgresql.auto.conf", "a") as f:  # after the primary's: these win
+            f.write(f"port = {self.port}\nunix_socket_directories = '{self.root}'\n")
+        return self
+
     def start(self) -> TempServer:
         _user, kw = _run_as()
         subprocess.run(

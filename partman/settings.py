@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     sleep: float = Field(0.1, ge=0, description="seconds to sleep between copy batches (convert)")
     throttle: bool = Field(True, description="adaptive throttle between copy batches when --sleep > 0 (convert)")
     throttle_ratio: float = Field(1.3, gt=1, description="throttle: slow down when over 1% of probe inserts take longer than this x their idle p99")
-    throttle_max_replica_lag: float = Field(10.0, gt=0, description="throttle: slow down when a replica's replay_lag exceeds these seconds")
+    throttle_max_replica_lag: float = Field(10.0, gt=0, description="throttle: slow down while a replica's replay_lag (any WAL sender's: standby, read replica, subscriber) exceeds these seconds; needs pg_read_all_stats or pg_monitor")
     convert_workers: int = Field(0, ge=0, le=8, description="connections a conversion at --sleep 0 builds indexes on after the copy (a paced one creates them before it); the copy and the verification use at most 2; 0: 2 at --sleep 0, else 1")
     premake: int = Field(3, ge=0, le=1000, description="future partitions kept beyond the current one")
     interval: str = Field("year", description="partition interval of a conversion (convert; register takes --interval)")

@@ -53,12 +53,14 @@ def test_a_single_slow_probe_or_old_news_does_not_slow_down():
 def test_replica_lag_slows_down_even_when_probes_are_fast():
     t = _throttle(throttle_max_replica_lag=5)
     _probes(t, [1.0] * 100)
-    t.replica_lag_s = 12.0
+    t.observe_lag(12.0)
     assert t.decide() > 0.1
-    t.replica_lag_s = 1.0
+    t.observe_lag(1.0)
     _probes(t, [1.0] * 10)
     before = t.current
     assert t.decide() < before
+    t.observe_lag(None)  # no replica shows a lag now
+    assert (t.replica_slowdowns, t.slowdowns, t.replica_lag_max_s) == (1, 1, 12.0)
 
 
 def test_the_probe_measures_a_real_insert_and_leaves_its_table_in_the_work_schema(conn, env, capsys):

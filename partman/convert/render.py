@@ -76,6 +76,7 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "expected_seconds": round(p.expected_seconds, 1),
         "expected_seconds_max": round(p.expected_seconds_max, 1),
         "indexes_before_copy": p.indexes_first,
+        "replicas": _replicas_json(p.extra.get("replicas")),
         "key_range": [p.stats.min_key, p.stats.max_key],
         "null_keys": p.stats.null_keys,
         "partitions": [
@@ -91,6 +92,12 @@ def plan_json(p: ConversionPlan, conn: psycopg.Connection) -> dict[str, Any]:
         "refusals": p.refusals,
         "sql": [{"phase": phase, "sql": stmt.as_string(conn)} for phase, stmt in p.statements()],
     }
+
+
+def _replicas_json(r: Any) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"connected": r.connected, "lag_hidden": r.hidden, "replay_lag_s": sorted(r.lags, reverse=True)}
 
 
 _WHEN = {
@@ -115,6 +122,7 @@ def plan_text(p: ConversionPlan, conn: psycopg.Connection) -> str:
         f"{_size(p.bytes_estimate)} of free disk until <table>_old is dropped",
         f"-- key range: {p.stats.min_key} .. {p.stats.max_key}; rows with a NULL key: {p.stats.null_keys}",
         f"-- pace: {_pace(p)}",
+        *([f"-- replicas: {p.extra['replicas_note']}"] if p.extra.get("replicas_note") else []),
         f"-- partitions ({len(p.partitions)}, {o.premake} beyond the current {o.interval}) + default {p.default}:",
     ]
     past = {d.name: d for d in p.past_retention}

@@ -20,7 +20,7 @@ from ..db import QualifiedName, with_lock_retry
 from ..errors import PartmanError, UsageError
 from ..partitions import key_cast
 from ..settings import Settings
-from . import capture, changes, ddl, matviews, plan as planning, render, rollback
+from . import capture, changes, ddl, matviews, plan as planning, render, replicas, rollback
 from .copy import run_copy
 from .progress import Progress
 from .swap import AFTER_SWAP, CONVERT_TRIGGER, WorkNames, drop_work_schema, relation_exists, swap
@@ -275,6 +275,14 @@ def make_plan(
             "the conversion recreates, alters or uses objects the current user has no right to: "
             f"{', '.join(f'{what} ({right})' for what, right in others)}. Run it as a role that has them (a member "
             f"of each owner role), or grant them first (or make {model.owner} the owner).")
+    if model.relkind == "r" and not p.refusals:  # the replicas the copy could leave behind
+        found = replicas.read(conn)
+        p.extra["replicas"] = found
+        p.extra["replicas_note"] = replicas.summary(found, throttled=p.throttled,
+                                                    max_lag=settings.throttle_max_replica_lag)
+        role = conn.execute("SELECT current_user").fetchone()[0] if found.hidden else ""
+        p.warnings += replicas.warnings(found, throttled=p.throttled, max_lag=settings.throttle_max_replica_lag,
+                                        role=role)
     return p, model
 
 

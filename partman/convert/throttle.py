@@ -13,7 +13,9 @@ looks at the last WINDOW probes: when more than 1% of them were slower than `thr
 the idle p99 (plus THROTTLE_SLACK_MS, so a 1 ms insert is not chased down to noise) and a probe
 since the last decision was that slow too, or when a replica's `pg_stat_replication.replay_lag`
 exceeds `throttle_max_replica_lag`, the pause grows (multiplicatively, up to MAX_PAUSE);
-otherwise it decays back towards the configured `--sleep`.
+otherwise it decays back towards the configured `--sleep`. The lag is any WAL sender's (a
+standby, a read replica, a logical subscriber: replicas.py), read once a second on the probe's
+connection; a role that cannot read it is warned about by the plan.
 
 Why the tail and not the median: on a 2-core server with one disk an application's median insert
 hardly moves while a copy runs; its p99 does (every batch's WAL and data writes queue in front of
@@ -35,7 +37,7 @@ from psycopg import sql
 from .. import db, log
 from ..db import QualifiedName
 from ..settings import Settings
-from . import plan
+from . import plan, replicas
 
 PROBE_EVERY = 0.025  # seconds between probe inserts
 BASELINE_PROBES = 80  # idle probes before the work starts, BASELINE_EVERY apart: 0.8 s
@@ -69,8 +71,10 @@ class Throttle:
         self.samples: list[float] = []  # the last WINDOW probe latencies (ms)
         self.fresh = 0  # probes since the last decision
         self.fresh_max = 0.0
-        self.replica_lag_s: float | None = None
+        self.replica_lag_s: float | None = None  # the largest replay lag at the last reading
+        self.replica_lag_max_s: float | None = None  # the largest over the work
         self.slowdowns = 0
+        self.replica_slowdowns = 0  # of them, those a replica's lag made
         self.window_p99s: list[float] = []  # each full window's p99 at a decision: the summary's spread
         self.windows_over = 0  # of them, those over the target at the time
         self._lock = threading.Lock()
@@ -115,7 +119,7 @@ class Throttle:
         if self.enabled:
             log.get().info("throttle", paces=self.paces, baseline_ms=round(self.baseline_ms or 0, 2),
                            target_ms=round(self.target_ms, 2), slowdowns=self.slowdowns,
-                           last_pause_s=round(self.current, 3), **self._spread())
+                           last_pause_s=round(self.current, 3), **self._spread(), **self._replicas())
 
     def _spread(self) -> dict[str, Any]:
         """The probes' p99 over the work, window by window (lowest, median, highest, and how many
@@ -127,6 +131,12 @@ class Throttle:
         return {"windows": len(p99s), "window_p99_ms": [round(p99s[0], 2), round(p99s[len(p99s) // 2], 2),
                                                         round(p99s[-1], 2)],
                 "windows_over_target": self.windows_over}
+
+    def _replicas(self) -> dict[str, Any]:
+        """The replicas' part of the summary, when one showed a lag."""
+        if self.replica_lag_max_s is None:
+            return {}
+        return {"replica_lag_max_s": round(self.replica_lag_max_s, 2), "replica_slowdowns": self.replica_slowdowns}
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -156,17 +166,16 @@ class Throttle:
                 now = time.monotonic()
                 if now - last_lag >= LAG_EVERY:
                     last_lag = now
-                    self.replica_lag_s = self._replica_lag()
+                    self.observe_lag(replicas.lag_now(self._conn))  # type: ignore[arg-type]
                 self._stop.wait(PROBE_EVERY)
         except Exception:  # noqa: BLE001 - the server went away: the copy reports it, not the probe
             self.enabled = False
 
-    def _replica_lag(self) -> float | None:
-        assert self._conn is not None
-        row = self._conn.execute(
-            "SELECT extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replication"
-        ).fetchone()
-        return row[0] if row else None
+    def observe_lag(self, lag: float | None) -> None:
+        """A reading of the replicas' largest replay lag (None: none shows one)."""
+        self.replica_lag_s = lag
+        if lag is not None:
+            self.replica_lag_max_s = max(lag, self.replica_lag_max_s or 0.0)
 
     # ----------------------------------------------------------------- control
     @property
@@ -198,6 +207,7 @@ class Throttle:
         slow = lagging or (fresh > 0 and len(window) >= 20 and over > TAIL * len(window) and fresh_max > self.target_ms)
         if slow:
             self.slowdowns += 1
+            self.replica_slowdowns += lagging
             self.current = min(MAX_PAUSE, max(self.current * 1.6, self.floor + 0.05))
         elif fresh > 0:
             self.current = max(self.floor, self.current * 0.9)
@@ -208,7 +218,3 @@ class Throttle:
         if p > 0:
             time.sleep(p)
         return p
-
-    def summary(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "baseline_ms": self.baseline_ms, "pause_s": self.current,
-                "slowdowns": self.slowdowns, "replica_lag_s": self.replica_lag_s}
