@@ -2,6 +2,7 @@
 at the default pace with the throttle watching the standby's lag.
 
     python bench/replica_bench.py [--rows 300000] [--fsync] [--max-lag 1,10] [--pg 15]
+    python bench/replica_bench.py --rows 2000000 --fsync --max-lag ''   # full speed only
 
 The issue asks the throttle to slow down when a replica's `replay_lag` rises; tests/test_replicas.py
 shows that it does (a standby whose replay is paused). This script measures what that is worth
@@ -86,7 +87,8 @@ def caught_up_s(primary_dsn: str, standby_dsn: str, timeout: float = 1800) -> fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=300_000)
-    ap.add_argument("--max-lag", default="1,10", help="PARTMAN_THROTTLE_MAX_REPLICA_LAG values for the paced runs")
+    ap.add_argument("--max-lag", default="1,10",
+                    help="PARTMAN_THROTTLE_MAX_REPLICA_LAG values for the paced runs ('': --sleep 0 only)")
     ap.add_argument("--pg", choices=["15", "16", "18"], default="15")
     ap.add_argument("--fsync", action="store_true", help="fsync, synchronous_commit and full_page_writes on")
     args = ap.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
             cb.setup(conn, args.rows)
         standby.init_standby_of(primary).start()
         cb.log(f"standby started; caught up in {caught_up_s(dsn, standby.dsn()):.1f} s")
-        modes = [("--sleep 0", None)] + [(f"default pace, max lag {lag} s", lag) for lag in args.max_lag.split(",")]
+        modes = [("--sleep 0", None)] + [(f"default pace, max lag {lag} s", lag) for lag in args.max_lag.split(",") if lag]
         for name, lag in modes:
             if lag is None:
                 os.environ.pop("PARTMAN_THROTTLE_MAX_REPLICA_LAG", None)
