@@ -183,6 +183,9 @@ def test_a_replica_falling_behind_slows_the_copy_and_then_replays_the_whole_conv
         assert copy, r.stderr
         assert copy[0]["replica_slowdowns"] > 0 and copy[0]["replica_lag_max_s"] > 0.5, copy[0]
         assert _events(r.stderr, "plan_warning")  # the run logs the plan's warning too
+        # the copy's progress lines say how far behind the replica is
+        progress = [e for e in _events(r.stderr, "progress") if e.get("phase") == "copy"]
+        assert progress and all(e["replica_lag_s"] > 0.5 and "pause_s" in e for e in progress), progress
     finally:
         _caught_up(pair)
     with psycopg.connect(dsn, autocommit=True) as c:

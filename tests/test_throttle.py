@@ -63,6 +63,38 @@ def test_replica_lag_slows_down_even_when_probes_are_fast():
     assert (t.replica_slowdowns, t.slowdowns, t.replica_lag_max_s) == (1, 1, 12.0)
 
 
+def test_the_copys_progress_lines_say_its_pace_and_what_slowed_it(capsys):
+    import json
+
+    from partman import log
+    from partman.convert.progress import Progress
+
+    log.configure("json")  # onto this test's stderr (not a terminal: log lines, no bar)
+    t = _throttle(throttle_max_replica_lag=5)
+    _probes(t, [1.0] * 100)
+    t.observe_lag(12.0)
+    t.decide()
+    with Progress(10_000, "public.t") as progress:
+        progress.set_phase("copy")
+        progress.watch(t.pacing)
+        progress.update(1_000, 20.0)
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if '"progress"' in x]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line["rows"], line["slowed_by"], line["replica_lag_s"]) == (1_000, "replica", 12.0)
+    assert line["pause_s"] == round(t.current, 2) > 0.1
+    assert Progress.pace_text(t.pacing()) == f"pause {t.current:.2f} s (replica 12.0 s behind)"
+    # slowed by the application's probe; then back at --sleep: the pause alone
+    t2 = _throttle()
+    _probes(t2, [1.0] * 97 + [9.0] * 3)
+    t2.decide()
+    assert Progress.pace_text(t2.pacing()).endswith("(application slower)")
+    for _ in range(100):
+        _probes(t2, [1.0] * 10)
+        t2.decide()
+    assert Progress.pace_text(t2.pacing()) == "pause 0.10 s"
+
+
 def test_the_probe_measures_a_real_insert_and_leaves_its_table_in_the_work_schema(conn, env, capsys):
     from partman import log
 

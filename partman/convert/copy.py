@@ -40,6 +40,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import psycopg
@@ -149,6 +150,7 @@ def run_copy(
     workers: int = 1,
     upper: tuple[list[str], list[str] | None] | None = None,
     exact: bool = True,
+    on_pacing: Callable[[Callable[[], dict[str, Any]]], None] | None = None,
 ) -> tuple[int, float]:
     """Copy until the source is exhausted. Returns (rows copied in total, longest batch ms).
     Between batches: `sleep` seconds, stretched by the adaptive throttle (throttle.py) when the
@@ -158,12 +160,14 @@ def run_copy(
     Resuming: `start_after` is the cursor of the range (its lower half's when it was split),
     `upper` the upper half's start and cursor (catalog upper_from, upper_key). Every cursor is
     exact, so nothing is deleted; a conversion begun by a version that kept one low-watermark
-    cursor (`exact` false) first deletes what lies beyond it."""
+    cursor (`exact` false) first deletes what lies beyond it. `on_pacing` is handed the throttle's `pacing` when it is on."""
     common = dict(source=source, target=target, key=key, columns=columns, overriding=overriding, batch_size=batch_size)
     if not exact and (start_after is not None or rows_done):
         rows_done = _discard_beyond(conn, settings, conversion_id, target, key, start_after, rows_done)
     with Throttle(settings, work_schema, sleep, enabled=settings.throttle) as throttle:
         gentle = throttle.enabled
+        if gentle and on_pacing is not None:
+            on_pacing(throttle.pacing)
         parallel = workers > 1 and not gentle
         if upper is None and parallel:
             split = _split_point(conn, source, key, start_after, batch_size)

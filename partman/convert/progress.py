@@ -1,10 +1,13 @@
 """Progress of a conversion: a rich progress bar on a terminal (stderr); structured log lines
-with the same figures (rows, rate, ETA, phase) when stderr is not a terminal."""
+with the same figures (rows, rate, ETA, phase) when stderr is not a terminal. A paced copy adds
+its pace: the pause after each batch, what stretched it (the application's probe, a replica's
+lag) and the replicas' lag, so a DBA watching a slow copy sees why it is slow."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import log
@@ -20,6 +23,7 @@ class Progress:
         self.last_log = 0.0
         self._bar: Any = None
         self._task: Any = None
+        self._pacing: Callable[[], dict[str, Any]] | None = None
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
@@ -31,6 +35,7 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} rows/s"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[pace]}"),
                 console=Console(file=sys.stderr),
                 transient=False,
             )
@@ -38,7 +43,8 @@ class Progress:
     def __enter__(self) -> Progress:
         if self._bar is not None:
             self._bar.start()
-            self._task = self._bar.add_task("copy", total=self.total, phase=self.phase, table=self.table, rate="-")
+            self._task = self._bar.add_task("copy", total=self.total, phase=self.phase, table=self.table, rate="-",
+                                            pace="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -55,13 +61,32 @@ class Progress:
             self._bar.update(self._task, phase=phase)
         log.get().info("phase", table=self.table, phase=phase)
 
+    def watch(self, pacing: Callable[[], dict[str, Any]]) -> None:
+        """Show this pace (throttle.Throttle.pacing) with the copy's progress from now on."""
+        self._pacing = pacing
+
+    def _pace(self) -> dict[str, Any]:
+        return self._pacing() if self._pacing is not None and self.phase == "copy" else {}
+
+    @staticmethod
+    def pace_text(pace: dict[str, Any]) -> str:
+        """The bar's pace column: "pause 0.10 s", "pause 1.64 s (replica 12.3 s behind)"."""
+        if "pause_s" not in pace:
+            return ""
+        why = pace.get("slowed_by")
+        text = f"pause {pace['pause_s']:.2f} s"
+        if why == "replica":
+            return text + f" (replica {pace.get('replica_lag_s', 0):.1f} s behind)"
+        return text + (" (application slower)" if why == "application" else "")
+
     def update(self, rows_done: int, batch_ms: float | None = None) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (rows_done - self.start_rows) / elapsed
         total = max(self.total, rows_done)
         eta = (total - rows_done) / rate if rate > 0 else None
         if self._bar is not None:
-            self._bar.update(self._task, completed=rows_done, total=total, rate=f"{rate:,.0f}")
+            self._bar.update(self._task, completed=rows_done, total=total, rate=f"{rate:,.0f}",
+                             pace=self.pace_text(self._pace()))
             return
         now = time.monotonic()
         if now - self.last_log >= 2.0:
@@ -69,5 +94,5 @@ class Progress:
             log.get().info(
                 "progress", table=self.table, phase=self.phase, rows=rows_done, total_estimate=total,
                 rows_per_s=round(rate), eta_s=round(eta, 1) if eta is not None else None,
-                batch_ms=round(batch_ms, 1) if batch_ms is not None else None,
+                batch_ms=round(batch_ms, 1) if batch_ms is not None else None, **self._pace(),
             )

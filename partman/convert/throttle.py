@@ -75,6 +75,7 @@ class Throttle:
         self.replica_lag_max_s: float | None = None  # the largest over the work
         self.slowdowns = 0
         self.replica_slowdowns = 0  # of them, those a replica's lag made
+        self.slowed_by: str | None = None  # what made the last slowdown: "application" (the probe) or "replica"
         self.window_p99s: list[float] = []  # each full window's p99 at a decision: the summary's spread
         self.windows_over = 0  # of them, those over the target at the time
         self._lock = threading.Lock()
@@ -208,10 +209,21 @@ class Throttle:
         if slow:
             self.slowdowns += 1
             self.replica_slowdowns += lagging
+            self.slowed_by = "replica" if lagging else "application"
             self.current = min(MAX_PAUSE, max(self.current * 1.6, self.floor + 0.05))
         elif fresh > 0:
             self.current = max(self.floor, self.current * 0.9)
         return self.current
+
+    def pacing(self) -> dict[str, Any]:
+        """The pace now, for the progress lines: the pause after each batch, what stretched it
+        beyond `--sleep` (the application's probe or a replica's lag), the replicas' lag."""
+        out: dict[str, Any] = {"pause_s": round(self.current, 2)}
+        if self.current > self.floor * 1.05 and self.slowed_by:
+            out["slowed_by"] = self.slowed_by
+        if self.replica_lag_s is not None:
+            out["replica_lag_s"] = round(self.replica_lag_s, 1)
+        return out
 
     def pause(self) -> float:
         p = self.decide()
