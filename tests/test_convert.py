@@ -202,6 +202,9 @@ def test_batches_of_wide_rows_keep_their_wal_within_the_wal_buffers(conn, partma
     # most half of the buffers' worth of WAL (rows of ~1.6 kB) per batch
     assert ranges[0]["batches"] >= 30000 // (buffers // 2 // 1600), (buffers, ranges)
     assert conn.execute("SELECT count(*) FROM wide").fetchone()[0] == 30000
+    # the verification reports its progress too: rows of the original compared so far
+    verifying = [e for e in map(json.loads, (x for x in r.err.splitlines() if '"progress"' in x)) if e["phase"] == "verify"]
+    assert verifying and 0 < verifying[0]["rows"] <= 30000 and verifying[0]["total_estimate"] == 30000, verifying
 
 
 @pytest.mark.parametrize("rows", [1000, 1037])

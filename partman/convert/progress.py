@@ -1,7 +1,8 @@
 """Progress of a conversion: a rich progress bar on a terminal (stderr); structured log lines
-with the same figures (rows, rate, ETA, phase) when stderr is not a terminal. A paced copy adds
-its pace: the pause after each batch, what stretched it (the application's probe, a replica's
-lag) and the replicas' lag, so a DBA watching a slow copy sees why it is slow."""
+with the same figures (rows, rate, ETA, phase) when stderr is not a terminal: the copy's rows,
+then the verification's (rows of the original compared). A paced phase adds its pace: the
+pause after each batch or range, what stretched it (the application's probe, a replica's lag)
+and the replicas' lag, so a DBA watching a slow conversion sees why it is slow."""
 
 from __future__ import annotations
 
@@ -57,16 +58,17 @@ class Progress:
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
+        self._pacing = None  # each phase's throttle is its own (watch)
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, phase=phase)
         log.get().info("phase", table=self.table, phase=phase)
 
     def watch(self, pacing: Callable[[], dict[str, Any]]) -> None:
-        """Show this pace (throttle.Throttle.pacing) with the copy's progress from now on."""
+        """Show this pace (throttle.Throttle.pacing) with the phase's progress until the next phase."""
         self._pacing = pacing
 
     def _pace(self) -> dict[str, Any]:
-        return self._pacing() if self._pacing is not None and self.phase == "copy" else {}
+        return self._pacing() if self._pacing is not None else {}
 
     @staticmethod
     def pace_text(pace: dict[str, Any]) -> str:

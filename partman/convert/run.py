@@ -510,17 +510,23 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     matviews.rebuild(conn, settings, qn, opts.get("matviews") or [], lock_timeout_ms=opts.get("lock_timeout_ms"))
     failpoints.hit("convert.verify.before")
     sleep = float(opts.get("sleep") or 0)
-    compare = dict(typed=typed_columns(old_model), partition_key=running["column_name"])
-    if sleep > 0 and settings.throttle:  # default settings: gentle, in short ranges, throttled
-        from .throttle import Throttle
+    with Progress(int(running.get("rows_copied") or 0) + int(running.get("rows_caught_up") or 0), str(qn)) as progress:
+        progress.set_phase("verify")
+        compare = dict(typed=typed_columns(old_model), partition_key=running["column_name"],
+                       on_progress=progress.update)
+        if sleep > 0 and settings.throttle:  # default settings: gentle, in short ranges, throttled
+            from .throttle import Throttle
 
-        with Throttle(settings, work.schema, sleep, enabled=True, paces="verify") as throttle:
-            figures = verify(conn, old, qn, work.revert_log, key, columns, chunk_rows=GENTLE_FIRST_RANGE,
-                             target_ms=GENTLE_RANGE_MS, pause=throttle.pause, **compare)
-    else:  # full speed: larger ranges, on two connections unless PARTMAN_CONVERT_WORKERS says 1
-        two = (settings.convert_workers or 2) > 1
-        figures = verify(conn, old, qn, work.revert_log, key, columns,
-                         connect=(lambda: db.connect(settings, "partman verify worker")) if two else None, **compare)
+            with Throttle(settings, work.schema, sleep, enabled=True, paces="verify") as throttle:
+                if throttle.enabled:
+                    progress.watch(throttle.pacing)
+                figures = verify(conn, old, qn, work.revert_log, key, columns, chunk_rows=GENTLE_FIRST_RANGE,
+                                 target_ms=GENTLE_RANGE_MS, pause=throttle.pause, **compare)
+        else:  # full speed: larger ranges, on two connections unless PARTMAN_CONVERT_WORKERS says 1
+            two = (settings.convert_workers or 2) > 1
+            figures = verify(conn, old, qn, work.revert_log, key, columns,
+                             connect=(lambda: db.connect(settings, "partman verify worker")) if two else None,
+                             **compare)
     with conn.transaction():
         catalog.update_conversion(conn, settings, running["id"], verify=figures)
     if not figures["ok"]:

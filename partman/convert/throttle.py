@@ -103,6 +103,7 @@ class Throttle:
                 base.sort()
                 _BASELINE[key] = base[int(len(base) * 0.98)]  # the idle p99 (second slowest of 80)
             self.baseline_ms = _BASELINE[key]
+            self.observe_lag(replicas.lag_now(self._conn))  # known from the first batch on
         except Exception as exc:  # noqa: BLE001 - a throttle that cannot probe falls back to the fixed sleep
             log.get().warning("throttle_unavailable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self._close()
@@ -155,7 +156,7 @@ class Throttle:
         return (time.perf_counter() - t0) * 1000
 
     def _run(self) -> None:
-        last_lag = 0.0
+        last_lag = time.monotonic()  # read once already, by __enter__
         try:
             while not self._stop.is_set():
                 ms = self._probe()

@@ -137,6 +137,7 @@ def verify(
     pause: Callable[[], Any] | None = None,
     connect: Callable[[], psycopg.Connection] | None = None,
     repair: bool = True,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict.
     The comparison and the row counts run in key ranges of about `chunk_rows` rows, one statement
@@ -144,7 +145,8 @@ def verify(
     anti-join over 10M rows spilled 9 GB to temp files) and no statement reads a whole table.
     With `connect` (full speed) a second connection takes every other range; with `pause`
     (default settings) it is called between ranges, and with `target_ms` the ranges' size adapts
-    so that each statement takes about that long (RangeRows)."""
+    so that each statement takes about that long (RangeRows). `on_progress` is told the rows of
+    `old` compared so far after each range of the first comparison."""
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
     size = RangeRows(chunk_rows, target_ms)
     span = _integer_span(conn, old, key)
@@ -169,7 +171,14 @@ def verify(
         size.took((time.perf_counter() - t0) * 1000)
         return figures
 
-    old_rows, new_rows, missing = _on_connections(conn, connect, ranges(), count_range, pause)
+    compared = [0]
+
+    def counted(figures: Figures) -> None:
+        compared[0] += figures[0]
+        if on_progress is not None:
+            on_progress(compared[0])
+
+    old_rows, new_rows, missing = _on_connections(conn, connect, ranges(), count_range, pause, counted)
     if span is not None:  # the ranges span old's keys: add new's rows beyond them (written since the swap)
         new_rows += _new_outside(conn, new, key, span)
     result: dict[str, Any] = {
@@ -269,10 +278,11 @@ def _add(a: Figures, b: Figures) -> Figures:
 
 def _on_connections(conn: psycopg.Connection, connect: Callable[[], psycopg.Connection] | None,
                     ranges: Iterable[Range], count: Callable[[psycopg.Connection, Range], Figures],
-                    pause: Callable[[], Any] | None) -> Figures:
+                    pause: Callable[[], Any] | None, counted: Callable[[Figures], None] | None = None) -> Figures:
     """Sum the figures `count` gives for each range (old rows, new rows, missing or different):
     on `conn` alone, or on `conn` and a second connection taking the next range in turn.
-    `pause()` runs between one connection's ranges."""
+    `pause()` runs between one connection's ranges; `counted` is given each range's figures
+    (one at a time)."""
     todo = iter(ranges)
     lock = threading.Lock()
     stop = threading.Event()
@@ -288,10 +298,14 @@ def _on_connections(conn: psycopg.Connection, connect: Callable[[], psycopg.Conn
                 pause()
             first = False
             try:
-                total = _add(total, count(c, r))
+                figures = count(c, r)
             except BaseException:
                 stop.set()
                 raise
+            total = _add(total, figures)
+            if counted is not None:
+                with lock:
+                    counted(figures)
         return total
 
     if connect is None:
