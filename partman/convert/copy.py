@@ -40,8 +40,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -160,7 +160,8 @@ def run_copy(
     Resuming: `start_after` is the cursor of the range (its lower half's when it was split),
     `upper` the upper half's start and cursor (catalog upper_from, upper_key). Every cursor is
     exact, so nothing is deleted; a conversion begun by a version that kept one low-watermark
-    cursor (`exact` false) first deletes what lies beyond it. `on_pacing` is handed the throttle's `pacing` when it is on."""
+    cursor (`exact` false) first deletes what lies beyond it. `on_pacing` is handed the
+    throttle's `pacing` when it is on (the progress lines show it)."""
     common = dict(source=source, target=target, key=key, columns=columns, overriding=overriding, batch_size=batch_size)
     if not exact and (start_after is not None or rows_done):
         rows_done = _discard_beyond(conn, settings, conversion_id, target, key, start_after, rows_done)

@@ -346,7 +346,8 @@ def _run_phases(
                 upper=(running["upper_from"], running["upper_key"]) if running["upper_from"] else None,
                 exact=running["exact_cursor"],
                 batch_size=p.options.batch_size, sleep=p.options.sleep, on_progress=progress.update,
-                on_pacing=progress.watch, work_schema=p.work_schema, workers=settings.convert_workers or (2 if p.options.sleep == 0 else 1),
+                on_pacing=progress.watch, work_schema=p.work_schema,
+                workers=settings.convert_workers or (2 if p.options.sleep == 0 else 1),
             )
             logger.info("copied", rows=copied, longest_batch_ms=round(longest, 1))
             with conn.transaction():
