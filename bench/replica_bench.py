@@ -76,7 +76,7 @@ def caught_up_s(primary_dsn: str, standby_dsn: str, timeout: float = 1800) -> fl
     """Seconds until the standby has replayed everything the primary has written by now."""
     t0 = time.perf_counter()
     with psycopg.connect(primary_dsn, autocommit=True) as p, psycopg.connect(standby_dsn, autocommit=True) as s:
-        target = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        target = p.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
         while not s.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
             if time.perf_counter() - t0 > timeout:
                 raise SystemExit("the standby did not catch up")
