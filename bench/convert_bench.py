@@ -330,8 +330,9 @@ class PhaseMonitor:
         self._t.join(timeout=10)
 
     def spans(self, t_start: float, t_end: float) -> list[tuple[str, float, float]]:
-        """(phase, from, to) for each phase seen; time before the first counts as 'startup'."""
-        marks = [("startup", t_start), *self.seen, ("end", t_end)]
+        """(phase, from, to) for each phase seen; time before the first counts as 'startup' (a
+        conversion reverted before this one shows its last phase until this one's row exists)."""
+        marks = [("startup", t_start), *[(n, t) for n, t in self.seen if n != "reverted"], ("end", t_end)]
         return [(name, t, t_next) for (name, t), (_n, t_next) in zip(marks, marks[1:]) if name != "done"]
 
     def durations(self, t_start: float, t_end: float) -> list[tuple[str, float]]:

@@ -15,8 +15,9 @@ plus (round trips under the lock) x RTT. This script finds both numbers:
    (convert_bench's (d): partman held 3 s before its swap), then `partman revert` through the
    proxy too.
 3. A markdown table: per RTT the round trip measured through the proxy, the swap's lock, its
-   final replay and its commit (partman's "swapped" log line), the revert's lock (its "reverted"
-   line); then a least-squares line
+   final replay and its commit (partman's "swapped" log line), the conversion's time and its
+   phases (the copy's and the verification's statements cross the network too), the revert's
+   lock (its "reverted" line); then a least-squares line
    lock = base + n x RTT over every run: n is the number of round trips made under the lock.
 """
 
@@ -99,20 +100,25 @@ def main() -> None:
         report(args, server, runs)
 
 
+def phases(pm: dict) -> str:
+    """The conversion's phases as the monitor saw them (the swap's includes the burst's hold)."""
+    return " + ".join(f"{name} {sec:.1f}" for name, sec in pm["phases"] if sec >= 0.05)
+
+
 def report(args: argparse.Namespace, server: TempServer, runs: list[tuple[float, float, dict]]) -> None:
     print()
     print(f"### The swap's lock across a network: {args.rows:,} rows, {args.burst:,} written in the final "
           f"catch-up window; {server.server_version()}, fsync {'on' if args.fsync else 'off'}, {os.cpu_count()} CPUs")
     print()
     print("| RTT added | RTT measured (`SELECT 1`, median) | swap's lock | final replay | commit | rows replayed "
-          "under the lock | attempts | conversion end to end | then `partman revert`: its lock (rows carried back) |")
+          "under the lock | attempts | conversion end to end (its phases, s) | then `partman revert`: its lock (rows carried back) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for rtt, seen, pm in runs:
         sw = pm.get("swapped") or {}
         rv = pm.get("reverted") or {}
         print(f"| {rtt:g} ms | {seen:.2f} ms | **{pm['swap_lock_ms']:.0f} ms** | {sw.get('replay_ms', float('nan')):.0f} ms | "
               f"{sw.get('commit_ms', float('nan')):.0f} ms | {sw.get('caught_up', pm['rows_caught_up']):,} | "
-              f"{pm['swap_attempts']} | {pm['seconds']:.1f} s | {rv.get('lock_ms', float('nan')):.0f} ms "
+              f"{pm['swap_attempts']} | {pm['seconds']:.1f} s ({phases(pm)}) | {rv.get('lock_ms', float('nan')):.0f} ms "
               f"({rv.get('replayed', '?')}) |")
     if len({seen for _, seen, _ in runs}) > 1:
         # lock = base + n * rtt: fit() gives (intercept, 1 / slope) over (x, y) points

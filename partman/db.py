@@ -29,10 +29,11 @@ MIN_SERVER_VERSION = 140000
 def pipeline(conn: psycopg.Connection) -> Iterator[None]:
     """psycopg's pipeline mode: the statements sent inside the block travel together, one round
     trip for all of them, where each would wait for its own (~1 ms each to a server in another
-    availability zone; it counts under a lock the application waits for). Only for statements
-    whose results are read after the block: a cursor's rowcount is -1 until then, and an error
-    raises at the block's end. Where libpq lacks pipeline mode (before 14; the binary wheels have
-    it) the statements run one by one, with the same results.
+    availability zone; it counts under a lock the application waits for). A cursor's rowcount
+    is -1 until the block's end, where an error raises; a row fetched inside it sends what is
+    queued and waits for it (one round trip so far), and a block nested inside ends with one.
+    Where libpq lacks pipeline mode (before 14; the binary wheels have it) the statements run one
+    by one, with the same results.
 
     A pipeline that finds its session ended reports only "server closed the connection
     unexpectedly", not the server's reason. So when the server has sent something while partman

@@ -267,3 +267,24 @@ def test_a_wait_for_room_that_gives_up_is_not_repeated_for_a_while(conn, monkeyp
     assert not second.gave_up and second.waited_ms < 50
     room.no_wait_until = 0.0  # the back-off over: it waits again
     assert room.before_batch(0).gave_up
+
+
+def test_the_positions_read_as_a_batch_commits_serve_the_next_batch_when_they_show_room(conn):
+    """The copy reads the WAL positions in its batch's last round trip (queue_reading): a reading
+    with room is used as it is (no query), one without room is read again until there is."""
+    from partman.convert.walroom import BATCH_SHARE, WalRoom, rows_within
+
+    room = WalRoom(conn)
+    with conn.transaction():
+        cursor = room.queue_reading()
+    unwritten, position = cursor.fetchone()
+    assert unwritten >= 0 and position > 0
+    far = 10**15  # a position the server is nowhere near
+    room.before_batch(0, (0, far))
+    found = room.before_batch(4000, (0, far + 2_000_000))  # 2 MB since: the cap follows the reading
+    assert found.cap == rows_within(room.buffers * BATCH_SHARE, 2_000_000, 4000)
+    assert found.unwritten == 0 and found.waited_ms < 50
+    # a reading with the buffers full is not trusted: the positions are read again
+    found = room.before_batch(4000, (room.buffers, far + 4_000_000))
+    assert found.unwritten <= room.buffers / 2
+    assert room.position < far  # the server's own position, not the reading's

@@ -105,14 +105,23 @@ class WalRoom:
         per_row = self.conn.execute(ROW_BYTES, (source,)).fetchone()[0]
         return rows_within(self.buffers * BATCH_SHARE, per_row, 1) if per_row else None
 
-    def before_batch(self, rows: int) -> Room:
+    def queue_reading(self) -> psycopg.Cursor | None:
+        """The WAL positions, read as the last statement of a batch's transaction (in its pipeline:
+        no round trip of its own); its row goes to the next before_batch(). None when off."""
+        return self.conn.execute(POSITIONS) if self.enabled else None
+
+    def before_batch(self, rows: int, reading: tuple[int, int] | None = None) -> Room:
+        """`reading`: the positions read at the end of the previous batch (queue_reading), when
+        nothing but bookkeeping came between (no pause): a batch that finds room in it goes ahead
+        without a query; otherwise the positions are read again until there is room."""
         if not self.enabled:
             return Room(None, 0.0, 0)
         t0 = time.perf_counter()
         poll = FIRST_POLL_S
         gave_up = False
         while True:
-            unwritten, position = self.conn.execute(POSITIONS).fetchone()
+            unwritten, position = reading or self.conn.execute(POSITIONS).fetchone()
+            reading = None
             if unwritten <= self.buffers * GATE_SHARE or t0 < self.no_wait_until:
                 break
             if time.perf_counter() - t0 >= MAX_WAIT_S:
