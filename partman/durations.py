@@ -71,3 +71,12 @@ def to_pg_interval(text: str | timedelta) -> str:
     """A PostgreSQL interval literal for a duration (`7d` -> `604800 seconds`)."""
     td = parse_duration(text)
     return f"{int(td.total_seconds())} seconds"
+
+
+def approximately(seconds: float) -> str:
+    """A duration as a person reads an estimate: `40 s`, `25 min`, `3.5 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

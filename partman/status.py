@@ -16,7 +16,9 @@ from psycopg.rows import dict_row
 
 from . import catalog, db, log
 from .catalog import ManagedTable
+from .convert.progress import Progress
 from .db import QualifiedName
+from .durations import approximately
 from .errors import PartmanError
 from .health import Coverage, coverage, required_ahead
 from .partitions import Partition
@@ -103,6 +105,9 @@ def _conversion_doc(conv: dict[str, Any]) -> dict[str, Any]:
         "rows_caught_up": conv.get("rows_caught_up"),
         "progress": round(ratio, 4),
         "swap_lock_ms": conv.get("swap_lock_ms"),
+        # the copy's or the verification's figures as its progress lines show them, as of updated_at
+        "pace": conv.get("pace"),
+        "updated_at": conv.get("updated_at"),
         "started_at": conv.get("started_at"),
         "finished_at": conv.get("finished_at"),
         "error": log.redact(conv["error"]) if conv.get("error") else None,
@@ -303,6 +308,25 @@ def _copied(c: dict[str, Any]) -> str:
     return f"{copied:,} of ~{est:,} rows copied ({c['progress'] * 100:.1f}%)"
 
 
+def _pace(c: dict[str, Any], now: datetime) -> str:
+    """A running conversion's pace as its process last wrote it (with the copy's batches, every
+    few seconds of the verification): rows/s, the time left, the throttle's pause and why, and
+    how long ago. Nothing when it is for another phase (one just begun) or none is written."""
+    pace = c.get("pace") or {}
+    if not c.get("active") or pace.get("phase") != c.get("phase"):
+        return ""
+    parts = []
+    if pace["phase"] == "verify":
+        parts.append(f"{pace.get('rows') or 0:,} of ~{pace.get('total_estimate') or 0:,} rows compared")
+    parts.append(f"{pace.get('rows_per_s') or 0:,} rows/s")
+    if pace.get("eta_s") is not None:
+        parts.append(f"about {approximately(pace['eta_s'])} left")
+    if pace.get("pause_s") is not None:
+        parts.append(Progress.pace_text(pace))
+    ago = f" ({approximately(max((now - c['updated_at']).total_seconds(), 0))} ago)" if c.get("updated_at") else ""
+    return "; " + ", ".join(parts) + ago
+
+
 def _old_table_fate(t: dict[str, Any], now: datetime) -> str:
     """When maintenance drops <table>_old (--drop-old-after past the verified swap), or that it does not."""
     if not t["drop_old_after"]:
@@ -333,7 +357,7 @@ def render(doc: dict[str, Any], file: Any = None) -> None:
     for c in doc["conversions_running"]:
         progress = _copied(c)
         if c["active"]:
-            console.print(f"Conversion of {c['table']} running: phase {c['phase']}, {progress}")
+            console.print(f"Conversion of {c['table']} running: phase {c['phase']}, {progress}{_pace(c, doc['now'])}")
         else:
             console.print(
                 f"[yellow]Conversion of {c['table']} interrupted[/yellow] at phase {c['phase']}, {progress}: no partman "

@@ -30,6 +30,7 @@ CRASH_POINTS = [
     "convert.swap.before_commit=1:kill",
     "convert.swap.after_commit=1:kill",
     "convert.verify.before=1:kill",
+    "convert.verify.after_range=1:kill",
     # a convert that failed, killed inside its rollback: the rollback is one transaction, so the
     # rerun resumes with its capture trigger in place (before, the trigger could be gone already)
     "convert.after_copy=1:raise,convert.rollback.after_trigger=1:kill",

@@ -258,6 +258,22 @@ def test_status_says_rows_copied_against_the_estimate_without_a_share_past_it():
     assert _copied({**base, "rows_copied": 7, "rows_estimate": None}) == "7 rows copied"
 
 
+def test_status_says_a_running_conversions_pace_only_for_its_phase_and_while_it_runs():
+    from partman.status import _pace
+
+    now = datetime(2026, 11, 28, 15, 0, 0, tzinfo=timezone.utc)
+    verifying = {"phase": "verify", "rows": 1_200_000, "total_estimate": 44_000_000, "rows_per_s": 2150,
+                 "eta_s": 19_907.0, "pause_s": 1.64, "slowed_by": "replica", "replica_lag_s": 12.3}
+    c = {"active": True, "phase": "verify", "pace": verifying, "updated_at": now - timedelta(seconds=3)}
+    assert _pace(c, now) == ("; 1,200,000 of ~44,000,000 rows compared, 2,150 rows/s, about 5.5 h left, "
+                             "pause 1.64 s (replica 12.3 s behind) (3 s ago)")
+    copying = {"phase": "copy", "rows": 500, "total_estimate": 3000, "rows_per_s": 410, "eta_s": None}
+    assert _pace({**c, "phase": "copy", "pace": copying}, now) == "; 410 rows/s (3 s ago)"  # full speed: no pause
+    assert _pace({**c, "phase": "indexes", "pace": copying}, now) == ""  # the copy's figures, in a later phase
+    assert _pace({**c, "active": False}, now) == ""  # nobody is working on it: no pace
+    assert _pace({**c, "pace": None}, now) == ""
+
+
 def _status_doc_with_archives(years: tuple[int, ...]) -> dict:
     now = datetime(2026, 11, 25, 19, 20, 11, tzinfo=timezone.utc)
     removals = [{"partition_name": f"audit_log_ledger_p{y}0101", "lower_bound": f"{y}-01-01 00:00:00+00",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import psycopg
@@ -190,3 +192,38 @@ def test_a_partition_postgresql_has_no_estimate_for_shows_unknown_not_zero(conn,
     scrape = Metrics(load_settings(), lambda fn: (fn(conn), None), lambda: False).render().decode()
     assert 'partman_rows_estimate{table="public.metrics"} 2880.0' in scrape, scrape
     assert 'partman_rows_estimate_unknown_partitions{table="public.metrics"} 0.0' in scrape, scrape
+
+
+def test_status_from_another_terminal_says_how_fast_a_running_conversion_goes(ledger, conn, env, partman):
+    """A DBA watching a paced conversion with `partman status` elsewhere sees its rows/s, the time
+    left and the throttle's pause (written with the copy's batches); the verification records its
+    progress too."""
+    points = "convert.copy.after_batch=6:sleep(5),convert.verify.after_range=1:sleep(2.5)"
+    proc = subprocess.Popen([sys.executable, "-m", "partman.cli", "convert", "public.audit_log_ledger", "--column",
+                             "event_timestamp", "--batch-size", "100", "--yes"],
+                            env={**env, "PARTMAN_FAILPOINTS": points}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the copy is held after its sixth batch
+            r = partman("status", "--json")
+            assert r.code == 0, r.err
+            running = json.loads(r.out)["conversions_running"]
+            pace = (running[0].get("pace") or {}) if running else {}
+            if pace.get("phase") == "copy" and pace["rows"] >= 500:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, (r.out, proc.poll())
+            time.sleep(0.2)
+        assert running[0]["phase"] == "copy" and running[0]["active"]
+        assert pace["rows_per_s"] > 0 and pace["eta_s"] > 0 and pace["pause_s"] > 0, pace
+        text = partman("status").out
+        assert "Conversion of public.audit_log_ledger running: phase copy" in text
+        assert "rows/s, about" in text and "left, pause" in text and " ago)" in text, text
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    (verifying,) = conn.execute("SELECT pace FROM partman_catalog.conversion ORDER BY id DESC LIMIT 1").fetchone()
+    assert verifying["phase"] == "verify" and verifying["rows"] >= 2000 and verifying["rows_per_s"] > 0, verifying

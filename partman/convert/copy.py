@@ -45,6 +45,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .. import catalog, db, failpoints, log
 from ..db import QualifiedName
@@ -151,6 +152,7 @@ def run_copy(
     upper: tuple[list[str], list[str] | None] | None = None,
     exact: bool = True,
     on_pacing: Callable[[Callable[[], dict[str, Any]]], None] | None = None,
+    figures: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[int, float]:
     """Copy until the source is exhausted. Returns (rows copied in total, longest batch ms).
     Between batches: `sleep` seconds, stretched by the adaptive throttle (throttle.py) when the
@@ -161,8 +163,10 @@ def run_copy(
     `upper` the upper half's start and cursor (catalog upper_from, upper_key). Every cursor is
     exact, so nothing is deleted; a conversion begun by a version that kept one low-watermark
     cursor (`exact` false) first deletes what lies beyond it. `on_pacing` is handed the
-    throttle's `pacing` when it is on (the progress lines show it)."""
-    common = dict(source=source, target=target, key=key, columns=columns, overriding=overriding, batch_size=batch_size)
+    throttle's `pacing` when it is on (the progress lines show it); what `figures()` gives
+    (progress.Progress.figures) goes with each batch to the catalog's `pace`."""
+    common = dict(source=source, target=target, key=key, columns=columns, overriding=overriding, batch_size=batch_size,
+                  figures=figures)
     if not exact and (start_after is not None or rows_done):
         rows_done = _discard_beyond(conn, settings, conversion_id, target, key, start_after, rows_done)
     with Throttle(settings, work_schema, sleep, enabled=settings.throttle) as throttle:
@@ -250,11 +254,12 @@ def _copy(
     on_progress: Callable[[int, float], None], cursor: str = "last_key",
     committed: Callable[[int, list[str] | None], None] | None = None, stop: threading.Event | None = None,
     target_ms: float = TARGET_BATCH_MS, first: int | None = None,
+    figures: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[int, float, list[str] | None]:
     """Batches from `after` to `upto` (inclusive; None: to the end). Each batch adds its rows to
-    the catalog's total and sets the catalog column `cursor` to its last key, in its own
-    transaction; `committed(n, last)` runs after each commit. Returns (rows, longest batch ms,
-    last key)."""
+    the catalog's total and sets the catalog column `cursor` to its last key (and `pace` to
+    `figures()`, when given), in its own transaction; `committed(n, last)` runs after each commit.
+    Returns (rows, longest batch ms, last key)."""
     longest = 0.0
     size = first or batch_size
     room = WalRoom(conn)
@@ -292,7 +297,9 @@ def _copy(
                     inserted = conn.execute(*batch_statement(source, target, key, columns, overriding=overriding,
                                                              after=after, upto=last))
                 n = inserted.rowcount
-                catalog.add_copied(conn, settings, conversion_id, n, **{cursor: last})
+                pace = figures() if figures is not None else None
+                catalog.add_copied(conn, settings, conversion_id, n, **{cursor: last},
+                                   **({"pace": Jsonb(pace)} if pace else {}))
                 positions = room.queue_reading()
         reading = positions.fetchone() if positions is not None else None
         ms = (time.perf_counter() - t0) * 1000

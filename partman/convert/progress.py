@@ -2,7 +2,8 @@
 with the same figures (rows, rate, ETA, phase) when stderr is not a terminal: the copy's rows,
 then the verification's (rows of the original compared). A paced phase adds its pace: the
 pause after each batch or range, what stretched it (the application's probe, a replica's lag)
-and the replicas' lag, so a DBA watching a slow conversion sees why it is slow."""
+and the replicas' lag, so a DBA watching a slow conversion sees why it is slow. The same figures
+(figures()) go to the catalog's conversion row (its `pace`), for `partman status` elsewhere."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
         self._pacing: Callable[[], dict[str, Any]] | None = None
+        self._figures: dict[str, Any] = {}
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
@@ -81,20 +83,25 @@ class Progress:
             return text + f" (replica {pace.get('replica_lag_s', 0):.1f} s behind)"
         return text + (" (application slower)" if why == "application" else "")
 
+    def figures(self) -> dict[str, Any]:
+        """The phase's figures at the last update (for the catalog): phase, rows, total_estimate,
+        rows_per_s, eta_s and the pace; empty before the first."""
+        return self._figures
+
     def update(self, rows_done: int, batch_ms: float | None = None) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (rows_done - self.start_rows) / elapsed
         total = max(self.total, rows_done)
         eta = (total - rows_done) / rate if rate > 0 else None
+        pace = self._pace()
+        self._figures = {"phase": self.phase, "rows": rows_done, "total_estimate": total, "rows_per_s": round(rate),
+                         "eta_s": round(eta, 1) if eta is not None else None, **pace}
         if self._bar is not None:
             self._bar.update(self._task, completed=rows_done, total=total, rate=f"{rate:,.0f}",
-                             pace=self.pace_text(self._pace()))
+                             pace=self.pace_text(pace))
             return
         now = time.monotonic()
         if now - self.last_log >= 2.0:
             self.last_log = now
-            log.get().info(
-                "progress", table=self.table, phase=self.phase, rows=rows_done, total_estimate=total,
-                rows_per_s=round(rate), eta_s=round(eta, 1) if eta is not None else None,
-                batch_ms=round(batch_ms, 1) if batch_ms is not None else None, **self._pace(),
-            )
+            log.get().info("progress", table=self.table, **self._figures,
+                           batch_ms=round(batch_ms, 1) if batch_ms is not None else None)

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from ..durations import approximately
 from ..lifecycle import notice
 from .plan import MAX_PAUSE, ConversionPlan
 
@@ -19,23 +20,15 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _pace(p: ConversionPlan) -> str:
     o = p.options
     if o.sleep == 0:
-        return f"full speed (--sleep 0, no throttle), batches of up to {o.batch_size:,} rows: expected ~{_duration(p.expected_seconds)}"
+        return f"full speed (--sleep 0, no throttle), batches of up to {o.batch_size:,} rows: expected ~{approximately(p.expected_seconds)}"
     if not p.throttled:
-        return f"batches of up to {o.batch_size:,} rows, {o.sleep}s apart: expected ~{_duration(p.expected_seconds)}"
+        return f"batches of up to {o.batch_size:,} rows, {o.sleep}s apart: expected ~{approximately(p.expected_seconds)}"
     return (f"gentle: short batches {o.sleep}s apart, each pause stretched (up to {MAX_PAUSE:.0f} s) while the "
-            f"application's inserts are slower than idle: expected ~{_duration(p.expected_seconds)} for the copy and "
-            f"the verification on an idle server, up to ~{_duration(p.expected_seconds_max)} on a busy one (--sleep 0: full speed)")
+            f"application's inserts are slower than idle: expected ~{approximately(p.expected_seconds)} for the copy and "
+            f"the verification on an idle server, up to ~{approximately(p.expected_seconds_max)} on a busy one (--sleep 0: full speed)")
 
 
 def past_retention_note(p: ConversionPlan) -> str | None:
@@ -172,7 +165,7 @@ def plan_summary(p: ConversionPlan) -> str:
     lines = [
         f"partman convert {p.table} (--dry-run shows the whole plan):",
         f"  key {o.column} ({p.key_type or '?'}), ~{p.rows_estimate:,} rows ({_size(p.bytes_estimate)}), "
-        f"expected ~{_duration(p.expected_seconds)}",
+        f"expected ~{approximately(p.expected_seconds)}",
         f"  {len(p.partitions)} {o.interval} partitions {span}in {o.timezone} ({o.premake} beyond the current "
         f"{o.interval}) + default {p.default}",
         f"  the original is kept as {p.old}",

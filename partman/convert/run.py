@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .. import catalog, db, failpoints, intervals, log, naming
 from ..db import QualifiedName, with_lock_retry
@@ -346,7 +347,7 @@ def _run_phases(
                 upper=(running["upper_from"], running["upper_key"]) if running["upper_from"] else None,
                 exact=running["exact_cursor"],
                 batch_size=p.options.batch_size, sleep=p.options.sleep, on_progress=progress.update,
-                on_pacing=progress.watch, work_schema=p.work_schema,
+                on_pacing=progress.watch, figures=progress.figures, work_schema=p.work_schema,
                 workers=settings.convert_workers or (2 if p.options.sleep == 0 else 1),
             )
             logger.info("copied", rows=copied, longest_batch_ms=round(longest, 1))
@@ -513,8 +514,12 @@ def _finish(conn: psycopg.Connection, settings: Settings, running: dict[str, Any
     sleep = float(opts.get("sleep") or 0)
     with Progress(int(running.get("rows_copied") or 0) + int(running.get("rows_caught_up") or 0), str(qn)) as progress:
         progress.set_phase("verify")
+
+        def record(c: psycopg.Connection) -> None:  # the progress, for `partman status`
+            catalog.update_conversion(c, settings, running["id"], pace=Jsonb(progress.figures()))
+
         compare = dict(typed=typed_columns(old_model), partition_key=running["column_name"],
-                       on_progress=progress.update)
+                       on_progress=progress.update, record=record)
         if sleep > 0 and settings.throttle:  # default settings: gentle, in short ranges, throttled
             from .throttle import Throttle
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from .. import db
+from .. import db, failpoints
 from ..db import QualifiedName
 from . import plan, triggers
 from .capture import KeyColumn, single_integer
@@ -33,6 +33,7 @@ FAST_CHUNK = 50_000  # rows per range: a range's hash (~25 MB for the ledger) fi
 # The cost is time: 77 s and 496 s for 1M rows in two such runs (the pauses follow the throttle),
 # against 60-100 s with 20,000-row ranges.
 GENTLE_RANGE_MS = 10.0
+RECORD_EVERY_S = 2.0  # how often a range also records the verification's progress (`record`)
 GENTLE_FIRST_RANGE = plan.GENTLE_VERIFY_ROWS
 
 
@@ -138,6 +139,7 @@ def verify(
     connect: Callable[[], psycopg.Connection] | None = None,
     repair: bool = True,
     on_progress: Callable[[int], None] | None = None,
+    record: Callable[[psycopg.Connection], None] | None = None,
 ) -> dict[str, Any]:
     """Compare, repair if needed, compare again. Returns the figures; "ok" is the verdict.
     The comparison and the row counts run in key ranges of about `chunk_rows` rows, one statement
@@ -146,7 +148,8 @@ def verify(
     With `connect` (full speed) a second connection takes every other range; with `pause`
     (default settings) it is called between ranges, and with `target_ms` the ranges' size adapts
     so that each statement takes about that long (RangeRows). `on_progress` is told the rows of
-    `old` compared so far after each range of the first comparison."""
+    `old` compared so far after each range of the first comparison; `record(c)`, at most every
+    RECORD_EVERY_S, adds its statements to a range's pipeline (the progress to the catalog)."""
     changed_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(changed.ident())).fetchone()[0]
     size = RangeRows(chunk_rows, target_ms)
     span = _integer_span(conn, old, key)
@@ -156,9 +159,14 @@ def verify(
     def ranges() -> Iterator[Range]:
         return _offset_ranges(conn, old, key, size) if span is None else _integer_ranges(span, size)
 
+    next_record = [time.monotonic() + RECORD_EVERY_S]
+
     def count_range(c: psycopg.Connection, r: Range) -> Figures:
         t0 = time.perf_counter()
         with db.pipeline(c), c.transaction():  # BEGIN, the settings, the statement, COMMIT: one round trip
+            if record is not None and time.monotonic() >= next_record[0]:
+                next_record[0] = time.monotonic() + RECORD_EVERY_S
+                record(c)
             c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             c.execute("SET LOCAL work_mem = '64MB'")  # a range's hash stays in memory
             # no JIT: the NOT EXISTS's estimate lifts a 50,000-row range past jit_above_cost, and
@@ -168,6 +176,7 @@ def verify(
             counting = c.execute(_range_counts(old, new, changed, key, columns, typed, partition_key, r))
         figures = counting.fetchone()
         size.took((time.perf_counter() - t0) * 1000)
+        failpoints.hit("convert.verify.after_range")
         return figures
 
     compared = [0]
