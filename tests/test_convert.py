@@ -831,6 +831,47 @@ def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn
     assert len(written) == 300
     assert json.loads(r.out)["rows_caught_up"] >= 300
     assert len(ids(conn, LEDGER)) == 1300
+    (caught_up,) = _log_events(r.err, "caught_up")
+    assert caught_up["rows"] >= 300 and caught_up["rounds"] == 1  # full speed: one round of up to 10,000
+
+
+def _log_events(stderr: str, event: str) -> list[dict]:
+    return [e for e in (json.loads(x) for x in stderr.splitlines() if f'"{event}"' in x) if e["event"] == event]
+
+
+def test_a_paced_catch_up_replays_in_short_rounds_with_the_throttles_pause_after_each(conn, dsn, partman):
+    """With default settings the writes of the copy's hours wait in the change log; they are
+    replayed in rounds of about a thousand entries (sized as the copy's batches are), the
+    throttle's pause after each, not in rounds of 10,000 back to back: nothing lost, none twice."""
+    import threading
+
+    from partman import failpoints
+
+    make_ledger(conn, 1000)
+    written: list[int] = []
+
+    def write_during() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            wait_for_phase(c, "indexes")  # the copy is done; partman sleeps at its failpoint
+            for _ in range(6):
+                written.extend(r[0] for r in c.execute(
+                    "INSERT INTO audit_log_ledger (actor, action, prev_hash, current_hash) "
+                    "SELECT 'during', 'write', '', '' FROM generate_series(1, 500) RETURNING id").fetchall())
+
+    failpoints.arm("convert.after_copy", "sleep(3)")
+    t = threading.Thread(target=write_during)
+    t.start()
+    try:
+        r = partman(*CONVERT, "--batch-size", "500", "--json")
+    finally:
+        failpoints.disarm()
+        t.join()
+    assert r.code == 0, r.err
+    assert len(written) == 3000 and json.loads(r.out)["rows_caught_up"] >= 3000
+    assert sorted(ids(conn, LEDGER)) == sorted(set(ids(conn, LEDGER))) and len(ids(conn, LEDGER)) == 4000
+    (caught_up,) = _log_events(r.err, "caught_up")
+    assert caught_up["rows"] >= 3000 and caught_up["rounds"] >= 3, caught_up
+    assert [e for e in _log_events(r.err, "throttle") if e["paces"] == "catchup"], r.err
 
 
 @pytest.mark.parametrize("pipelines", [True, False], ids=["pipelined", "one-by-one"])
