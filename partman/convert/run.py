@@ -489,7 +489,8 @@ def _catch_up(conn: psycopg.Connection, settings: Settings, p: planning.Conversi
     total = rounds = 0
     size = GENTLE_CATCHUP_FIRST if p.throttled else CATCHUP_ROUND
     with ExitStack() as stack:
-        throttle: Throttle | None = None  # started when a second round is needed (its probe's baseline takes ~1 s)
+        # started when a second round is needed: a probe connection, and ~1 s of baseline on a resumed run
+        throttle: Throttle | None = None
         while total < CATCHUP_MAX_ROWS:
             t0 = time.perf_counter()
             with conn.transaction():
