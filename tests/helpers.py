@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -84,6 +85,11 @@ class Writers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def log_events(stderr: str, name: str) -> list[dict]:
+    """partman's JSON log lines (PARTMAN_LOG_FORMAT=json) of one event."""
+    return [e for e in (json.loads(line) for line in stderr.splitlines() if line.startswith("{")) if e.get("event") == name]
 
 
 def relations_in(conn: psycopg.Connection, schema: str) -> set[str]:

@@ -14,7 +14,7 @@ import pytest
 from partman.db import QualifiedName
 from partman.sample_ledger import verify_chain
 
-from helpers import (LEDGER, Writers, partman_command, ids, is_partitioned, latest_phase, make_ledger, relations_in,
+from helpers import (LEDGER, Writers, partman_command, ids, is_partitioned, latest_phase, log_events, make_ledger, relations_in,
                      wait_for_partman_sessions_to_end, wait_for_phase)
 
 pytestmark = pytest.mark.conversion
@@ -831,12 +831,8 @@ def test_rows_caught_up_counts_every_catch_up_round_not_only_the_swaps(conn, dsn
     assert len(written) == 300
     assert json.loads(r.out)["rows_caught_up"] >= 300
     assert len(ids(conn, LEDGER)) == 1300
-    (caught_up,) = _log_events(r.err, "caught_up")
+    (caught_up,) = log_events(r.err, "caught_up")
     assert caught_up["rows"] >= 300 and caught_up["rounds"] == 1  # full speed: one round of up to 10,000
-
-
-def _log_events(stderr: str, event: str) -> list[dict]:
-    return [e for e in (json.loads(x) for x in stderr.splitlines() if f'"{event}"' in x) if e["event"] == event]
 
 
 def test_a_paced_catch_up_replays_in_short_rounds_with_the_throttles_pause_after_each(conn, dsn, partman):
@@ -869,9 +865,9 @@ def test_a_paced_catch_up_replays_in_short_rounds_with_the_throttles_pause_after
     assert r.code == 0, r.err
     assert len(written) == 3000 and json.loads(r.out)["rows_caught_up"] >= 3000
     assert sorted(ids(conn, LEDGER)) == sorted(set(ids(conn, LEDGER))) and len(ids(conn, LEDGER)) == 4000
-    (caught_up,) = _log_events(r.err, "caught_up")
+    (caught_up,) = log_events(r.err, "caught_up")
     assert caught_up["rows"] >= 3000 and caught_up["rounds"] >= 3, caught_up
-    assert [e for e in _log_events(r.err, "throttle") if e["paces"] == "catchup"], r.err
+    assert [e for e in log_events(r.err, "throttle") if e["paces"] == "catchup"], r.err
 
 
 @pytest.mark.parametrize("pipelines", [True, False], ids=["pipelined", "one-by-one"])

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import make_ledger
+from helpers import log_events, make_ledger
 
 pytestmark = pytest.mark.conversion
 
@@ -70,11 +70,6 @@ def _partman(dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     e.update(PARTMAN_DATABASE_URL=dsn, PARTMAN_LOG_FORMAT="json", **env)
     return subprocess.run([sys.executable, "-m", "partman.cli", *args], env=e, capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL)
-
-
-def _events(stderr: str, name: str) -> list[dict]:
-    """partman's JSON log lines of one event."""
-    return [e for e in (json.loads(line) for line in stderr.splitlines() if line.startswith("{")) if e.get("event") == name]
 
 
 def _make_lag(pair: Pair, dbname: str, seconds: float) -> None:
@@ -174,12 +169,12 @@ def test_a_replica_falling_behind_slows_the_copy_and_then_replays_the_whole_conv
         r = _partman(dsn, "convert", "audit_log_ledger", "--column", "event_timestamp", "--yes",
                      "--batch-size", "200", PARTMAN_THROTTLE_MAX_REPLICA_LAG="0.5")
         assert r.returncode == 0, r.stderr
-        copy = [e for e in _events(r.stderr, "throttle") if e.get("paces") == "copy"]
+        copy = [e for e in log_events(r.stderr, "throttle") if e.get("paces") == "copy"]
         assert copy, r.stderr
         assert copy[0]["replica_slowdowns"] > 0 and copy[0]["replica_lag_max_s"] > 0.5, copy[0]
-        assert _events(r.stderr, "plan_warning")  # the run logs the plan's warning too
+        assert log_events(r.stderr, "plan_warning")  # the run logs the plan's warning too
         # the copy's progress lines say how far behind the replica is
-        progress = [e for e in _events(r.stderr, "progress") if e.get("phase") in ("copy", "verify")]
+        progress = [e for e in log_events(r.stderr, "progress") if e.get("phase") in ("copy", "verify")]
         assert {e["phase"] for e in progress} == {"copy", "verify"}, progress  # the verification's too
         assert all(e["replica_lag_s"] > 0.5 and "pause_s" in e for e in progress), progress
     finally:
